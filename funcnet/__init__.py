@@ -1,0 +1,100 @@
+"""funcnet: a functional deep-learning library on JAX.
+
+A model is a pair of pure functions over pytrees::
+
+    params, state = model.init(key, *example_inputs)      # shapes inferred from the inputs
+    outputs, state = model.apply(params, state, *inputs, key=None, train=False)
+
+Nothing is hidden: ``params`` and ``state`` are nested dicts with readable names, so
+``jax.grad``, ``jax.jit`` and ``jax.vmap`` compose with ``apply`` directly.
+
+A tour
+------
+
+Build a model from layer factories and combinators::
+
+    >>> import jax, jax.numpy as jnp, optax, funcnet as fn
+    >>> model = fn.serial(hidden=fn.dense(100), act=fn.relu(), out=fn.dense(10))
+    >>> x = jnp.ones((64, 1000))
+    >>> params, state = model.init(jax.random.key(0), x)
+    >>> jax.tree.map(jnp.shape, params)["hidden"]
+    {'bias': (100,), 'kernel': (1000, 100)}
+
+Train it with optax in a plain jitted step::
+
+    >>> optimizer = optax.adam(1e-3)
+    >>> opt_state = optimizer.init(params)
+    >>> @jax.jit
+    ... def step(params, opt_state, x, y):
+    ...     def loss(p):
+    ...         return fn.losses.mse(model.apply(p, state, x)[0], y)
+    ...     value, grads = jax.value_and_grad(loss)(params)
+    ...     updates, opt_state = optimizer.update(grads, opt_state)
+    ...     return optax.apply_updates(params, updates), opt_state, value
+    >>> params, opt_state, loss = step(params, opt_state, x, jnp.zeros((64, 10)))
+
+Per-example gradients are one ``vmap`` away, because a model is only functions::
+
+    >>> def example_loss(p, xi, yi):
+    ...     return fn.losses.mse(model.apply(p, state, xi[None])[0], yi[None])
+    >>> per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, jnp.zeros((64, 10)))
+    >>> per_example["out"]["kernel"].shape
+    (64, 100, 10)
+
+Mistakes are reported at trace time with the layer's path::
+
+    >>> try:
+    ...     model.apply(params, state, jnp.ones((64, 999)))
+    ... except fn.ShapeError as e:
+    ...     print(str(e)[:48])
+    at hidden: expected last axis 1000, got (64, 999)
+
+What is where
+-------------
+
+- The contract and utilities: ``Model``, ``function``, ``param_count``, ``summary``.
+- Combinators: ``serial``, ``parallel``, ``fanout``, ``residual``, ``stack``, ``cond``, ``switch``.
+- Layers (``funcnet.layers``): ``dense``, ``conv``/``conv1d``/``conv2d``, ``max_pool``/``avg_pool``,
+  ``embed``, ``layer_norm``/``rms_norm``/``batch_norm``, ``dropout``, ``multi_head_attention``,
+  ``flatten``/``reshape`` and activations (``relu``, ``gelu``, ``tanh``, ...).
+- ``funcnet.initializers``, ``funcnet.losses``, ``funcnet.metrics``.
+- Errors: ``ShapeError``, ``DTypeError``, ``ParamsError``, ``KeyMissingError`` (all ``LayerError``).
+- Examples: ``python -m funcnet.experiments.mlp``, ``python -m funcnet.experiments.regression``.
+"""
+
+from . import initializers as initializers
+from . import losses as losses
+from . import metrics as metrics
+from .combinators import fanout as fanout
+from .combinators import parallel as parallel
+from .combinators import residual as residual
+from .combinators import serial as serial
+from .combinators import stack as stack
+from .core import Model as Model
+from .core import function as function
+from .core import param_count as param_count
+from .core import summary as summary
+from .errors import DTypeError as DTypeError
+from .errors import KeyMissingError as KeyMissingError
+from .errors import LayerError as LayerError
+from .errors import ParamsError as ParamsError
+from .errors import ShapeError as ShapeError
+from .layers import cond as cond
+from .layers import dense as dense
+from .layers import dropout as dropout
+from .layers import elu as elu
+from .layers import embed as embed
+from .layers import flatten as flatten
+from .layers import gelu as gelu
+from .layers import leaky_relu as leaky_relu
+from .layers import log_softmax as log_softmax
+from .layers import relu as relu
+from .layers import reshape as reshape
+from .layers import sigmoid as sigmoid
+from .layers import silu as silu
+from .layers import softmax as softmax
+from .layers import softplus as softplus
+from .layers import switch as switch
+from .layers import tanh as tanh
+
+__version__ = "0.1.0"

@@ -1,0 +1,224 @@
+"""Combinators: models built from models.
+
+Children are named by keyword (``serial(embed=..., head=...)``) or by type and position
+(``dense_0``, ``dense_1``); params and state are dicts keyed by those names, leaving out children
+that have none. Each child gets ``fold_in(key, hash(name))`` as its key and the ``train`` flag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .core import Model, apply_child, check_children, init_child, output_spec, put
+from .core import name_children as _name_children
+from .errors import LayerError, ShapeError, describe, prefix_path
+
+
+def serial(*models: Model, **named: Model) -> Model:
+    """Applies models one after another: the output of each is the input of the next.
+
+    The first child receives all inputs; every later child receives the previous output as its
+    one argument (a tuple stays one tuple: use ``parallel`` to split it).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, funcnet as fn
+      >>> mlp = fn.serial(hidden=fn.dense(100), act=fn.relu(), out=fn.dense(10))
+      >>> params, state = mlp.init(jax.random.key(0), jnp.ones((64, 1000)))
+      >>> sorted(params)
+      ['hidden', 'out']
+      >>> mlp.apply(params, state, jnp.ones((64, 1000)))[0].shape
+      (64, 10)
+    """
+    children = _name_children(models, named)
+
+    def init(key, *inputs):
+        params, state = {}, {}
+        for i, (name, model) in enumerate(children.items()):
+            p, s = init_child(name, model, key, *inputs)
+            put(params, name, p)
+            put(state, name, s)
+            if i + 1 < len(children):
+                inputs = (_child_output_spec(name, model, p, s, *inputs),)
+        return params, state
+
+    def apply(params, state, *inputs, key=None, train=False):
+        check_children("serial", params, list(children))
+        check_children("serial", state, list(children), "state")
+        new_state = {}
+        for name, model in children.items():
+            out, s = apply_child(name, model, params, state, *inputs, key=key, train=train)
+            put(new_state, name, s)
+            inputs = (out,)
+        return inputs[0], new_state
+
+    return Model(init, apply, "serial")
+
+
+def _child_output_spec(name, model, params, state, *inputs):
+    try:
+        return output_spec(model, params, state, *inputs)
+    except LayerError as error:
+        raise prefix_path(error, name) from None
+
+
+def _split_inputs(layer: str, inputs: tuple[Any, ...], n: int) -> tuple[Any, ...]:
+    if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
+        inputs = tuple(inputs[0])
+    if len(inputs) != n:
+        raise ShapeError(layer, f"expected {n} inputs (one per child), got {len(inputs)}.")
+    return inputs
+
+
+def parallel(*models: Model, **named: Model) -> Model:
+    """Applies the i-th child to the i-th input; returns a tuple of outputs.
+
+    Inputs may be given as separate arguments or as one tuple (the output of ``fanout``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, funcnet as fn
+      >>> model = fn.parallel(fn.dense(2), fn.dense(3))
+      >>> xs = (jnp.ones((1, 4)), jnp.ones((1, 5)))
+      >>> params, state = model.init(jax.random.key(0), *xs)
+      >>> [y.shape for y in model.apply(params, state, *xs)[0]]
+      [(1, 2), (1, 3)]
+    """
+    children = _name_children(models, named)
+
+    def init(key, *inputs):
+        inputs = _split_inputs("parallel", inputs, len(children))
+        params, state = {}, {}
+        for (name, model), x in zip(children.items(), inputs):
+            p, s = init_child(name, model, key, x)
+            put(params, name, p)
+            put(state, name, s)
+        return params, state
+
+    def apply(params, state, *inputs, key=None, train=False):
+        inputs = _split_inputs("parallel", inputs, len(children))
+        check_children("parallel", params, list(children))
+        check_children("parallel", state, list(children), "state")
+        outputs, new_state = [], {}
+        for (name, model), x in zip(children.items(), inputs):
+            out, s = apply_child(name, model, params, state, x, key=key, train=train)
+            outputs.append(out)
+            put(new_state, name, s)
+        return tuple(outputs), new_state
+
+    return Model(init, apply, "parallel")
+
+
+def fanout(*models: Model, **named: Model) -> Model:
+    """Applies every child to the same inputs; returns a tuple of outputs.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, funcnet as fn
+      >>> model = fn.fanout(mean=fn.dense(2), log_std=fn.dense(2))
+      >>> params, state = model.init(jax.random.key(0), jnp.ones((1, 4)))
+      >>> [y.shape for y in model.apply(params, state, jnp.ones((1, 4)))[0]]
+      [(1, 2), (1, 2)]
+    """
+    children = _name_children(models, named)
+
+    def init(key, *inputs):
+        params, state = {}, {}
+        for name, model in children.items():
+            p, s = init_child(name, model, key, *inputs)
+            put(params, name, p)
+            put(state, name, s)
+        return params, state
+
+    def apply(params, state, *inputs, key=None, train=False):
+        check_children("fanout", params, list(children))
+        check_children("fanout", state, list(children), "state")
+        outputs, new_state = [], {}
+        for name, model in children.items():
+            out, s = apply_child(name, model, params, state, *inputs, key=key, train=train)
+            outputs.append(out)
+            put(new_state, name, s)
+        return tuple(outputs), new_state
+
+    return Model(init, apply, "fanout")
+
+
+def residual(*models: Model, **named: Model) -> Model:
+    """``x + serial(*models)(x)``: a skip connection around one or more models.
+
+    Raises:
+      ShapeError: at init, if the wrapped models change the shape of their input.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, funcnet as fn
+      >>> block = fn.residual(fn.dense(4), fn.relu())
+      >>> params, state = block.init(jax.random.key(0), jnp.ones((2, 4)))
+      >>> block.apply(params, state, jnp.ones((2, 4)))[0].shape
+      (2, 4)
+    """
+    body = serial(*models, **named)
+
+    def init(key, x):
+        params, state = body.init(key, x)
+        out = output_spec(body, params, state, x)
+        if getattr(out, "shape", None) != tuple(x.shape):
+            raise ShapeError(
+                "residual",
+                f"the wrapped model must keep its input's shape: input {describe(x)}, output "
+                f"{describe(out)}. Fix: make the last layer output {x.shape[-1]} features.",
+            )
+        return params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        y, state = body.apply(params, state, x, key=key, train=train)
+        return x + y, state
+
+    return Model(init, apply, "residual")
+
+
+def stack(model: Model, n: int) -> Model:
+    """``n`` copies of ``model`` with separate params, applied in turn under ``lax.scan``.
+
+    Params and state are the model's own, with a leading axis of size ``n`` (layer ``i`` is
+    ``tree.map(lambda a: a[i], params)``). Layer ``i`` gets ``fold_in(key, i)`` as its key. One
+    compiled body serves every layer, so a 48-layer stack compiles as fast as one layer.
+
+    Raises:
+      ShapeError: at init, if the model's output shape differs from its input shape.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, funcnet as fn
+      >>> deep = fn.stack(fn.residual(fn.dense(8), fn.relu()), 4)
+      >>> params, state = deep.init(jax.random.key(0), jnp.ones((2, 8)))
+      >>> params["dense_0"]["kernel"].shape
+      (4, 8, 8)
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"stack needs n >= 1 layers, got {n!r}")
+
+    def layer_keys(key):
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+    def init(key, x):
+        params, state = jax.vmap(lambda k: model.init(k, x))(layer_keys(key))
+        one = jax.tree.map(lambda a: a[0], (params, state))
+        out = output_spec(model, *one, x)
+        if getattr(out, "shape", None) != tuple(x.shape) or out.dtype != x.dtype:
+            raise ShapeError(
+                "stack",
+                f"a stacked model must map its input to an output of the same shape and dtype: "
+                f"input {describe(x)}, output {describe(out)}.",
+            )
+        return params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        def body(h, layer):
+            p, s, k = layer
+            h, s = model.apply(p, s, h, key=k, train=train)
+            return h, s
+
+        keys = None if key is None else layer_keys(key)
+        return lax.scan(body, x, (params, state, keys))
+
+    return Model(init, apply, "stack")

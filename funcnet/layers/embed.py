@@ -1,0 +1,58 @@
+"""Embedding: a learned ``[vocab_size, features]`` table looked up by integer ids."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from .. import initializers
+from ..core import Model
+from ..errors import ParamsError, check_integer, check_params, describe
+from ..initializers import Initializer
+
+
+def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None = None, dtype=jnp.float32) -> Model:
+    """Maps integer ids ``[...]`` to vectors ``[..., features]``.
+
+    Ids outside ``[0, vocab_size)`` cannot be checked inside ``jit`` (they are traced values);
+    they give NaN rows (``jnp.take``'s fill mode), so a bad id shows up in the loss at once
+    instead of silently reading another word's row.
+
+    Args:
+      vocab_size: number of rows.
+      features: size of each vector.
+      embedding_init: initializer of the table (normal with stddev 1 by default).
+      dtype: dtype of the table.
+
+    Returns:
+      A Model with params ``{"embedding": [vocab_size, features]}``.
+
+    Raises:
+      DTypeError: the ids are not integers.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, funcnet as fn
+      >>> layer = fn.embed(65, 16)
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 100), jnp.int32))
+      >>> layer.apply(params, state, jnp.zeros((2, 100), jnp.int32))[0].shape
+      (2, 100, 16)
+    """
+    if vocab_size < 1 or features < 1:
+        raise ValueError(f"embed: vocab_size and features must be positive, got {vocab_size}, {features}")
+    embedding_init = embedding_init or initializers.normal(1.0)
+
+    def init(key, ids):
+        check_integer("embed", ids)
+        return {"embedding": embedding_init(key, (vocab_size, features), dtype)}, {}
+
+    def apply(params, state, ids, *, key=None, train=False):
+        del key, train
+        check_params("embed", params, {"embedding": None})
+        table = params["embedding"]
+        if table.shape != (vocab_size, features):
+            raise ParamsError(
+                "embed", f"params do not belong to this model: embedding should be {(vocab_size, features)}, got {describe(table)}."
+            )
+        check_integer("embed", ids)
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan), state
+
+    return Model(init, apply, "embed")
