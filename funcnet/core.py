@@ -112,6 +112,18 @@ def child_key(key: jax.Array | None, name: str) -> jax.Array | None:
     return None if key is None else jax.random.fold_in(key, name_hash(name))
 
 
+def _check_model(model: Any, where: str) -> None:
+    if isinstance(model, Model):
+        return
+    hint = ""
+    if callable(model):
+        hint = (
+            " Fix: call layer factories (relu(), not relu), or wrap a plain function as a model "
+            "with funcnet.function(f)."
+        )
+    raise TypeError(f"{where}: expected a funcnet Model, got {type(model).__name__} {model!r}.{hint}")
+
+
 def name_children(models: Sequence[Model], named: Mapping[str, Model]) -> dict[str, Model]:
     """Names positional children by type and position (``dense_0``, ``dense_1``) then adds named ones.
 
@@ -123,14 +135,12 @@ def name_children(models: Sequence[Model], named: Mapping[str, Model]) -> dict[s
     children: dict[str, Model] = {}
     counts: dict[str, int] = {}
     for model in models:
-        if not isinstance(model, Model):
-            raise TypeError(f"expected a funcnet Model, got {type(model).__name__}: {model!r}")
+        _check_model(model, f"child {len(children)}")
         index = counts.get(model.name, 0)
         counts[model.name] = index + 1
         children[f"{model.name}_{index}"] = model
     for name, model in named.items():
-        if not isinstance(model, Model):
-            raise TypeError(f"child {name!r}: expected a funcnet Model, got {type(model).__name__}")
+        _check_model(model, f"child {name!r}")
         if name in children:
             raise ValueError(f"child name {name!r} is used twice; positional children are named {list(children)}")
         if "/" in name:

@@ -14,8 +14,8 @@ def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None 
     """Maps integer ids ``[...]`` to vectors ``[..., features]``.
 
     Ids outside ``[0, vocab_size)`` cannot be checked inside ``jit`` (they are traced values);
-    they give NaN rows (``jnp.take``'s fill mode), so a bad id shows up in the loss at once
-    instead of silently reading another word's row.
+    they give NaN rows, negative ids included (no NumPy-style wrap-around), so a bad id shows up
+    in the loss at once instead of silently reading another word's row.
 
     Args:
       vocab_size: number of rows.
@@ -53,6 +53,7 @@ def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None 
                 "embed", f"params do not belong to this model: embedding should be {(vocab_size, features)}, got {describe(table)}."
             )
         check_integer("embed", ids)
+        ids = jnp.where(ids < 0, vocab_size, ids)  # no wrap-around: negative ids are out of range too
         return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan), state
 
     return Model(init, apply, "embed")

@@ -1,0 +1,380 @@
+"""Tests for multi-head attention: a NumPy reference, mask semantics, dropout, gradients, transforms, errors."""
+
+import doctest
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import funcnet as fn
+import funcnet.layers.attention as attention_module
+from funcnet.errors import DTypeError, KeyMissingError, ParamsError, ShapeError
+from funcnet.layers.attention import causal_mask, combine_masks, multi_head_attention, padding_mask
+
+# float32 layer vs float64 NumPy reference on O(1) values with feature sizes <= 8: observed
+# differences are ~1e-7, so 1e-5 leaves room without hiding a wrong formula.
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def reference_attention(params, query, context, mask, num_heads):
+    """Multi-head attention with an explicit loop over heads, in float64 NumPy."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    query, context = np.asarray(query, np.float64), np.asarray(context, np.float64)
+    batch, tq, tk = query.shape[:-2], query.shape[-2], context.shape[-2]
+    head_dim = p["query"]["kernel"].shape[-1]
+    out = np.zeros((*batch, tq, p["out"]["kernel"].shape[-1]))
+    for h in range(num_heads):
+        q = query @ p["query"]["kernel"][:, h] + p["query"]["bias"][h]
+        k = context @ p["key"]["kernel"][:, h] + p["key"]["bias"][h]
+        v = context @ p["value"]["kernel"][:, h] + p["value"]["bias"][h]
+        logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(head_dim)  # [batch..., Tq, Tk]
+        if mask is not None:
+            head_mask = np.broadcast_to(np.asarray(mask), (*batch, num_heads, tq, tk))[..., h, :, :]
+            logits = np.where(head_mask, logits, np.finfo(np.float32).min)
+        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+        out += (weights @ v) @ p["out"]["kernel"][h]
+    return out + p["out"]["bias"]
+
+
+def random_params(model, key, *inputs):
+    """Initializes, then replaces every leaf (biases included) by N(0, 0.5^2) so that biases are exercised."""
+    params, state = model.init(key, *inputs)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    leaves = [0.5 * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, leaves), state
+
+
+def normal(seed, shape, dtype=jnp.float32):
+    return jax.random.normal(jax.random.key(seed), shape, dtype)
+
+
+# --- masks ------------------------------------------------------------------------------
+
+
+def test_causal_mask_is_lower_triangular():
+    mask = causal_mask(4)
+    chex.assert_shape(mask, (1, 1, 4, 4))
+    assert mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(mask[0, 0], np.tril(np.ones((4, 4), bool)))
+
+
+def test_padding_mask_matches_loop():
+    lengths = np.array([[0, 2, 3], [1, 3, 2]])
+    mask = padding_mask(jnp.asarray(lengths), 3)
+    chex.assert_shape(mask, (2, 3, 1, 1, 3))
+    expected = np.array([[[t < n for t in range(3)] for n in row] for row in lengths])
+    np.testing.assert_array_equal(mask[..., 0, 0, :], expected)
+
+
+def test_combine_masks():
+    assert combine_masks(None, None) is None
+    pad = padding_mask(jnp.array([2, 3]), 3)
+    combined = combine_masks(causal_mask(3), None, pad)
+    chex.assert_shape(combined, (2, 1, 3, 3))
+    np.testing.assert_array_equal(combined, np.tril(np.ones((3, 3), bool)) & np.asarray(pad))
+    with pytest.raises(TypeError, match="expected boolean masks"):
+        combine_masks(jnp.ones((3, 3)))
+    with pytest.raises(ValueError, match="do not broadcast together"):
+        combine_masks(causal_mask(3), causal_mask(4))
+
+
+def test_mask_helper_arguments():
+    with pytest.raises(ValueError, match="length must be a positive int"):
+        causal_mask(0)
+    with pytest.raises(TypeError, match="expected integer lengths"):
+        padding_mask(jnp.array([1.0]), 3)
+
+
+# --- numerics against the reference -----------------------------------------------------
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_self_attention_matches_reference(with_mask):
+    model = multi_head_attention(2)
+    x = normal(0, (3, 4, 8))
+    mask = jax.random.bernoulli(jax.random.key(1), 0.6, (3, 2, 4, 4)) if with_mask else None
+    params, state = random_params(model, jax.random.key(2), x)
+    y, new_state = model.apply(params, state, x, mask=mask)
+    assert new_state == {}
+    chex.assert_shape(y, (3, 4, 8))
+    np.testing.assert_allclose(y, reference_attention(params, x, x, mask, 2), **TOL)
+
+
+def test_several_batch_axes_and_broadcast_mask():
+    model = multi_head_attention(2, qkv_features=6, out_features=5)
+    x = normal(0, (2, 3, 4, 4))
+    mask = padding_mask(jnp.array([[1, 2, 3], [4, 4, 2]]), 4)  # [2, 3, 1, 1, 4]
+    params, state = random_params(model, jax.random.key(1), x)
+    y, _ = model.apply(params, state, x, mask=mask)
+    chex.assert_shape(y, (2, 3, 4, 5))
+    np.testing.assert_allclose(y, reference_attention(params, x, x, mask, 2), **TOL)
+
+
+def test_cross_attention_with_different_lengths_and_features():
+    model = multi_head_attention(3, qkv_features=6, out_features=7)
+    query, context = normal(0, (2, 3, 4)), normal(1, (2, 5, 6))
+    mask = padding_mask(jnp.array([5, 2]), 5)
+    params, state = random_params(model, jax.random.key(2), query, context)
+    shapes = jax.tree.map(jnp.shape, params)
+    assert shapes == {
+        "query": {"kernel": (4, 3, 2), "bias": (3, 2)},
+        "key": {"kernel": (6, 3, 2), "bias": (3, 2)},
+        "value": {"kernel": (6, 3, 2), "bias": (3, 2)},
+        "out": {"kernel": (3, 2, 7), "bias": (7,)},
+    }
+    y, _ = model.apply(params, state, query, context, mask)
+    chex.assert_shape(y, (2, 3, 7))
+    np.testing.assert_allclose(y, reference_attention(params, query, context, mask, 3), **TOL)
+
+
+def test_without_bias_matches_reference_with_zero_bias():
+    model = multi_head_attention(2, use_bias=False)
+    x = normal(0, (2, 3, 4))
+    params, state = random_params(model, jax.random.key(1), x)
+    assert all(set(p) == {"kernel"} for p in params.values())
+    y, _ = model.apply(params, state, x)
+    with_zero_bias = {name: {"kernel": p["kernel"], "bias": np.zeros(p["kernel"].shape[1:] if name != "out"
+                                                                       else p["kernel"].shape[-1:])}
+                      for name, p in params.items()}
+    np.testing.assert_allclose(y, reference_attention(with_zero_bias, x, x, None, 2), **TOL)
+
+
+def test_causal_output_does_not_depend_on_future_tokens():
+    model = multi_head_attention(2, causal=True)
+    x = normal(0, (2, 5, 4))
+    params, state = random_params(model, jax.random.key(1), x)
+    y, _ = model.apply(params, state, x)
+    np.testing.assert_allclose(y, reference_attention(params, x, x, causal_mask(5), 2), **TOL)
+    for t in range(4):
+        future = x.at[:, t + 1 :].set(normal(t + 10, (2, 4 - t, 4)) * 100.0)
+        y_future, _ = model.apply(params, state, future)
+        np.testing.assert_array_equal(y_future[:, : t + 1], y[:, : t + 1])  # exactly: weights are exactly 0
+        assert not np.allclose(y_future[:, t + 1 :], y[:, t + 1 :])
+
+
+def test_padded_keys_do_not_affect_outputs():
+    model = multi_head_attention(2)
+    query, context = normal(0, (2, 3, 4)), normal(1, (2, 5, 4))
+    lengths = jnp.array([2, 4])
+    mask = padding_mask(lengths, 5)
+    params, state = random_params(model, jax.random.key(2), query, context)
+    y, _ = model.apply(params, state, query, context, mask)
+    junk = normal(3, (2, 5, 4)) * 100.0
+    padded = jnp.where((jnp.arange(5)[None, :] >= lengths[:, None])[..., None], junk, context)
+    assert not np.allclose(padded, context)
+    y_junk, _ = model.apply(params, state, query, padded, mask)
+    np.testing.assert_array_equal(y_junk, y)
+    y_unmasked, _ = model.apply(params, state, query, padded)
+    assert not np.allclose(y_unmasked, y)  # the mask is what hides the junk
+
+
+def test_fully_masked_row_attends_uniformly():
+    model = multi_head_attention(2)
+    x = normal(0, (2, 3, 4))
+    mask = jnp.ones((2, 1, 3, 3), bool).at[0, 0, 1, :].set(False)
+    params, state = random_params(model, jax.random.key(1), x)
+    y, _ = model.apply(params, state, x, mask=mask)
+    assert np.isfinite(np.asarray(y)).all()
+    np.testing.assert_allclose(y, reference_attention(params, x, x, mask, 2), **TOL)
+    # a fully masked row equals a row whose logits are all equal: the mean of the values
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    values = np.einsum("td,dhf->thf", np.asarray(x[0], np.float64), p["value"]["kernel"]) + p["value"]["bias"]
+    uniform = np.einsum("hf,hfo->o", values.mean(axis=0), p["out"]["kernel"]) + p["out"]["bias"]
+    np.testing.assert_allclose(y[0, 1], uniform, **TOL)
+    grads = jax.grad(lambda q: model.apply(params, state, q, mask=mask)[0].sum())(x)
+    assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
+    model = multi_head_attention(2, dtype=jnp.float32)
+    x = normal(0, (2, 3, 4))
+    params, state = random_params(model, jax.random.key(1), x)
+    y32, _ = model.apply(params, state, x)
+    low = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    y16, _ = model.apply(low, state, x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    # bfloat16 has an 8-bit mantissa (relative step 2^-8 ~ 4e-3) and errors add over 4 matmuls.
+    np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=5e-2, atol=5e-2)
+
+
+# --- dropout ----------------------------------------------------------------------------
+
+
+def test_dropout_is_deterministic_per_key_and_identity_in_eval():
+    model = multi_head_attention(2, dropout_rate=0.5)
+    x = normal(0, (2, 4, 4))
+    params, state = random_params(model, jax.random.key(1), x)
+    y_eval, _ = model.apply(params, state, x)
+    np.testing.assert_allclose(y_eval, reference_attention(params, x, x, None, 2), **TOL)
+    y_eval_key, _ = model.apply(params, state, x, key=jax.random.key(3))
+    np.testing.assert_array_equal(y_eval_key, y_eval)
+    y_a, _ = model.apply(params, state, x, key=jax.random.key(3), train=True)
+    y_b, _ = model.apply(params, state, x, key=jax.random.key(3), train=True)
+    y_c, _ = model.apply(params, state, x, key=jax.random.key(4), train=True)
+    np.testing.assert_array_equal(y_a, y_b)
+    assert not np.allclose(y_a, y_eval)
+    assert not np.allclose(y_a, y_c)
+
+
+def test_dropout_is_unbiased():
+    model = multi_head_attention(2, dropout_rate=0.5)
+    x = normal(0, (1, 3, 4))
+    params, state = random_params(model, jax.random.key(1), x)
+    y_eval, _ = model.apply(params, state, x)
+    keys = jax.random.split(jax.random.key(2), 4000)
+    samples = jax.vmap(lambda k: model.apply(params, state, x, key=k, train=True)[0])(keys)
+    # inverted dropout keeps E[weights] unchanged; allow 5 standard errors of the Monte Carlo mean
+    stderr = samples.std(axis=0) / np.sqrt(len(keys))
+    assert np.all(np.abs(samples.mean(axis=0) - y_eval) <= 5 * stderr + 1e-6)
+
+
+def test_dropout_without_key_raises():
+    model = multi_head_attention(2, dropout_rate=0.1)
+    x = normal(0, (2, 3, 4))
+    params, state = model.init(jax.random.key(0), x)
+    with pytest.raises(KeyMissingError, match=r"at attention: train=True with dropout_rate=0.1 needs a PRNG key"):
+        model.apply(params, state, x, train=True)
+    no_dropout = multi_head_attention(2)
+    no_dropout.apply(params, state, x, train=True)  # rate 0: no key needed
+
+
+# --- gradients and transformations -------------------------------------------------------
+
+
+def test_gradients_match_finite_differences():
+    model = multi_head_attention(2, causal=True)
+    with jax.enable_x64(True):
+        # float64 so central differences are accurate; tolerance 1e-5 is then far above their error
+        query, context = normal(0, (2, 3, 4), jnp.float64), normal(1, (2, 3, 4), jnp.float64)
+        mask = padding_mask(jnp.array([3, 2]), 3)
+        params, state = random_params(model, jax.random.key(2), query, context)
+
+        def f(p, q, c):
+            return model.apply(p, state, q, c, mask)[0]
+
+        check_grads(f, (params, query, context), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_jit_matches_eager():
+    model = multi_head_attention(2, causal=True)
+    x = normal(0, (2, 4, 4))
+    mask = padding_mask(jnp.array([4, 3]), 4)
+    params, state = random_params(model, jax.random.key(1), x)
+    eager, _ = model.apply(params, state, x, mask=mask)
+    jitted, _ = jax.jit(model.apply)(params, state, x, mask=mask)
+    chex.assert_trees_all_close(jitted, eager, **TOL)
+
+
+def test_no_retrace_for_new_values():
+    model = multi_head_attention(2)
+    x = normal(0, (2, 3, 4))
+    params, state = random_params(model, jax.random.key(1), x)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(p, q, m):
+        return model.apply(p, state, q, mask=m)[0]
+
+    forward(params, x, padding_mask(jnp.array([3, 1]), 3))
+    forward(jax.tree.map(lambda a: a + 1.0, params), normal(2, (2, 3, 4)), padding_mask(jnp.array([2, 2]), 3))
+
+
+def test_vmap_over_examples_equals_batched_apply():
+    model = multi_head_attention(2)
+    query, context = normal(0, (3, 2, 4)), normal(1, (3, 5, 6))
+    mask = padding_mask(jnp.array([5, 1, 3]), 5)
+    params, state = random_params(model, jax.random.key(2), query, context)
+    batched, _ = model.apply(params, state, query, context, mask)
+    per_example = jax.vmap(lambda q, c, m: model.apply(params, state, q, c, m)[0])(query, context, mask)
+    chex.assert_trees_all_close(per_example, batched, **TOL)
+
+
+def test_init_on_shape_structs():
+    model = multi_head_attention(2, out_features=3)
+    spec = jax.ShapeDtypeStruct((8, 5, 4), jnp.float32)
+    params, state = jax.eval_shape(model.init, jax.random.key(0), spec)
+    assert state == {}
+    assert params["out"]["kernel"].shape == (2, 2, 3)
+    assert fn.param_count(params) == 3 * (4 * 4 + 4) + 4 * 3 + 3
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_bad_hyper_parameters():
+    with pytest.raises(ValueError, match="num_heads must be a positive int"):
+        multi_head_attention(0)
+    with pytest.raises(ValueError, match=r"qkv_features \(5\) must be divisible by num_heads \(2\)"):
+        multi_head_attention(2, qkv_features=5)
+    with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
+        multi_head_attention(2, dropout_rate=1.0)
+
+
+def test_default_features_not_divisible_by_heads():
+    x = jnp.ones((2, 3, 4))
+    with pytest.raises(ShapeError, match=r"at attention: qkv_features defaults to the query's last axis, 4, .*num_heads=3"):
+        multi_head_attention(3).init(jax.random.key(0), x)
+    model = fn.serial(attn=multi_head_attention(3))
+    with pytest.raises(ShapeError, match=r"^at attn: qkv_features"):
+        model.init(jax.random.key(0), x)
+
+
+def test_input_errors():
+    model = multi_head_attention(2)
+    x = jnp.ones((2, 3, 4))
+    params, state = model.init(jax.random.key(0), x, jnp.ones((2, 5, 6)))
+    with pytest.raises(DTypeError, match="query: expected a floating-point input, got \\(2, 3, 4\\) int32"):
+        model.apply(params, state, x.astype(jnp.int32), jnp.ones((2, 5, 6)))
+    with pytest.raises(ShapeError, match=r"query: expected input of rank >= 2 .*got \(4,\) float32"):
+        model.init(jax.random.key(0), jnp.ones(4))
+    with pytest.raises(ShapeError, match=r"context: expected last axis 6, got \(2, 5, 4\) float32"):
+        model.apply(params, state, x, jnp.ones((2, 5, 4)))
+    with pytest.raises(ShapeError, match="query and context must have the same batch axes"):
+        model.apply(params, state, x, jnp.ones((3, 5, 6)))
+    with pytest.raises(ShapeError, match=r"causal=True needs as many queries as keys"):
+        multi_head_attention(2, causal=True).init(jax.random.key(0), x, jnp.ones((2, 5, 6)))
+
+
+def test_mask_errors():
+    model = multi_head_attention(2)
+    x = jnp.ones((2, 3, 4))
+    params, state = model.init(jax.random.key(0), x)
+    with pytest.raises(DTypeError, match=r"mask: expected a boolean mask \(True = attend\), got \(2, 1, 1, 3\) int32"):
+        model.apply(params, state, x, mask=padding_mask(jnp.array([1, 2]), 3).astype(jnp.int32))
+    bad = padding_mask(jnp.array([1, 2]), 5)
+    expected = re.escape("broadcastable to [batch..., heads, Tq, Tk] = (2, 2, 3, 3), got (2, 1, 1, 5) bool")
+    with pytest.raises(ShapeError, match=expected):
+        model.apply(params, state, x, mask=bad)
+    with pytest.raises(ShapeError, match=re.escape("got (1, 2, 1, 1, 3) bool")):
+        model.apply(params, state, x, mask=jnp.ones((1, 2, 1, 1, 3), bool))  # too many axes
+
+
+def test_params_errors():
+    model = multi_head_attention(2)
+    x = jnp.ones((2, 3, 4))
+    params, state = model.init(jax.random.key(0), x)
+    dense_params, _ = fn.dense(4).init(jax.random.key(0), x)
+    with pytest.raises(ParamsError, match="params do not belong to this model"):
+        model.apply(dense_params, state, x)
+    four_heads, _ = multi_head_attention(4).init(jax.random.key(0), x)
+    with pytest.raises(ParamsError, match=r"kernels should be \[in, 2, head_dim\]"):
+        model.apply(four_heads, state, x)
+    no_bias, _ = multi_head_attention(2, use_bias=False).init(jax.random.key(0), x)
+    with pytest.raises(ParamsError, match=r"params\['query'\] do not belong to this model: expected keys"):
+        model.apply(no_bias, state, x)
+    wider, _ = multi_head_attention(2, out_features=6).init(jax.random.key(0), x)
+    with pytest.raises(ParamsError, match="out_features=5"):
+        multi_head_attention(2, out_features=5).apply(wider, state, x)
+    with pytest.raises(ParamsError, match="attention has no state"):
+        model.apply(params, {"count": jnp.zeros(())}, x)
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(attention_module)
+    assert result.attempted > 0 and result.failed == 0
