@@ -33,7 +33,8 @@ Train it with optax in a plain jitted step::
     ...     return optax.apply_updates(params, updates), opt_state, value
     >>> params, opt_state, loss = step(params, opt_state, x, jnp.zeros((64, 10)))
 
-Per-example gradients are one ``vmap`` away, because a model is only functions::
+Per-example gradients (differential privacy, influence functions) are one ``vmap`` away,
+because a model is only functions::
 
     >>> def example_loss(p, xi, yi):
     ...     return fn.losses.mse(model.apply(p, state, xi[None])[0], yi[None])
@@ -46,7 +47,7 @@ Mistakes are reported at trace time with the layer's path::
     >>> try:
     ...     model.apply(params, state, jnp.ones((64, 999)))
     ... except fn.ShapeError as e:
-    ...     print(str(e)[:48])
+    ...     print(str(e)[:49])
     at hidden: expected last axis 1000, got (64, 999)
 
 What is where
@@ -79,17 +80,30 @@ from .errors import KeyMissingError as KeyMissingError
 from .errors import LayerError as LayerError
 from .errors import ParamsError as ParamsError
 from .errors import ShapeError as ShapeError
+from .layers import avg_pool as avg_pool
+from .layers import batch_norm as batch_norm
+from .layers import causal_mask as causal_mask
+from .layers import combine_masks as combine_masks
 from .layers import cond as cond
+from .layers import conv as conv
+from .layers import conv1d as conv1d
+from .layers import conv2d as conv2d
 from .layers import dense as dense
 from .layers import dropout as dropout
 from .layers import elu as elu
 from .layers import embed as embed
 from .layers import flatten as flatten
 from .layers import gelu as gelu
+from .layers import global_avg_pool as global_avg_pool
+from .layers import layer_norm as layer_norm
 from .layers import leaky_relu as leaky_relu
 from .layers import log_softmax as log_softmax
+from .layers import max_pool as max_pool
+from .layers import multi_head_attention as multi_head_attention
+from .layers import padding_mask as padding_mask
 from .layers import relu as relu
 from .layers import reshape as reshape
+from .layers import rms_norm as rms_norm
 from .layers import sigmoid as sigmoid
 from .layers import silu as silu
 from .layers import softmax as softmax

@@ -91,7 +91,7 @@ def parallel(*models: Model, **named: Model) -> Model:
     def init(key, *inputs):
         inputs = _split_inputs("parallel", inputs, len(children))
         params, state = {}, {}
-        for (name, model), x in zip(children.items(), inputs):
+        for (name, model), x in zip(children.items(), inputs, strict=True):
             p, s = init_child(name, model, key, x)
             put(params, name, p)
             put(state, name, s)
@@ -102,7 +102,7 @@ def parallel(*models: Model, **named: Model) -> Model:
         check_children("parallel", params, list(children))
         check_children("parallel", state, list(children), "state")
         outputs, new_state = [], {}
-        for (name, model), x in zip(children.items(), inputs):
+        for (name, model), x in zip(children.items(), inputs, strict=True):
             out, s = apply_child(name, model, params, state, x, key=key, train=train)
             outputs.append(out)
             put(new_state, name, s)

@@ -164,9 +164,7 @@ def apply_child(
 ) -> tuple[Any, State]:
     """``model.apply`` on the child's slice of params/state, with its key and its name in errors."""
     try:
-        return model.apply(
-            params.get(name, {}), state.get(name, {}), *inputs, key=child_key(key, name), train=train
-        )
+        return model.apply(params.get(name, {}), state.get(name, {}), *inputs, key=child_key(key, name), train=train)
     except LayerError as error:
         raise prefix_path(error, name) from None
 
@@ -238,10 +236,15 @@ def summary(model: Model, *inputs: Any) -> str:
     for kind, tree in (("params", params), ("state", state)):
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
             rows.append(
-                (f"{kind}/{_path_str(path)}", str(tuple(leaf.shape)), jnp.dtype(leaf.dtype).name, str(np.prod(leaf.shape, dtype=int)))
+                (
+                    f"{kind}/{_path_str(path)}",
+                    str(tuple(leaf.shape)),
+                    jnp.dtype(leaf.dtype).name,
+                    str(np.prod(leaf.shape, dtype=int)),
+                )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [" ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + " " + row[3] for row in rows]
+    lines = [" ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + " " + row[3] for row in rows]
 
     def specs(tree):
         return ", ".join(f"{tuple(s.shape)} {jnp.dtype(s.dtype).name}" for s in jax.tree.leaves(tree))

@@ -7,7 +7,7 @@ os.environ["XLA_FLAGS"] = " ".join(
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402  (must come after XLA_FLAGS is set)
+import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

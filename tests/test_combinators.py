@@ -142,7 +142,9 @@ def test_stack_threads_per_layer_state():
 
 
 def test_stack_rejects_a_shape_change_and_bad_n():
-    with pytest.raises(fn.ShapeError, match=r"at stack: a stacked model must map its input to an output of the same shape"):
+    with pytest.raises(
+        fn.ShapeError, match=r"at stack: a stacked model must map its input to an output of the same shape"
+    ):
         fn.stack(fn.dense(3), 2).init(jax.random.key(0), X)
     with pytest.raises(ValueError, match="n >= 1"):
         fn.stack(fn.dense(4), 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 
 import chex
@@ -102,7 +103,9 @@ def test_params_from_another_model_are_rejected_with_path():
     a = fn.serial(enc=fn.dense(4), head=fn.dense(2))
     b = fn.serial(enc=fn.dense(4), out=fn.dense(2))
     pa, sa = a.init(jax.random.key(0), jnp.ones((1, 3)))
-    with pytest.raises(fn.ParamsError, match=r"at serial: params do not belong to this model: unexpected keys \['head'\]"):
+    with pytest.raises(
+        fn.ParamsError, match=r"at serial: params do not belong to this model: unexpected keys \['head'\]"
+    ):
         b.apply(pa, sa, jnp.ones((1, 3)))
     other = fn.serial(enc=fn.dense(5), head=fn.dense(2))
     with pytest.raises(fn.ParamsError, match=r"at enc: params do not belong to this model: kernel should be \[in, 5\]"):
@@ -132,5 +135,5 @@ def test_summary_needs_no_real_arrays():
 
 def test_summary_lists_state():
     text = fn.summary(fn.serial(fn.dense(3), fn.batch_norm()), jax.ShapeDtypeStruct((4, 2), jnp.float32))
-    assert "state/batch_norm_0/mean (3,)" in text
+    assert re.search(r"state/batch_norm_0/mean +\(3,\) +float32 +3", text)
     assert "state 6 (24 B)" in text

@@ -14,7 +14,6 @@ import argparse
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -43,7 +42,7 @@ def iris_like(n_per_species: int = 50, seed: int = 0) -> Split:
     """
     rng = np.random.default_rng(seed)
     rows = []
-    for mean, std in zip(_MEANS, _STDS):
+    for mean, std in zip(_MEANS, _STDS, strict=True):
         z = rng.standard_normal((n_per_species, 4))
         # petal width follows petal length within the species: correlated standard scores.
         z[:, 3] = _SLOPE * z[:, 2] + np.sqrt(1 - _SLOPE**2) * z[:, 3]

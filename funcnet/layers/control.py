@@ -51,7 +51,7 @@ def _branched(layer: str, select: Callable[..., Any], children: dict[str, Model]
         except TypeError as error:
             shapes = {
                 name: jax.tree.map(lambda s: f"{s.shape} {s.dtype}", jax.eval_shape(b, operands)[0])
-                for name, b in zip(children, branches)
+                for name, b in zip(children, branches, strict=True)
             }
             raise ShapeError(
                 layer, f"every branch must return outputs of the same shapes and dtypes, got {shapes}."

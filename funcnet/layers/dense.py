@@ -65,7 +65,8 @@ def dense(
         kernel = params["kernel"]
         if kernel.ndim != 2 or kernel.shape[1] != features:
             raise ParamsError(
-                "dense", f"params do not belong to this model: kernel should be [in, {features}], got {describe(kernel)}."
+                "dense",
+                f"params do not belong to this model: kernel should be [in, {features}], got {describe(kernel)}.",
             )
         check_floating("dense", x)
         check_last_axis("dense", x, kernel.shape[0])

@@ -56,7 +56,9 @@ def dropout(rate: float, *, broadcast_axes: Sequence[int] = ()) -> Model:
                 "train=True needs a PRNG key and none was given. Fix: call apply(..., key=jax.random.key(seed), "
                 "train=True), or train=False for evaluation.",
             )
-        mask_shape = tuple(1 if i % x.ndim in [a % x.ndim for a in broadcast_axes] else n for i, n in enumerate(x.shape))
+        mask_shape = tuple(
+            1 if i % x.ndim in [a % x.ndim for a in broadcast_axes] else n for i, n in enumerate(x.shape)
+        )
         keep = jax.random.bernoulli(key, 1.0 - rate, mask_shape)
         return lax.select(jnp.broadcast_to(keep, x.shape), x / (1.0 - rate), jnp.zeros_like(x)), state
 

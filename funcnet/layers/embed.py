@@ -50,7 +50,9 @@ def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None 
         table = params["embedding"]
         if table.shape != (vocab_size, features):
             raise ParamsError(
-                "embed", f"params do not belong to this model: embedding should be {(vocab_size, features)}, got {describe(table)}."
+                "embed",
+                f"params do not belong to this model: embedding should be {(vocab_size, features)}, "
+                f"got {describe(table)}.",
             )
         check_integer("embed", ids)
         ids = jnp.where(ids < 0, vocab_size, ids)  # no wrap-around: negative ids are out of range too

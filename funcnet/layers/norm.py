@@ -180,7 +180,7 @@ def batch_norm(
         bn = batch_norm(axis_name="batch")
         per_example = jax.vmap(lambda x: bn.apply(params, state, x, train=True),
                                axis_name="batch", out_axes=(0, None))   # y batched, state not
-        y, state = per_example(x)   # same y and state as bn_without_axis_name.apply on all of x
+        y, state = per_example(x)   # == batch_norm().apply(params, state, x, train=True)
 
     and under ``jax.shard_map(..., in_specs=(P(), P(), P("data")), out_specs=(P("data"), P()))``
     with ``axis_name="data"``. Calling a model built with ``axis_name`` outside such a transform
@@ -250,7 +250,7 @@ def batch_norm(
                 mean, mean_sq = lax.pmean((mean, jnp.mean(jnp.square(xf), axis=axes)), axis_name)
                 var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
             new_state = {
-                name: (momentum * state[name] + (1.0 - momentum) * lax.stop_gradient(stat))
+                name: (momentum * state[name] + (1.0 - momentum) * lax.stop_gradient(stat)).astype(state[name].dtype)
                 for name, stat in (("mean", mean), ("var", var))
             }
         y = (xf - _row(mean, xf.ndim)) * _row(lax.rsqrt(var + epsilon), xf.ndim)

@@ -1,7 +1,7 @@
 """Pooling over channels-last inputs ``[batch, *spatial, channels]``: ``max_pool``, ``avg_pool``, ``global_avg_pool``.
 
 A window given as an int applies to every spatial axis (``input.ndim - 2`` of them); a tuple
-fixes the number of spatial axes. The work is one ``lax.reduce_window``.
+fixes the number of spatial axes. The work is done by ``lax.reduce_window``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def max_pool(
 
     def reduce(x, dims, steps, pads):
         lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-        return lax.reduce_window(x, jnp.array(lowest, x.dtype), lax.max, dims, steps, pads)
+        return lax.reduce_window(x, np.array(lowest, x.dtype), lax.max, dims, steps, pads)
 
     return _pool("max_pool", window, strides, padding, _check_real, reduce)
 
@@ -147,11 +147,11 @@ def avg_pool(
     """
 
     def reduce(x, dims, steps, pads):
-        total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, steps, pads)
+        total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, dims, steps, pads)
         if count_include_pad:
             return total / int(np.prod(dims))
         ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
-        return total / lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, dims, steps, pads)
+        return total / lax.reduce_window(ones, np.array(0, x.dtype), lax.add, dims, steps, pads)
 
     return _pool("avg_pool", window, strides, padding, check_floating, reduce)
 

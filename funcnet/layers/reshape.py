@@ -56,6 +56,8 @@ def reshape(shape: Sequence[int]) -> Model:
         check_rank("reshape", x, 1)
         size, known = int(np.prod(x.shape[1:])), int(np.prod([n for n in shape if n != -1]))
         if (size % known) if -1 in shape else (size != known):
-            raise ShapeError("reshape", f"cannot reshape {describe(x)} to (batch, *{shape}): {size} entries per example.")
+            raise ShapeError(
+                "reshape", f"cannot reshape {describe(x)} to (batch, *{shape}): {size} entries per example."
+            )
 
     return _parameter_free("reshape", check, lambda x: x.reshape(x.shape[0], *shape))

@@ -47,7 +47,9 @@ def test_flatten_and_reshape():
 
 
 def test_reshape_errors():
-    with pytest.raises(fn.ShapeError, match=r"at reshape: cannot reshape \(2, 3, 4\) float32 to \(batch, \*\(5, -1\)\)"):
+    with pytest.raises(
+        fn.ShapeError, match=r"at reshape: cannot reshape \(2, 3, 4\) float32 to \(batch, \*\(5, -1\)\)"
+    ):
         fn.reshape((5, -1)).apply({}, {}, jnp.ones((2, 3, 4)))
     with pytest.raises(ValueError, match="at most one -1"):
         fn.reshape((-1, -1))

@@ -1,6 +1,5 @@
 """Tests for multi-head attention: a NumPy reference, mask semantics, dropout, gradients, transforms, errors."""
 
-import doctest
 import re
 
 import chex
@@ -11,7 +10,6 @@ import pytest
 from jax.test_util import check_grads
 
 import funcnet as fn
-import funcnet.layers.attention as attention_module
 from funcnet.errors import DTypeError, KeyMissingError, ParamsError, ShapeError
 from funcnet.layers.attention import causal_mask, combine_masks, multi_head_attention, padding_mask
 
@@ -21,16 +19,18 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def reference_attention(params, query, context, mask, num_heads):
-    """Multi-head attention with an explicit loop over heads, in float64 NumPy."""
+    """Multi-head attention with an explicit loop over heads, in float64 NumPy (missing biases count as 0)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     query, context = np.asarray(query, np.float64), np.asarray(context, np.float64)
     batch, tq, tk = query.shape[:-2], query.shape[-2], context.shape[-2]
     head_dim = p["query"]["kernel"].shape[-1]
+
+    def project(x, name, h):
+        return x @ p[name]["kernel"][:, h] + (p[name]["bias"][h] if "bias" in p[name] else 0.0)
+
     out = np.zeros((*batch, tq, p["out"]["kernel"].shape[-1]))
     for h in range(num_heads):
-        q = query @ p["query"]["kernel"][:, h] + p["query"]["bias"][h]
-        k = context @ p["key"]["kernel"][:, h] + p["key"]["bias"][h]
-        v = context @ p["value"]["kernel"][:, h] + p["value"]["bias"][h]
+        q, k, v = project(query, "query", h), project(context, "key", h), project(context, "value", h)
         logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(head_dim)  # [batch..., Tq, Tk]
         if mask is not None:
             head_mask = np.broadcast_to(np.asarray(mask), (*batch, num_heads, tq, tk))[..., h, :, :]
@@ -38,20 +38,23 @@ def reference_attention(params, query, context, mask, num_heads):
         weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
         weights = weights / weights.sum(axis=-1, keepdims=True)
         out += (weights @ v) @ p["out"]["kernel"][h]
-    return out + p["out"]["bias"]
+    return out + p["out"].get("bias", 0.0)
 
 
-def random_params(model, key, *inputs):
-    """Initializes, then replaces every leaf (biases included) by N(0, 0.5^2) so that biases are exercised."""
-    params, state = model.init(key, *inputs)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    leaves = [0.5 * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
-    return jax.tree.unflatten(treedef, leaves), state
+def random_params(model, seed, *inputs):
+    """Params of the shapes init gives (via eval_shape), filled with N(0, 0.5^2) NumPy draws, biases included.
+
+    NumPy draws keep the tests fast (no per-shape compilation of random kernels); ``init`` itself is
+    tested in test_init_values and test_init_on_shape_structs.
+    """
+    shapes, state = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), s.dtype), shapes)
+    return params, state
 
 
 def normal(seed, shape, dtype=jnp.float32):
-    return jax.random.normal(jax.random.key(seed), shape, dtype)
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 # --- masks ------------------------------------------------------------------------------
@@ -97,10 +100,11 @@ def test_mask_helper_arguments():
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_self_attention_matches_reference(with_mask):
     model = multi_head_attention(2)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (3, 4, 8))
     mask = jax.random.bernoulli(jax.random.key(1), 0.6, (3, 2, 4, 4)) if with_mask else None
-    params, state = random_params(model, jax.random.key(2), x)
-    y, new_state = model.apply(params, state, x, mask=mask)
+    params, state = random_params(model, 2, x)
+    y, new_state = apply(params, state, x, mask=mask)
     assert new_state == {}
     chex.assert_shape(y, (3, 4, 8))
     np.testing.assert_allclose(y, reference_attention(params, x, x, mask, 2), **TOL)
@@ -108,19 +112,21 @@ def test_self_attention_matches_reference(with_mask):
 
 def test_several_batch_axes_and_broadcast_mask():
     model = multi_head_attention(2, qkv_features=6, out_features=5)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (2, 3, 4, 4))
     mask = padding_mask(jnp.array([[1, 2, 3], [4, 4, 2]]), 4)  # [2, 3, 1, 1, 4]
-    params, state = random_params(model, jax.random.key(1), x)
-    y, _ = model.apply(params, state, x, mask=mask)
+    params, state = random_params(model, 1, x)
+    y, _ = apply(params, state, x, mask=mask)
     chex.assert_shape(y, (2, 3, 4, 5))
     np.testing.assert_allclose(y, reference_attention(params, x, x, mask, 2), **TOL)
 
 
 def test_cross_attention_with_different_lengths_and_features():
     model = multi_head_attention(3, qkv_features=6, out_features=7)
+    apply = jax.jit(model.apply, static_argnames="train")
     query, context = normal(0, (2, 3, 4)), normal(1, (2, 5, 6))
     mask = padding_mask(jnp.array([5, 2]), 5)
-    params, state = random_params(model, jax.random.key(2), query, context)
+    params, state = random_params(model, 2, query, context)
     shapes = jax.tree.map(jnp.shape, params)
     assert shapes == {
         "query": {"kernel": (4, 3, 2), "bias": (3, 2)},
@@ -128,58 +134,59 @@ def test_cross_attention_with_different_lengths_and_features():
         "value": {"kernel": (6, 3, 2), "bias": (3, 2)},
         "out": {"kernel": (3, 2, 7), "bias": (7,)},
     }
-    y, _ = model.apply(params, state, query, context, mask)
+    y, _ = apply(params, state, query, context, mask)
     chex.assert_shape(y, (2, 3, 7))
     np.testing.assert_allclose(y, reference_attention(params, query, context, mask, 3), **TOL)
 
 
-def test_without_bias_matches_reference_with_zero_bias():
+def test_without_bias_matches_reference():
     model = multi_head_attention(2, use_bias=False)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (2, 3, 4))
-    params, state = random_params(model, jax.random.key(1), x)
+    params, state = random_params(model, 1, x)
     assert all(set(p) == {"kernel"} for p in params.values())
-    y, _ = model.apply(params, state, x)
-    with_zero_bias = {name: {"kernel": p["kernel"], "bias": np.zeros(p["kernel"].shape[1:] if name != "out"
-                                                                       else p["kernel"].shape[-1:])}
-                      for name, p in params.items()}
-    np.testing.assert_allclose(y, reference_attention(with_zero_bias, x, x, None, 2), **TOL)
+    y, _ = apply(params, state, x)
+    np.testing.assert_allclose(y, reference_attention(params, x, x, None, 2), **TOL)
 
 
 def test_causal_output_does_not_depend_on_future_tokens():
     model = multi_head_attention(2, causal=True)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (2, 5, 4))
-    params, state = random_params(model, jax.random.key(1), x)
-    y, _ = model.apply(params, state, x)
+    params, state = random_params(model, 1, x)
+    y, _ = apply(params, state, x)
     np.testing.assert_allclose(y, reference_attention(params, x, x, causal_mask(5), 2), **TOL)
     for t in range(4):
         future = x.at[:, t + 1 :].set(normal(t + 10, (2, 4 - t, 4)) * 100.0)
-        y_future, _ = model.apply(params, state, future)
+        y_future, _ = apply(params, state, future)
         np.testing.assert_array_equal(y_future[:, : t + 1], y[:, : t + 1])  # exactly: weights are exactly 0
         assert not np.allclose(y_future[:, t + 1 :], y[:, t + 1 :])
 
 
 def test_padded_keys_do_not_affect_outputs():
     model = multi_head_attention(2)
+    apply = jax.jit(model.apply, static_argnames="train")
     query, context = normal(0, (2, 3, 4)), normal(1, (2, 5, 4))
     lengths = jnp.array([2, 4])
     mask = padding_mask(lengths, 5)
-    params, state = random_params(model, jax.random.key(2), query, context)
-    y, _ = model.apply(params, state, query, context, mask)
+    params, state = random_params(model, 2, query, context)
+    y, _ = apply(params, state, query, context, mask)
     junk = normal(3, (2, 5, 4)) * 100.0
     padded = jnp.where((jnp.arange(5)[None, :] >= lengths[:, None])[..., None], junk, context)
     assert not np.allclose(padded, context)
-    y_junk, _ = model.apply(params, state, query, padded, mask)
+    y_junk, _ = apply(params, state, query, padded, mask)
     np.testing.assert_array_equal(y_junk, y)
-    y_unmasked, _ = model.apply(params, state, query, padded)
+    y_unmasked, _ = apply(params, state, query, padded)
     assert not np.allclose(y_unmasked, y)  # the mask is what hides the junk
 
 
 def test_fully_masked_row_attends_uniformly():
     model = multi_head_attention(2)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (2, 3, 4))
     mask = jnp.ones((2, 1, 3, 3), bool).at[0, 0, 1, :].set(False)
-    params, state = random_params(model, jax.random.key(1), x)
-    y, _ = model.apply(params, state, x, mask=mask)
+    params, state = random_params(model, 1, x)
+    y, _ = apply(params, state, x, mask=mask)
     assert np.isfinite(np.asarray(y)).all()
     np.testing.assert_allclose(y, reference_attention(params, x, x, mask, 2), **TOL)
     # a fully masked row equals a row whose logits are all equal: the mean of the values
@@ -187,17 +194,18 @@ def test_fully_masked_row_attends_uniformly():
     values = np.einsum("td,dhf->thf", np.asarray(x[0], np.float64), p["value"]["kernel"]) + p["value"]["bias"]
     uniform = np.einsum("hf,hfo->o", values.mean(axis=0), p["out"]["kernel"]) + p["out"]["bias"]
     np.testing.assert_allclose(y[0, 1], uniform, **TOL)
-    grads = jax.grad(lambda q: model.apply(params, state, q, mask=mask)[0].sum())(x)
+    grads = jax.grad(lambda q: apply(params, state, q, mask=mask)[0].sum())(x)
     assert np.isfinite(np.asarray(grads)).all()
 
 
 def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
     model = multi_head_attention(2, dtype=jnp.float32)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (2, 3, 4))
-    params, state = random_params(model, jax.random.key(1), x)
-    y32, _ = model.apply(params, state, x)
+    params, state = random_params(model, 1, x)
+    y32, _ = apply(params, state, x)
     low = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
-    y16, _ = model.apply(low, state, x.astype(jnp.bfloat16))
+    y16, _ = apply(low, state, x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
     # bfloat16 has an 8-bit mantissa (relative step 2^-8 ~ 4e-3) and errors add over 4 matmuls.
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=5e-2, atol=5e-2)
@@ -208,15 +216,16 @@ def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
 
 def test_dropout_is_deterministic_per_key_and_identity_in_eval():
     model = multi_head_attention(2, dropout_rate=0.5)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (2, 4, 4))
-    params, state = random_params(model, jax.random.key(1), x)
-    y_eval, _ = model.apply(params, state, x)
+    params, state = random_params(model, 1, x)
+    y_eval, _ = apply(params, state, x)
     np.testing.assert_allclose(y_eval, reference_attention(params, x, x, None, 2), **TOL)
-    y_eval_key, _ = model.apply(params, state, x, key=jax.random.key(3))
+    y_eval_key, _ = apply(params, state, x, key=jax.random.key(3))
     np.testing.assert_array_equal(y_eval_key, y_eval)
-    y_a, _ = model.apply(params, state, x, key=jax.random.key(3), train=True)
-    y_b, _ = model.apply(params, state, x, key=jax.random.key(3), train=True)
-    y_c, _ = model.apply(params, state, x, key=jax.random.key(4), train=True)
+    y_a, _ = apply(params, state, x, key=jax.random.key(3), train=True)
+    y_b, _ = apply(params, state, x, key=jax.random.key(3), train=True)
+    y_c, _ = apply(params, state, x, key=jax.random.key(4), train=True)
     np.testing.assert_array_equal(y_a, y_b)
     assert not np.allclose(y_a, y_eval)
     assert not np.allclose(y_a, y_c)
@@ -224,11 +233,12 @@ def test_dropout_is_deterministic_per_key_and_identity_in_eval():
 
 def test_dropout_is_unbiased():
     model = multi_head_attention(2, dropout_rate=0.5)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (1, 3, 4))
-    params, state = random_params(model, jax.random.key(1), x)
-    y_eval, _ = model.apply(params, state, x)
+    params, state = random_params(model, 1, x)
+    y_eval, _ = apply(params, state, x)
     keys = jax.random.split(jax.random.key(2), 4000)
-    samples = jax.vmap(lambda k: model.apply(params, state, x, key=k, train=True)[0])(keys)
+    samples = jax.vmap(lambda k: apply(params, state, x, key=k, train=True)[0])(keys)
     # inverted dropout keeps E[weights] unchanged; allow 5 standard errors of the Monte Carlo mean
     stderr = samples.std(axis=0) / np.sqrt(len(keys))
     assert np.all(np.abs(samples.mean(axis=0) - y_eval) <= 5 * stderr + 1e-6)
@@ -236,12 +246,14 @@ def test_dropout_is_unbiased():
 
 def test_dropout_without_key_raises():
     model = multi_head_attention(2, dropout_rate=0.1)
+    apply = jax.jit(model.apply, static_argnames="train")
     x = normal(0, (2, 3, 4))
-    params, state = model.init(jax.random.key(0), x)
+    params, state = random_params(model, 1, x)
     with pytest.raises(KeyMissingError, match=r"at attention: train=True with dropout_rate=0.1 needs a PRNG key"):
-        model.apply(params, state, x, train=True)
+        apply(params, state, x, train=True)
     no_dropout = multi_head_attention(2)
-    no_dropout.apply(params, state, x, train=True)  # rate 0: no key needed
+    y, _ = jax.jit(no_dropout.apply, static_argnames="train")(params, state, x, train=True)  # rate 0: no key needed
+    np.testing.assert_allclose(y, reference_attention(params, x, x, None, 2), **TOL)
 
 
 # --- gradients and transformations -------------------------------------------------------
@@ -253,19 +265,19 @@ def test_gradients_match_finite_differences():
         # float64 so central differences are accurate; tolerance 1e-5 is then far above their error
         query, context = normal(0, (2, 3, 4), jnp.float64), normal(1, (2, 3, 4), jnp.float64)
         mask = padding_mask(jnp.array([3, 2]), 3)
-        params, state = random_params(model, jax.random.key(2), query, context)
+        params, state = random_params(model, 2, query, context)
 
         def f(p, q, c):
             return model.apply(p, state, q, c, mask)[0]
 
-        check_grads(f, (params, query, context), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
+        check_grads(jax.jit(f), (params, query, context), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
 def test_jit_matches_eager():
     model = multi_head_attention(2, causal=True)
     x = normal(0, (2, 4, 4))
     mask = padding_mask(jnp.array([4, 3]), 4)
-    params, state = random_params(model, jax.random.key(1), x)
+    params, state = random_params(model, 1, x)
     eager, _ = model.apply(params, state, x, mask=mask)
     jitted, _ = jax.jit(model.apply)(params, state, x, mask=mask)
     chex.assert_trees_all_close(jitted, eager, **TOL)
@@ -274,7 +286,7 @@ def test_jit_matches_eager():
 def test_no_retrace_for_new_values():
     model = multi_head_attention(2)
     x = normal(0, (2, 3, 4))
-    params, state = random_params(model, jax.random.key(1), x)
+    params, state = random_params(model, 1, x)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -289,10 +301,27 @@ def test_vmap_over_examples_equals_batched_apply():
     model = multi_head_attention(2)
     query, context = normal(0, (3, 2, 4)), normal(1, (3, 5, 6))
     mask = padding_mask(jnp.array([5, 1, 3]), 5)
-    params, state = random_params(model, jax.random.key(2), query, context)
-    batched, _ = model.apply(params, state, query, context, mask)
-    per_example = jax.vmap(lambda q, c, m: model.apply(params, state, q, c, m)[0])(query, context, mask)
+    params, state = random_params(model, 2, query, context)
+    batched, _ = jax.jit(model.apply)(params, state, query, context, mask)
+    per_example = jax.jit(jax.vmap(lambda q, c, m: model.apply(params, state, q, c, m)[0]))(query, context, mask)
     chex.assert_trees_all_close(per_example, batched, **TOL)
+
+
+def test_init_values():
+    model = multi_head_attention(2, qkv_features=6, out_features=3)
+    query, context = normal(0, (2, 3, 4)), normal(1, (2, 5, 8))
+    params, state = jax.jit(model.init)(jax.random.key(0), query, context)
+    assert state == {}
+    for name, fan_in, fan_out in (("query", 4, 6), ("key", 8, 6), ("value", 8, 6), ("out", 6, 3)):
+        kernel = params[name]["kernel"]
+        assert kernel.dtype == jnp.float32
+        # Glorot uniform on the flat [in, H * Dh] / [H * Dh, out] kernel: bounded by sqrt(6 / (in + out))
+        assert float(jnp.abs(kernel).max()) <= np.sqrt(6 / (fan_in + fan_out))
+        assert float(jnp.abs(kernel).max()) > 0.1 * np.sqrt(6 / (fan_in + fan_out))
+        np.testing.assert_array_equal(params[name]["bias"], 0.0)
+    assert not np.allclose(params["key"]["kernel"], params["value"]["kernel"])  # independent keys
+    half, _ = jax.eval_shape(multi_head_attention(2, dtype=jnp.bfloat16).init, jax.random.key(0), query)
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(half))
 
 
 def test_init_on_shape_structs():
@@ -318,7 +347,8 @@ def test_bad_hyper_parameters():
 
 def test_default_features_not_divisible_by_heads():
     x = jnp.ones((2, 3, 4))
-    with pytest.raises(ShapeError, match=r"at attention: qkv_features defaults to the query's last axis, 4, .*num_heads=3"):
+    expected = r"at attention: qkv_features defaults to the query's last axis, 4, .*num_heads=3"
+    with pytest.raises(ShapeError, match=expected):
         multi_head_attention(3).init(jax.random.key(0), x)
     model = fn.serial(attn=multi_head_attention(3))
     with pytest.raises(ShapeError, match=r"^at attn: qkv_features"):
@@ -328,7 +358,7 @@ def test_default_features_not_divisible_by_heads():
 def test_input_errors():
     model = multi_head_attention(2)
     x = jnp.ones((2, 3, 4))
-    params, state = model.init(jax.random.key(0), x, jnp.ones((2, 5, 6)))
+    params, state = random_params(model, 0, x, jnp.ones((2, 5, 6)))
     with pytest.raises(DTypeError, match="query: expected a floating-point input, got \\(2, 3, 4\\) int32"):
         model.apply(params, state, x.astype(jnp.int32), jnp.ones((2, 5, 6)))
     with pytest.raises(ShapeError, match=r"query: expected input of rank >= 2 .*got \(4,\) float32"):
@@ -344,7 +374,7 @@ def test_input_errors():
 def test_mask_errors():
     model = multi_head_attention(2)
     x = jnp.ones((2, 3, 4))
-    params, state = model.init(jax.random.key(0), x)
+    params, state = random_params(model, 0, x)
     with pytest.raises(DTypeError, match=r"mask: expected a boolean mask \(True = attend\), got \(2, 1, 1, 3\) int32"):
         model.apply(params, state, x, mask=padding_mask(jnp.array([1, 2]), 3).astype(jnp.int32))
     bad = padding_mask(jnp.array([1, 2]), 5)
@@ -358,23 +388,18 @@ def test_mask_errors():
 def test_params_errors():
     model = multi_head_attention(2)
     x = jnp.ones((2, 3, 4))
-    params, state = model.init(jax.random.key(0), x)
-    dense_params, _ = fn.dense(4).init(jax.random.key(0), x)
+    params, state = random_params(model, 0, x)
+    dense_params, _ = random_params(fn.dense(4), 0, x)
     with pytest.raises(ParamsError, match="params do not belong to this model"):
         model.apply(dense_params, state, x)
-    four_heads, _ = multi_head_attention(4).init(jax.random.key(0), x)
+    four_heads, _ = random_params(multi_head_attention(4), 0, x)
     with pytest.raises(ParamsError, match=r"kernels should be \[in, 2, head_dim\]"):
         model.apply(four_heads, state, x)
-    no_bias, _ = multi_head_attention(2, use_bias=False).init(jax.random.key(0), x)
+    no_bias, _ = random_params(multi_head_attention(2, use_bias=False), 0, x)
     with pytest.raises(ParamsError, match=r"params\['query'\] do not belong to this model: expected keys"):
         model.apply(no_bias, state, x)
-    wider, _ = multi_head_attention(2, out_features=6).init(jax.random.key(0), x)
+    wider, _ = random_params(multi_head_attention(2, out_features=6), 0, x)
     with pytest.raises(ParamsError, match="out_features=5"):
         multi_head_attention(2, out_features=5).apply(wider, state, x)
     with pytest.raises(ParamsError, match="attention has no state"):
         model.apply(params, {"count": jnp.zeros(())}, x)
-
-
-def test_docstring_examples_run():
-    result = doctest.testmod(attention_module)
-    assert result.attempted > 0 and result.failed == 0

@@ -17,7 +17,6 @@ import pytest
 from jax.test_util import check_grads
 
 import funcnet as fn
-from funcnet.layers import attention, conv, norm, pool
 
 
 def _floats(*shape):
@@ -33,15 +32,15 @@ CATALOGUE = [
     ("dense", lambda: fn.dense(3), [_floats(4, 5)]),
     ("dense_3d", lambda: fn.dense(3, use_bias=False), [_floats(2, 4, 5)]),
     ("embed", lambda: fn.embed(11, 4), [_ids(3, 5)]),
-    ("conv1d", lambda: conv.conv1d(3, 3, strides=2, padding="SAME"), [_floats(2, 7, 2)]),
-    ("conv2d", lambda: conv.conv2d(2, (2, 3), dilation=(1, 2), padding="VALID"), [_floats(2, 5, 6, 3)]),
-    ("max_pool", lambda: pool.max_pool((2, 2)), [_floats(2, 4, 4, 3)]),
-    ("avg_pool", lambda: pool.avg_pool(3, strides=1, padding="SAME"), [_floats(2, 5, 2)]),
-    ("layer_norm", lambda: norm.layer_norm(), [_floats(4, 6)]),
-    ("rms_norm", lambda: norm.rms_norm(), [_floats(4, 6)]),
-    ("batch_norm", lambda: norm.batch_norm(), [_floats(8, 3)]),
-    ("attention", lambda: attention.multi_head_attention(2), [_floats(2, 3, 4)]),
-    ("attention_cross", lambda: attention.multi_head_attention(2, qkv_features=6), [_floats(2, 3, 4), _floats(2, 5, 3)]),
+    ("conv1d", lambda: fn.conv1d(3, 3, strides=2, padding="SAME"), [_floats(2, 7, 2)]),
+    ("conv2d", lambda: fn.conv2d(2, (2, 3), dilation=(1, 2), padding="VALID"), [_floats(2, 5, 6, 3)]),
+    ("max_pool", lambda: fn.max_pool((2, 2)), [_floats(2, 4, 4, 3)]),
+    ("avg_pool", lambda: fn.avg_pool(3, strides=1, padding="SAME"), [_floats(2, 5, 2)]),
+    ("layer_norm", lambda: fn.layer_norm(), [_floats(4, 6)]),
+    ("rms_norm", lambda: fn.rms_norm(), [_floats(4, 6)]),
+    ("batch_norm", lambda: fn.batch_norm(), [_floats(8, 3)]),
+    ("attention", lambda: fn.multi_head_attention(2), [_floats(2, 3, 4)]),
+    ("attention_cross", lambda: fn.multi_head_attention(2, qkv_features=6), [_floats(2, 3, 4), _floats(2, 5, 3)]),
     ("dropout", lambda: fn.dropout(0.5), [_floats(4, 3)]),
     ("flatten", lambda: fn.flatten(), [_floats(2, 3, 4)]),
     ("reshape", lambda: fn.reshape((2, -1)), [_floats(2, 6)]),
@@ -61,7 +60,7 @@ IDS = [case[0] for case in CATALOGUE]
 def _make(case, dtype=jnp.float32):
     _, factory, makers = case
     keys = jax.random.split(jax.random.key(42), len(makers) + 1)
-    inputs = [make(k, dtype) for make, k in zip(makers, keys[1:])]
+    inputs = [make(k, dtype) for make, k in zip(makers, keys[1:], strict=True)]
     model = factory()
     params, state = model.init(keys[0], *inputs)
     return model, params, state, inputs
@@ -80,6 +79,7 @@ def test_init_predicts_apply_shapes(case):
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=IDS)
 def test_jit_agrees_with_eager_and_does_not_retrace(case):
+    chex.clear_trace_counter()  # counts are per function definition, shared by the parametrized cases
     model, params, state, inputs = _make(case)
     key = jax.random.key(1)
     eager = model.apply(params, state, *inputs, key=key, train=True)
@@ -100,7 +100,7 @@ def test_gradients_match_finite_differences(case):
 
         def f(p, *xs):
             args = list(inputs)
-            for i, x in zip(floats, xs):
+            for i, x in zip(floats, xs, strict=True):
                 args[i] = x
             out, _ = model.apply(p, state, *args, key=jax.random.key(3), train=True)
             return jax.tree.map(jnp.sum, out)  # a scalar per output keeps the check small

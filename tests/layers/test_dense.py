@@ -14,7 +14,10 @@ import funcnet as fn
 def test_dense_is_x_kernel_plus_bias_on_leading_axes():
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 10
     params, state = fn.dense(5).init(jax.random.key(0), x)
-    params = {"kernel": jnp.asarray(np.random.default_rng(0).standard_normal((4, 5)), jnp.float32), "bias": jnp.arange(5.0)}
+    params = {
+        "kernel": jnp.asarray(np.random.default_rng(0).standard_normal((4, 5)), jnp.float32),
+        "bias": jnp.arange(5.0),
+    }
     out, _ = fn.dense(5).apply(params, state, x)
     want = np.einsum("bti,io->bto", x, np.asarray(params["kernel"])) + np.arange(5.0)
     chex.assert_trees_all_close(out, want, rtol=1e-5, atol=1e-6)
