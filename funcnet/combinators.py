@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .core import Model, apply_child, check_children, init_child, output_spec, put
+from .core import Model, apply_child, check_children, init_child, init_children, output_spec, put
 from .core import name_children as _name_children
 from .errors import LayerError, ShapeError, describe, prefix_path
 
@@ -124,12 +124,7 @@ def fanout(*models: Model, **named: Model) -> Model:
     children = _name_children(models, named)
 
     def init(key, *inputs):
-        params, state = {}, {}
-        for name, model in children.items():
-            p, s = init_child(name, model, key, *inputs)
-            put(params, name, p)
-            put(state, name, s)
-        return params, state
+        return init_children(children, key, *inputs)
 
     def apply(params, state, *inputs, key=None, train=False):
         check_children("fanout", params, list(children))

@@ -66,12 +66,14 @@ class Model(NamedTuple):
     name: str = "model"
 
 
-def function(f: Callable[..., Any], name: str | None = None) -> Model:
+def function(f: Callable[..., Any], name: str | None = None, check: Callable[..., Any] | None = None) -> Model:
     """Wraps a pure function ``f(*inputs) -> outputs`` as a parameter-free model.
 
     Args:
       f: a pure function of the inputs (no key, no train flag).
       name: the type name for positional naming; defaults to ``f.__name__``.
+      check: optional validation called with the inputs at init and at apply (at trace time);
+        it raises a ``LayerError`` (e.g. ``ShapeError(name, ...)``) for inputs ``f`` cannot take.
 
     Returns:
       A Model with ``params == state == {}``.
@@ -87,13 +89,18 @@ def function(f: Callable[..., Any], name: str | None = None) -> Model:
         label = "function"
 
     def init(key, *inputs):
-        del key, inputs
+        del key
+        if check is not None:
+            check(*inputs)
         return {}, {}
 
     def apply(params, state, *inputs, key=None, train=False):
         del key, train
         if params or state:
-            raise ParamsError(label, f"a parameter-free model got params {sorted(params)} / state {sorted(state)}.")
+            got = f"got params {sorted(params)} / state {sorted(state)}"
+            raise ParamsError(label, f"{label} has no params or state, {got}.")
+        if check is not None:
+            check(*inputs)
         return f(*inputs), state
 
     return Model(init, apply, label)
@@ -157,6 +164,16 @@ def init_child(name: str, model: Model, key: jax.Array, *inputs: Any) -> tuple[P
         return model.init(child_key(key, name), *inputs)
     except LayerError as error:
         raise prefix_path(error, name) from None
+
+
+def init_children(children: Mapping[str, Model], key: jax.Array, *inputs: Any) -> tuple[Params, State]:
+    """Initializes every child on the same inputs; returns their params and state by name."""
+    params, state = {}, {}
+    for name, model in children.items():
+        p, s = init_child(name, model, key, *inputs)
+        put(params, name, p)
+        put(state, name, s)
+    return params, state
 
 
 def apply_child(

@@ -24,7 +24,7 @@ def test_function_wraps_a_pure_function_without_params():
 
 
 def test_function_rejects_params():
-    with pytest.raises(fn.ParamsError, match="at mul: a parameter-free model got params"):
+    with pytest.raises(fn.ParamsError, match=r"at mul: mul has no params or state, got params \['w'\]"):
         fn.function(jnp.sin, name="mul").apply({"w": 1}, {}, jnp.ones(1))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from jax import lax
 
-from ..core import Model, apply_child, check_children, init_child, name_children, put
+from ..core import Model, apply_child, check_children, init_children, name_children
 from ..errors import ShapeError
 
 
@@ -31,12 +31,7 @@ def _branch_fn(name: str, model: Model, train: bool):
 
 def _branched(layer: str, select: Callable[..., Any], children: dict[str, Model], is_cond: bool) -> Model:
     def init(key, *inputs):
-        params, state = {}, {}
-        for name, model in children.items():
-            p, s = init_child(name, model, key, *inputs)
-            put(params, name, p)
-            put(state, name, s)
-        return params, state
+        return init_children(children, key, *inputs)
 
     def apply(params, state, *inputs, key=None, train=False):
         check_children(layer, params, list(children))

@@ -7,7 +7,6 @@ layout ``funcnet.initializers`` computes fan-in and fan-out for. The work is one
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,72 +16,9 @@ from jax import lax
 
 from .. import initializers
 from ..core import Model
-from ..errors import ParamsError, ShapeError, check_array, check_floating, check_params, describe
+from ..errors import ParamsError, ShapeError, check_floating, check_params, describe
 from ..initializers import Initializer
-
-Padding = str | int | Sequence[tuple[int, int]]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _sizes(layer: str, value: Any, n: int, what: str) -> tuple[int, ...]:
-    """An int or a length-``n`` sequence of positive ints, as a tuple of ``n`` ints."""
-    values = (value,) * n if _is_int(value) else tuple(value) if isinstance(value, Sequence) else (value,)
-    if len(values) != n or not all(_is_int(v) and v >= 1 for v in values):
-        raise ValueError(f"{layer}: {what} must be a positive int or {n} positive ints, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
-def _padding(layer: str, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
-    """``"SAME"``/``"VALID"``, or ``padding`` as ``n`` (low, high) pairs of non-negative ints."""
-    if isinstance(padding, str):
-        if padding.upper() in ("SAME", "VALID"):
-            return padding.upper()
-        raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or (low, high) pairs, got {padding!r}")
-    pairs = ((padding, padding),) * n if _is_int(padding) else padding
-    ok = isinstance(pairs, Sequence) and len(pairs) == n
-    ok = ok and all(isinstance(p, Sequence) and len(p) == 2 and all(_is_int(v) and v >= 0 for v in p) for p in pairs)
-    if not ok:
-        raise ValueError(
-            f"{layer}: padding must be 'SAME', 'VALID', a non-negative int or {n} (low, high) pairs of "
-            f"non-negative ints (one per spatial axis), got {padding!r}"
-        )
-    return tuple((int(lo), int(hi)) for lo, hi in pairs)
-
-
-def _explicit_padding(
-    layer: str, x: Any, padding: Any, windows: Sequence[int], strides: Sequence[int]
-) -> tuple[tuple[int, int], ...]:
-    """(low, high) pairs for the spatial axes of ``x``; raises ShapeError if a window does not fit.
-
-    ``windows`` are the effective (dilated) window sizes.
-    """
-    sizes = tuple(x.shape[1:-1])
-    if isinstance(padding, str):
-        padding = tuple(tuple(p) for p in lax.padtype_to_pads(sizes, windows, strides, padding))
-    for size, window, (lo, hi) in zip(sizes, windows, padding, strict=True):
-        if size + lo + hi < window:
-            raise ShapeError(
-                layer,
-                f"the spatial axes {sizes} with padding {padding} are smaller than the window {tuple(windows)}, "
-                f"got {describe(x)}. Fix: feed larger inputs, pad them, or use a smaller (or undilated) window.",
-            )
-    return padding
-
-
-def _layout(n: int) -> str:
-    names = {1: ["length"], 2: ["height", "width"], 3: ["depth", "height", "width"]}
-    return "[" + ", ".join(["batch", *names.get(n, [f"spatial_{i}" for i in range(n)]), "channels"]) + "]"
-
-
-def _check_spatial_rank(layer: str, x: Any, n: int) -> None:
-    """Raises ShapeError unless ``x`` is ``[batch, *spatial, channels]`` with ``n`` spatial axes."""
-    check_array(layer, x)
-    if x.ndim != n + 2:
-        fix = "add a batch axis with x[None] for a single example" if x.ndim == n + 1 else "channels go last"
-        raise ShapeError(layer, f"expected input of rank {n + 2} ({_layout(n)}), got {describe(x)}. Fix: {fix}.")
+from ._spatial import Padding, check_spatial_rank, explicit_padding, is_int, padding_pairs, sizes
 
 
 def _conv(
@@ -99,19 +35,19 @@ def _conv(
     bias_init: Initializer | None = None,
     dtype: jnp.dtype | None = None,
 ) -> Model:
-    if not _is_int(features) or features < 1:
+    if not is_int(features) or features < 1:
         raise ValueError(f"{name}: features must be a positive int, got {features!r}")
-    if _is_int(kernel_size) or not isinstance(kernel_size, Sequence) or not kernel_size:
+    if is_int(kernel_size) or not isinstance(kernel_size, Sequence) or not kernel_size:
         raise ValueError(
             f"{name}: kernel_size must be a sequence with one size per spatial axis, got {kernel_size!r}. "
             f"Fix: conv(features, (3, 3)) for 2D, or use conv1d/conv2d, which accept an int."
         )
     n = len(kernel_size)
-    kernel_size = _sizes(name, kernel_size, n, "kernel_size")
-    strides = _sizes(name, strides, n, "strides")
-    dilation = _sizes(name, dilation, n, "dilation")
-    padding = _padding(name, padding, n)
-    if not _is_int(feature_group_count) or feature_group_count < 1 or features % feature_group_count:
+    kernel_size = sizes(name, kernel_size, n, "kernel_size")
+    strides = sizes(name, strides, n, "strides")
+    dilation = sizes(name, dilation, n, "dilation")
+    padding = padding_pairs(name, padding, n)
+    if not is_int(feature_group_count) or feature_group_count < 1 or features % feature_group_count:
         raise ValueError(
             f"{name}: feature_group_count must be a positive int that divides features={features}, "
             f"got {feature_group_count!r}"
@@ -125,9 +61,9 @@ def _conv(
     bias_init = bias_init or initializers.zeros()
 
     def check_input(x):
-        _check_spatial_rank(name, x, n)
+        check_spatial_rank(name, x, n)
         check_floating(name, x)
-        return _explicit_padding(name, x, padding, windows, strides)
+        return explicit_padding(name, x, padding, windows, strides)
 
     def init(key, x):
         check_input(x)
@@ -256,7 +192,7 @@ def conv1d(features: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Mo
       >>> params["kernel"].shape, layer.apply(params, state, jnp.ones((2, 20, 3)))[0].shape
       ((5, 3, 8), (2, 16, 8))
     """
-    return _conv("conv1d", features, _sizes("conv1d", kernel_size, 1, "kernel_size"), **kwargs)
+    return _conv("conv1d", features, sizes("conv1d", kernel_size, 1, "kernel_size"), **kwargs)
 
 
 def conv2d(features: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Model:
@@ -272,4 +208,4 @@ def conv2d(features: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Mo
       >>> params["kernel"].shape, layer.apply(params, state, jnp.ones((2, 28, 28, 1)))[0].shape
       ((3, 3, 1, 16), (2, 14, 14, 16))
     """
-    return _conv("conv2d", features, _sizes("conv2d", kernel_size, 2, "kernel_size"), **kwargs)
+    return _conv("conv2d", features, sizes("conv2d", kernel_size, 2, "kernel_size"), **kwargs)

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..core import Model
-from ..errors import DTypeError, ParamsError, ShapeError, check_array, check_floating, check_rank, describe
-from .conv import Padding, _check_spatial_rank, _explicit_padding, _padding, _sizes
+from ..core import Model, function
+from ..errors import DTypeError, ShapeError, check_array, check_floating, check_rank, describe
+from ._spatial import Padding, check_spatial_rank, explicit_padding, padding_pairs, sizes
 
 
 def _pool(
@@ -35,16 +35,16 @@ def _pool(
     fixed = lengths.pop() if lengths else None
 
     def hyper(n):
-        dims = _sizes(name, window, n, "window")
-        steps = dims if strides is None else _sizes(name, strides, n, "strides")
-        return dims, steps, _padding(name, padding, n)
+        dims = sizes(name, window, n, "window")
+        steps = dims if strides is None else sizes(name, strides, n, "strides")
+        return dims, steps, padding_pairs(name, padding, n)
 
     hyper(fixed or 1)  # bad hyper-parameters fail at construction
 
     def prepare(x):
         check_array(name, x)
         if fixed is not None:
-            _check_spatial_rank(name, x, fixed)
+            check_spatial_rank(name, x, fixed)
         elif x.ndim < 3:
             fix = "add a batch axis with x[None] for a single example" if x.ndim == 2 else "channels go last"
             raise ShapeError(
@@ -52,21 +52,10 @@ def _pool(
             )
         check_dtype(name, x)
         dims, steps, pads = hyper(x.ndim - 2)
-        pads = _explicit_padding(name, x, pads, dims, steps)
+        pads = explicit_padding(name, x, pads, dims, steps)
         return (1, *dims, 1), (1, *steps, 1), ((0, 0), *pads, (0, 0))
 
-    def init(key, x):
-        del key
-        prepare(x)
-        return {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        del key, train
-        if params or state:
-            raise ParamsError(name, f"{name} has no params or state, got {sorted(params)} / {sorted(state)}.")
-        return reduce(x, *prepare(x)), state
-
-    return Model(init, apply, name)
+    return function(lambda x: reduce(x, *prepare(x)), name, check=prepare)
 
 
 def _check_real(name: str, x) -> None:
@@ -174,18 +163,4 @@ def global_avg_pool() -> Model:
         check_rank("global_avg_pool", x, 3, what="[batch, *spatial, channels]")
         check_floating("global_avg_pool", x)
 
-    def init(key, x):
-        del key
-        check(x)
-        return {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        del key, train
-        if params or state:
-            raise ParamsError(
-                "global_avg_pool", f"global_avg_pool has no params or state, got {sorted(params)} / {sorted(state)}."
-            )
-        check(x)
-        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1))), state
-
-    return Model(init, apply, "global_avg_pool")
+    return function(lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1))), "global_avg_pool", check=check)

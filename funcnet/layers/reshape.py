@@ -6,24 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..core import Model
-from ..errors import ParamsError, ShapeError, check_rank, describe
-
-
-def _parameter_free(name, check, f):
-    def init(key, x):
-        del key
-        check(x)
-        return {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        del key, train
-        if params or state:
-            raise ParamsError(name, f"{name} has no params or state, got {sorted(params)} / {sorted(state)}.")
-        check(x)
-        return f(x), state
-
-    return Model(init, apply, name)
+from ..core import Model, function
+from ..errors import ShapeError, check_rank, describe
 
 
 def flatten() -> Model:
@@ -34,7 +18,7 @@ def flatten() -> Model:
       >>> fn.flatten().apply({}, {}, jnp.ones((2, 3, 4)))[0].shape
       (2, 12)
     """
-    return _parameter_free("flatten", lambda x: check_rank("flatten", x, 1), lambda x: x.reshape(x.shape[0], -1))
+    return function(lambda x: x.reshape(x.shape[0], -1), "flatten", check=lambda x: check_rank("flatten", x, 1))
 
 
 def reshape(shape: Sequence[int]) -> Model:
@@ -60,4 +44,4 @@ def reshape(shape: Sequence[int]) -> Model:
                 "reshape", f"cannot reshape {describe(x)} to (batch, *{shape}): {size} entries per example."
             )
 
-    return _parameter_free("reshape", check, lambda x: x.reshape(x.shape[0], *shape))
+    return function(lambda x: x.reshape(x.shape[0], *shape), "reshape", check=check)
