@@ -1,0 +1,141 @@
+"""Checkpoints with Orbax: the latest N and the best by a validation metric, saved atomically.
+
+Each checkpoint ``RUN_DIR/checkpoints/<step>/`` holds two items:
+
+- ``state``: the TrainState's arrays (Orbax's standard format, restorable onto any mesh);
+- ``meta``: JSON beside them: the data-iterator position, epoch, best metric so far, patience
+  counter, and whatever else the loop records (the resolved config is in ``RUN_DIR/config.json``).
+
+Retention keeps the newest ``keep`` checkpoints AND the ``keep_best`` best by ``metric``
+(``AnyPreservationPolicy([LatestN, BestN])``). Orbax's ``max_to_keep`` together with ``best_fn``
+would keep only the best and delete the newest, which makes resuming impossible. Checkpoints saved
+between evaluations carry no metric and are governed by ``LatestN`` alone.
+
+Saves are asynchronous (the step loop goes on while arrays are written); Orbax writes into a
+temporary directory and renames it when complete, so a process killed mid-save leaves the
+previous checkpoints intact and the partial one is ignored. Call ``wait()`` before exiting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpointer:
+    """Saves and restores TrainStates and their metadata in ``directory``.
+
+    Args:
+      directory: where the step folders go (created if missing).
+      keep: how many of the newest checkpoints to keep.
+      keep_best: how many of the best checkpoints (by ``metric``) to keep.
+      metric: the validation metric name in the ``metrics`` given to ``save``.
+      mode: ``"min"`` or ``"max"``: which direction is better.
+      asynchronous: write arrays in the background.
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp
+      >>> ckpt = Checkpointer(tempfile.mkdtemp(), keep=2)
+      >>> ckpt.save(1, {"w": jnp.ones(2)}, {"epoch": 0}, metrics={"loss": 0.5})
+      >>> ckpt.wait()
+      >>> state, meta = ckpt.restore(1, {"w": jnp.zeros(2)})
+      >>> state["w"].tolist(), meta
+      ([1.0, 1.0], {'epoch': 0})
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        keep_best: int = 1,
+        metric: str = "loss",
+        mode: str = "min",
+        asynchronous: bool = True,
+    ):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.metric, self.mode = metric, mode
+        worst = math.inf if mode == "min" else -math.inf
+
+        def score(metrics: Mapping[str, float]) -> float:
+            value = float(metrics[metric])
+            return value if math.isfinite(value) else worst
+
+        preservation = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(n=keep),
+                policies.BestN(
+                    get_metric_fn=score, reverse=mode == "min", n=keep_best, keep_checkpoints_without_metrics=False
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            best_fn=score,
+            best_mode=mode,
+            preservation_policy=preservation,
+            enable_async_checkpointing=asynchronous,
+            create=True,
+        )
+        self.directory = os.fspath(directory)
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(self.directory), item_names=("state", "meta"), options=options
+        )
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
+        """Starts saving ``state`` (a pytree of global arrays) and ``meta`` (JSON) as ``step``.
+
+        ``metrics`` (validation metrics) make the checkpoint a candidate for "best"; give them
+        at evaluations only. Saving a step that already exists is a no-op.
+        """
+        if step in self.manager.all_steps():
+            return
+        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        self.manager.save(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
+            metrics=metrics,
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restores step ``step`` into the shapes, dtypes and shardings of ``abstract_state``.
+
+        ``abstract_state`` may be a pytree of ``jax.ShapeDtypeStruct`` with shardings (see
+        ``funcnet.train.state.abstract_train_state``) or of arrays whose shardings to copy.
+        """
+        restored = self.manager.restore(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        )
+        return restored.state, dict(restored.meta)
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step of the best checkpoint by the metric (the latest if none has metrics), or None."""
+        return self.manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        """Every complete checkpoint's step, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def reached_preemption(self, step: int) -> bool:
+        """True when JAX's preemption notice (SIGTERM after ``jax.distributed.initialize``) arrived."""
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        """Blocks until every started save is complete on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for saves, then releases Orbax's resources."""
+        self.manager.wait_until_finished()
+        self.manager.close()

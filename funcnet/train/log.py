@@ -1,0 +1,124 @@
+"""Logs that are not printing: tensorboardX event files and a progress bar.
+
+Event files go to ``RUN_DIR/logs`` (view with ``tensorboard --logdir RUN_DIR``). Tags:
+
+- ``train/<metric>`` (running means over the last ``log_every`` steps), ``train/learning_rate``,
+  ``train/steps_per_second``, ``train/examples_per_second``;
+- ``validation/<metric>`` at each evaluation;
+- histograms ``params/<path>`` and ``train/grad_norm`` (the per-step gradient norms since the
+  previous evaluation) at each evaluation;
+- the resolved config as text (``config``).
+
+Only process 0 writes, so a multi-host run has one set of logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+class RunLogger:
+    """Writes scalars, histograms and the config of one run.
+
+    Args:
+      run_dir: the run directory; events go to ``run_dir/logs``.
+      resume_step: when resuming, events at steps >= this one from the interrupted run are
+        purged, so curves do not double back.
+
+    Example:
+      >>> import tempfile
+      >>> with RunLogger(tempfile.mkdtemp()) as log:
+      ...     log.scalars("train", {"loss": 0.5}, step=1)
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int | None = None):
+        self.enabled = jax.process_index() == 0
+        self.logdir = os.path.join(os.fspath(run_dir), "logs")
+        self.writer = SummaryWriter(logdir=self.logdir, purge_step=resume_step) if self.enabled else None
+
+    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
+        """Writes ``prefix/<name>`` for each value."""
+        if self.writer is None:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{name}", float(value), int(step))
+
+    def histograms(self, prefix: str, tree: Any, step: int) -> None:
+        """Writes one histogram per array leaf of ``tree`` as ``prefix/<path>``."""
+        if self.writer is None:
+            return
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            values = np.asarray(jax.device_get(leaf), dtype=np.float64).ravel()
+            if values.size and np.isfinite(values).all():
+                self.writer.add_histogram(f"{prefix}/{_path(path)}" if path else prefix, values, int(step))
+
+    def config(self, config: Mapping[str, Any]) -> None:
+        """Writes the resolved config as text."""
+        if self.writer is not None:
+            self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
+
+    def flush(self) -> None:
+        """Pushes buffered events to disk."""
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Progress:
+    """A progress bar with loss, steps/s, examples/s and ETA; silent when disabled or not process 0.
+
+    Example:
+      >>> bar = Progress(total=10, initial=0, enabled=False)
+      >>> bar.update(2, {"loss": 0.5}, examples=64)
+      >>> bar.close()
+    """
+
+    def __init__(self, total: int | None, initial: int, enabled: bool = True):
+        self.enabled = enabled and jax.process_index() == 0
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) if self.enabled else None
+        self._start, self._examples = time.perf_counter(), 0
+
+    def update(self, steps: int, metrics: Mapping[str, float], examples: int) -> None:
+        """Advances by ``steps`` and shows the latest metrics and the example rate."""
+        self._examples += examples
+        if self.bar is None:
+            return
+        rate = self._examples / max(time.perf_counter() - self._start, 1e-9)
+        shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "accuracy")}
+        self.bar.set_postfix(shown | {"ex/s": f"{rate:,.0f}"}, refresh=False)
+        self.bar.update(steps)
+
+    def write(self, message: str) -> None:
+        """Prints a line without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(message)
+        elif jax.process_index() == 0:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        """Closes the bar."""
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,241 @@
+"""Pure training and evaluation steps, jit-compiled and data-parallel over a device mesh.
+
+A loss function maps the model's outputs and the batch to PER-EXAMPLE values::
+
+    loss_fn(outputs, batch) -> loss[B]                   # or
+    loss_fn(outputs, batch) -> {"loss": loss[B], "accuracy": correct[B], ...}
+
+The engine averages them over the real examples (``batch["mask"] == 1``), so a batch padded
+with masked examples gives the same gradient and metrics as the unpadded batch, and metrics
+averaged over uneven batches are exact (each step reports its means and its ``count``).
+
+Data parallelism is the global view of ``jax.jit``: the batch is sharded along its first axis
+over the mesh's ``"data"`` axis, the train state is replicated, and XLA inserts the all-reduce
+of the gradient (the full-batch mean). This is how ``pmap`` is implemented in current JAX. The
+batch size must be a multiple of the device count; ``funcnet.train.data.Batches`` pads the last
+batch of an epoch with masked examples to keep every batch full.
+
+For your own ``shard_map`` (or ``pmap``), take the un-jitted function from
+``train_step_fn(..., axis_name="data")``: it sums counts and metrics across that axis, so the
+loss is the global mean and the (automatically summed) gradients are the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.sharding import Mesh
+
+from ..core import Model
+from .state import TrainState, batch_sharded, data_mesh, replicated, step_key
+
+LossFn = Callable[[Any, Mapping[str, jax.Array]], "jax.Array | Mapping[str, jax.Array]"]
+Metrics = dict[str, jax.Array]
+
+
+def _per_example(loss_fn: LossFn, outputs: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    values = loss_fn(outputs, batch)
+    values = dict(values) if isinstance(values, Mapping) else {"loss": values}
+    if "loss" not in values:
+        raise ValueError(
+            f"the loss function must return per-example losses or a dict with 'loss'; got keys {sorted(values)}"
+        )
+    n = batch["mask"].shape[0]
+    for name, value in values.items():
+        if value.shape != (n,):
+            raise ValueError(
+                f"the loss function must return PER-EXAMPLE values of shape ({n},); {name!r} has shape {value.shape}. "
+                "Fix: average over every axis but the first inside the loss, and leave the batch mean to the engine."
+            )
+    return values
+
+
+def _masked_means(values: dict[str, jax.Array], mask: jax.Array, axis_name: str | None) -> tuple[Metrics, jax.Array]:
+    sums = {name: jnp.sum(v.astype(jnp.float32) * mask) for name, v in values.items()}
+    count = jnp.sum(mask)
+    if axis_name is not None:
+        sums, count = lax.psum((sums, count), axis_name)
+    return {name: s / jnp.maximum(count, 1.0) for name, s in sums.items()}, count
+
+
+def _model_inputs(batch: Mapping[str, jax.Array], inputs: Sequence[str]) -> list[jax.Array]:
+    missing = [name for name in inputs if name not in batch]
+    if missing:
+        raise KeyError(
+            f"the batch has no {missing}; it holds {sorted(batch)}. Fix: set inputs= to the model's input keys"
+        )
+    return [batch[name] for name in inputs]
+
+
+def train_step_fn(
+    model: Model,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    inputs: Sequence[str] = ("x",),
+    skip_nan_updates: bool = False,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
+    """The pure (un-jitted) train step ``(state, batch) -> (state, metrics)``.
+
+    Args:
+      model: the model; it is applied to ``[batch[k] for k in inputs]`` with ``train=True``.
+      loss_fn: ``(outputs, batch) -> loss[B]`` or a dict of per-example values with ``"loss"``.
+      optimizer: an optax transformation.
+      inputs: the batch keys passed to ``model.apply``, in order.
+      skip_nan_updates: if the loss or gradient is not finite, keep the old params and
+        optimizer state (the step counter still advances) instead of applying the update.
+      axis_name: the mapped axis when you run the step under your own ``shard_map``/``pmap``.
+
+    Returns:
+      The step. ``metrics`` holds the batch means of every per-example value, ``count`` (real
+      examples), ``grad_norm`` (global norm of the mean gradient) and ``finite`` (1.0 or 0.0).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, funcnet as fn
+      >>> from funcnet.train.state import create_train_state
+      >>> model, opt = fn.dense(1), optax.sgd(0.1)
+      >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.zeros((8, 1)), "mask": jnp.ones(8)}
+      >>> state = create_train_state(model, opt, jax.random.key(0), batch["x"])
+      >>> step = train_step_fn(model, lambda out, b: jnp.mean((out - b["y"]) ** 2, axis=-1), opt)
+      >>> state, metrics = step(state, batch)
+      >>> int(state.step), sorted(metrics)
+      (1, ['count', 'finite', 'grad_norm', 'loss'])
+    """
+
+    def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        key = step_key(state)
+
+        def objective(params):
+            outputs, model_state = model.apply(
+                params, state.model_state, *_model_inputs(batch, inputs), key=key, train=True
+            )
+            means, count = _masked_means(_per_example(loss_fn, outputs, batch), batch["mask"], axis_name)
+            return means["loss"], (means, count, model_state)
+
+        (loss, (means, count, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = TrainState(state.step + 1, params, model_state, opt_state, state.key)
+        if skip_nan_updates:
+            kept = state._replace(step=new.step)
+            new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
+        metrics = {**means, "count": count, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+        return new, metrics
+
+    return step
+
+
+def eval_step_fn(
+    model: Model, loss_fn: LossFn, *, inputs: Sequence[str] = ("x",), axis_name: str | None = None
+) -> Callable[[TrainState, Mapping[str, jax.Array]], Metrics]:
+    """The pure evaluation step ``(state, batch) -> metrics`` (``train=False``, no update).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, funcnet as fn
+      >>> from funcnet.train.state import create_train_state
+      >>> batch = {"x": jnp.ones((4, 2)), "mask": jnp.array([1.0, 1.0, 1.0, 0.0])}
+      >>> state = create_train_state(fn.dense(1), optax.sgd(0.1), jax.random.key(0), batch["x"])
+      >>> metrics = eval_step_fn(fn.dense(1), lambda out, b: jnp.zeros(4))(state, batch)
+      >>> float(metrics["count"])
+      3.0
+    """
+
+    def step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
+        outputs, _ = model.apply(state.params, state.model_state, *_model_inputs(batch, inputs), train=False)
+        means, count = _masked_means(_per_example(loss_fn, outputs, batch), batch["mask"], axis_name)
+        return {**means, "count": count}
+
+    return step
+
+
+def _check_divisible(batch: Mapping[str, jax.Array], mesh: Mesh) -> None:
+    n, devices = batch["mask"].shape[0], mesh.size
+    if n % devices:
+        raise ValueError(
+            f"a batch of {n} examples cannot be split evenly over {devices} devices. Fix: make the batch size a "
+            f"multiple of {devices}; funcnet.train.data.Batches pads partial batches with masked examples."
+        )
+
+
+def make_train_step(
+    model: Model,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
+    inputs: Sequence[str] = ("x",),
+    skip_nan_updates: bool = False,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
+    """The train step, jit-compiled with the state donated and data-parallel over ``mesh``.
+
+    The batch is sharded along its first axis over the mesh's ``"data"`` axis; the state stays
+    replicated. On one device this is a plain jitted step. See ``train_step_fn`` for the arguments.
+
+    Raises:
+      ValueError: the batch size is not a multiple of the number of devices.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, funcnet as fn
+      >>> from funcnet.train.state import create_train_state
+      >>> model, opt = fn.dense(1), optax.sgd(0.1)
+      >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.zeros((8, 1)), "mask": jnp.ones(8)}
+      >>> state = create_train_state(model, opt, jax.random.key(0), batch["x"])
+      >>> step = make_train_step(model, lambda out, b: jnp.mean((out - b["y"]) ** 2, axis=-1), opt)
+      >>> state, metrics = step(state, batch)
+      >>> int(state.step)
+      1
+    """
+    mesh = mesh or data_mesh()
+    step = jax.jit(
+        train_step_fn(model, loss_fn, optimizer, inputs=inputs, skip_nan_updates=skip_nan_updates),
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+        donate_argnums=0,
+    )
+
+    def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        _check_divisible(batch, mesh)
+        return step(state, batch)
+
+    checked.jitted = step  # for inspection: .lower(), ._cache_size()
+    return checked
+
+
+def make_eval_step(
+    model: Model, loss_fn: LossFn, *, mesh: Mesh | None = None, inputs: Sequence[str] = ("x",)
+) -> Callable[[TrainState, Mapping[str, jax.Array]], Metrics]:
+    """The evaluation step, jit-compiled and data-parallel like ``make_train_step``.
+
+    It returns only the metrics: the state is unchanged by evaluation, and returning it would
+    copy every parameter on each call.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, funcnet as fn
+      >>> from funcnet.train.state import create_train_state
+      >>> batch = {"x": jnp.ones((8, 2)), "mask": jnp.ones(8)}
+      >>> state = create_train_state(fn.dense(1), optax.sgd(0.1), jax.random.key(0), batch["x"])
+      >>> metrics = make_eval_step(fn.dense(1), lambda out, b: out[:, 0] ** 2)(state, batch)
+      >>> float(metrics["count"])
+      8.0
+    """
+    mesh = mesh or data_mesh()
+    step = jax.jit(
+        eval_step_fn(model, loss_fn, inputs=inputs),
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+    )
+
+    def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
+        _check_divisible(batch, mesh)
+        return step(state, batch)
+
+    checked.jitted = step
+    return checked
