@@ -1,0 +1,194 @@
+"""The ``funcnet`` command: train from a config file, evaluate a run.
+
+    funcnet train CONFIG -s RUN_DIR [-o key=value ...]   # train, or resume if RUN_DIR has checkpoints
+    funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP]
+
+Every config error (unknown keys, wrong types, missing values, unknown component types) is
+reported with its key path before anything is built or compiled. ``RUN_DIR`` receives
+``config.json`` (the resolved config), ``checkpoints/``, ``logs/`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from . import builtins as _builtins  # noqa: F401  (registers the built-in components)
+from .builtins import DataSplits
+from .checkpoint import Checkpointer
+from .components import ConfigError, build_component
+from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
+from .data import Batches
+from .loop import evaluate, fit
+from .optim import make_optimizer
+from .registry import DATASETS, LOSSES, MODELS
+from .state import abstract_train_state, data_mesh
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Writes JSON atomically (a temporary file renamed over the target): never a half-written file.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.json")
+    >>> write_json(path, {"a": 1}); open(path).read()
+    '{\\n  "a": 1\\n}\\n'
+    """
+    if jax.process_index() != 0:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
+        json.dump(value, f, indent=2, default=float)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+class Run:
+    """Everything built from a validated config: model, data splits, batches, loss, optimizer."""
+
+    def __init__(self, run: RunConfig):
+        self.config = run
+        self.model = build_component(MODELS, run.model, "model")
+        self.splits: DataSplits = build_component(DATASETS, run.dataset, "dataset")
+        self.loss_fn = build_component(LOSSES, run.loss, "loss")
+        self.optimizer = make_optimizer(run.optimizer)
+        self.mesh = data_mesh()
+        trainer = run.trainer
+        self.train = Batches(
+            self.splits.train,
+            trainer.batch_size,
+            shuffle=trainer.shuffle,
+            seed=trainer.seed,
+            drop_remainder=trainer.drop_remainder,
+            multiple_of=self.mesh.size,
+        )
+
+    def batches(self, split: str) -> Batches:
+        """Unshuffled, padded batches of a split, for evaluation."""
+        data = getattr(self.splits, split, None)
+        if data is None:
+            raise SystemExit(f"error: the dataset has no {split!r} split")
+        size = self.config.trainer.eval_batch_size or self.config.trainer.batch_size
+        return Batches(data, size, shuffle=False, multiple_of=self.mesh.size)
+
+    def restore(self, run_dir: str | os.PathLike, which: str = "best"):
+        """The TrainState of the best, latest or a numbered checkpoint of ``run_dir``."""
+        trainer = self.config.trainer
+        checkpointer = Checkpointer(
+            Path(run_dir) / "checkpoints", keep=trainer.keep_checkpoints, keep_best=trainer.keep_best,
+            metric=trainer.metric, mode=trainer.mode,
+        )  # fmt: skip
+        step = {"best": checkpointer.best_step, "latest": checkpointer.latest_step}.get(which, lambda: int(which))()
+        if step is None:
+            raise SystemExit(f"error: {run_dir} has no checkpoints")
+        example = next(iter(self.train.epoch(0)))
+        inputs = [example[k] for k in self.splits.inputs]
+        abstract = abstract_train_state(
+            self.model, self.optimizer.transform, jax.random.key(trainer.seed), *inputs, mesh=self.mesh
+        )
+        state, _ = checkpointer.restore(step, abstract)
+        checkpointer.close()
+        return step, state
+
+
+def _load(config_path: str, overrides: Sequence[str]) -> dict[str, Any]:
+    config = apply_overrides(load_config(config_path), overrides)
+    run = validate_config(config, search_dirs=[os.getcwd(), os.path.dirname(os.path.abspath(config_path))])
+    make_optimizer(run.optimizer)  # validates the optimizer section before anything is compiled
+    return resolved_config(run)
+
+
+def train(config_path: str, run_dir: str, overrides: Sequence[str] = ()) -> int:
+    """``funcnet train``: returns the process exit code."""
+    resolved = _load(config_path, overrides)
+    saved = Path(run_dir) / "config.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous != resolved:
+            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise SystemExit(
+                f"error: {run_dir} holds a run with another config (sections differ: {changed}). "
+                "Fix: use a new run directory, or the same config to resume that run."
+            )
+    write_json(saved, resolved)
+    run = Run(validate_config(resolved))
+    validation = run.batches("validation") if run.splits.validation is not None else None
+    start = time.perf_counter()
+    result = fit(
+        run.model,
+        run.loss_fn,
+        run.optimizer.transform,
+        run.train,
+        run_dir=run_dir,
+        trainer=run.config.trainer,
+        validation=validation,
+        learning_rate=run.optimizer.learning_rate,
+        inputs=run.splits.inputs,
+        config=resolved,
+        mesh=run.mesh,
+    )
+    results = {
+        "stop_reason": result.stop_reason,
+        "steps": result.step,
+        "epoch": result.epoch,
+        "best_step": result.best_step,
+        f"best_validation_{run.config.trainer.metric}": result.best_metric,
+        "validation_history": result.history,
+        "seconds_this_session": time.perf_counter() - start,
+    }
+    if run.splits.test is not None and result.stop_reason in ("done", "early_stopping"):
+        step, state = run.restore(run_dir, "best")
+        results["test"] = {"checkpoint": step, **evaluate(run.model, run.loss_fn, state, run.batches("test"),
+                                                          inputs=run.splits.inputs, mesh=run.mesh)}  # fmt: skip
+    write_json(Path(run_dir) / "results.json", results)
+    print(f"{result.stop_reason} at step {result.step}; results in {Path(run_dir) / 'results.json'}")
+    return 1 if result.stop_reason == "nan" else 0
+
+
+def evaluate_run(run_dir: str, split: str = "validation", checkpoint: str = "best") -> dict[str, float]:
+    """``funcnet evaluate``: metrics of a checkpoint of ``run_dir`` on a split."""
+    saved = Path(run_dir) / "config.json"
+    if not saved.exists():
+        raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
+    run = Run(validate_config(json.loads(saved.read_text()), search_dirs=[os.getcwd()]))
+    step, state = run.restore(run_dir, checkpoint)
+    metrics = evaluate(run.model, run.loss_fn, state, run.batches(split), inputs=run.splits.inputs, mesh=run.mesh)
+    return {"checkpoint": step, "split": split, **metrics}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``funcnet`` console script."""
+    parser = argparse.ArgumentParser(prog="funcnet", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_train = commands.add_parser("train", help="train from a config file (resumes if RUN_DIR has checkpoints)")
+    p_train.add_argument("config", help="a .toml or .json config file")
+    p_train.add_argument("-s", "--serialization-dir", dest="run_dir", required=True, help="the run directory")
+    p_train.add_argument("-o", "--override", action="append", default=[], help="key.path=value (repeatable)")
+    p_eval = commands.add_parser("evaluate", help="evaluate a checkpoint of a run")
+    p_eval.add_argument("run_dir")
+    p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p_eval.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return train(args.config, args.run_dir, args.override)
+        print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint), indent=2))
+        return 0
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
