@@ -39,8 +39,12 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "x.json")
-    >>> write_json(path, {"a": 1}); open(path).read()
-    '{\\n  "a": 1\\n}\\n'
+    >>> write_json(path, {"a": 1})
+    >>> with open(path) as f:
+    ...     print(f.read().strip())
+    {
+      "a": 1
+    }
     """
     if jax.process_index() != 0:
         return

@@ -3,7 +3,9 @@
 A component section names a registered factory with ``type``; its other keys are checked against that
 factory's signature (unknown keys, missing required keys, basic types from the annotations) before the
 factory is called, so a typo fails at once with its key path. :mod:`funcnet.train.config` uses this
-for the ``model``, ``dataset`` and ``loss`` sections of a run config.
+for the ``model``, ``dataset`` and ``loss`` sections of a run config, :mod:`funcnet.train.optim` for the
+``optimizer`` section and its ``schedule``. Factories check ranges with :func:`require`, naming their own
+parameter; :func:`build_component` prefixes the section's path.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import collections.abc
 import difflib
 import inspect
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +44,9 @@ class ConfigError(ValueError):
         return (type(self), (self.path, self.detail))
 
 
-def validate_component(registry: Registry, section: Any, path: str, *, provided: Iterable[str] = ()) -> None:
+def validate_component(
+    registry: Registry, section: Any, path: str, *, provided: Iterable[str] = (), also_allowed: Iterable[str] = ()
+) -> None:
     """Checks a component section against its registered factory, without calling it.
 
     Args:
@@ -49,7 +54,9 @@ def validate_component(registry: Registry, section: Any, path: str, *, provided:
       section: a table with ``type`` and the factory's keyword arguments.
       path: the section's key path, for messages (``"model"``).
       provided: argument names the caller passes itself (``build_component``'s ``extra``); the
-        config must not set them.
+        config must not set them (unless they are also in ``also_allowed``).
+      also_allowed: keys the caller reads from the section itself (an optimizer's ``schedule``);
+        allowed whatever the factory's signature, not checked here, not passed to the factory.
 
     Raises:
       ConfigError: the section is not a table; ``type`` is missing or unknown; a key is unknown,
@@ -63,29 +70,33 @@ def validate_component(registry: Registry, section: Any, path: str, *, provided:
       >>> @toys.register("toy")
       ... def toy(features: int, rate: float = 0.0):
       ...     return features
-      >>> validate_component(toys, {"type": "toy", "features": "64"}, "model")
+      >>> validate_component(toys, {"type": "toy", "features": "64"}, "model")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ...
-      funcnet.train.components.ConfigError: model.features: expected an int, got "64" (a string)
+      funcnet.train.components.ConfigError: model.features: expected an int, got "64" (a string); write numbers...
     """
-    _resolve(registry, section, path, tuple(provided))
+    _resolve(registry, section, path, tuple(provided), tuple(also_allowed))
 
 
-def build_component(registry: Registry, section: Any, path: str, **extra: Any) -> Any:
+def build_component(
+    registry: Registry, section: Any, path: str, *, also_allowed: Iterable[str] = (), **extra: Any
+) -> Any:
     """Validates a component section (see :func:`validate_component`), then calls its factory.
 
     Args:
       registry: where ``section["type"]`` is looked up.
       section: a table with ``type`` and the factory's keyword arguments.
       path: the section's key path, for messages (``"model"``).
+      also_allowed: keys of the section the caller handles itself (see :func:`validate_component`).
       **extra: keyword arguments the caller adds (not from the config).
 
     Returns:
       What the factory returns.
 
     Raises:
-      ConfigError: the section does not fit the factory, or the factory rejected its values
-        with a ValueError or TypeError (chained as the cause).
+      ConfigError: the section does not fit the factory; the factory raised a ConfigError (its
+        key, relative to the section, is prefixed with ``path``: see :func:`require`), or rejected
+        its values with a ValueError or TypeError (chained as the cause).
 
     Example:
       >>> from funcnet.train.registry import Registry
@@ -96,11 +107,11 @@ def build_component(registry: Registry, section: Any, path: str, **extra: Any) -
       >>> build_component(toys, {"type": "toy", "features": 3, "sizes": [4, 5], "scale": 2}, "model")
       (3, (4, 5), 2.0)
     """
-    factory, kwargs = _resolve(registry, section, path, tuple(extra))
+    factory, kwargs = _resolve(registry, section, path, tuple(extra), tuple(also_allowed))
     try:
         return factory(**kwargs, **extra)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(_join(path, e.path), e.detail) from e
     except (TypeError, ValueError) as e:
         raise ConfigError(path, f"{registry.kind} {section['type']!r} rejected its config: {e}") from e
 
@@ -121,7 +132,9 @@ def _type_of(section: Any, path: str, registry: Registry | None) -> str:
     return section["type"]
 
 
-def _resolve(registry: Registry, section: Any, path: str, provided: tuple[str, ...]) -> tuple[Callable[..., Any], dict]:
+def _resolve(
+    registry: Registry, section: Any, path: str, provided: tuple[str, ...], also_allowed: tuple[str, ...] = ()
+) -> tuple[Callable[..., Any], dict]:
     """The factory and the checked keyword arguments (lists made tuples where annotated so)."""
     name = _type_of(section, path, registry)
     if name not in registry.names():
@@ -132,37 +145,96 @@ def _resolve(registry: Registry, section: Any, path: str, provided: tuple[str, .
             f"registry in your module and name that module in imports.",
         )
     factory = registry.get(name, _join(path, "type"))
-    what = f"{registry.kind} {name!r}"
     given = {key: value for key, value in section.items() if key != "type"}
+    what = f"{registry.kind} {name!r}"
+    return factory, check_arguments(factory, given, path, what, provided=provided, also_allowed=also_allowed)
+
+
+def check_arguments(
+    factory: Callable[..., Any],
+    config: Mapping[str, Any],
+    path: str,
+    what: str,
+    *,
+    provided: Iterable[str] = (),
+    also_allowed: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Checks ``config`` against ``factory``'s keyword parameters, without calling it.
+
+    What :func:`validate_component` does once the factory is found; for tables that name no
+    ``type``. Keys are checked as described there.
+
+    Args:
+      factory: a function or class whose keyword parameters are the config keys.
+      config: the keys and values.
+      path: the key path of ``config``, for messages.
+      what: what ``config`` configures, for messages (``"optimizer 'adam'"``).
+      provided: parameters the caller passes itself; ``config`` must not set them.
+      also_allowed: keys allowed in ``config`` whatever the signature; left out of the result.
+
+    Returns:
+      The keyword arguments for ``factory``: ``config`` without ``also_allowed`` keys, checked
+      (ints made floats and lists made tuples where so annotated).
+
+    Raises:
+      ConfigError: a key is unknown, missing or of the wrong type.
+
+    Example:
+      >>> def warmup(steps: int, scale: float = 1.0):
+      ...     return steps * scale
+      >>> check_arguments(warmup, {"steps": 10, "scale": 2}, "schedule", "schedule 'warmup'")
+      {'steps': 10, 'scale': 2.0}
+      >>> check_arguments(warmup, {"step": 10}, "schedule", "schedule 'warmup'")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      funcnet.train.components.ConfigError: schedule.step: unknown key for schedule 'warmup'. Did you mean 'steps'? ...
+    """
+    provided, also_allowed = tuple(provided), tuple(also_allowed)
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # no signature to check against (some builtins): the factory decides
-        return factory, given
+        return {key: value for key, value in config.items() if key not in also_allowed}
     hints = _type_hints(factory, signature)
     params = signature.parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for key in provided:
-        if key in given:
-            raise ConfigError(_join(path, key), f"set by funcnet when it builds the {registry.kind}; remove it.")
+        if key in config and key not in also_allowed:
+            raise ConfigError(_join(path, key), f"set by funcnet when it builds the {what}; remove it.")
         if key not in named and not takes_any:
             raise ConfigError(_join(path, "type"), f"{what} does not take {key!r}, which funcnet passes; add it.")
     kwargs = {}
-    for key, value in given.items():
+    for key, value in config.items():
+        if key in also_allowed:
+            continue
         if key in named:
             kwargs[key] = _check(value, hints.get(key, Any), _join(path, key))
         elif takes_any:
             kwargs[key] = value
         else:
-            allowed = [n for n in named if n not in provided]
-            raise ConfigError(_join(path, key), _unknown(key, allowed, f"key for {what}"))
+            allowed = {n for n in named if n not in provided} | set(also_allowed)
+            raise ConfigError(_join(path, str(key)), _unknown(key, allowed, f"key for {what}"))
     for n, p in params.items():
         if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
             raise ConfigError(_join(path, "type"), f"{what} needs {n!r} by position; a config passes keywords only.")
-    missing = [n for n, p in named.items() if p.default is p.empty and n not in given and n not in provided]
+    missing = [n for n, p in named.items() if p.default is p.empty and n not in config and n not in provided]
     if missing:
         raise ConfigError(_join(path, missing[0]), f"missing; {what} requires {', '.join(map(repr, missing))}.")
-    return factory, kwargs
+    return kwargs
+
+
+def require(ok: Any, key: str, expected: str, got: Any) -> None:
+    """Raises ``ConfigError(key, "expected {expected}, got {got}")`` unless ``ok``: a factory's range check.
+
+    ``key`` is the factory's own parameter; :func:`build_component` prefixes the section's path.
+
+    >>> require(-5 >= 0, "warmup_steps", "an int >= 0", -5)
+    Traceback (most recent call last):
+    ...
+    funcnet.train.components.ConfigError: warmup_steps: expected an int >= 0, got -5
+    """
+    if not ok:
+        raise ConfigError(key, f"expected {expected}, got {_text(got)}")
 
 
 def _type_hints(factory: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
@@ -184,6 +256,7 @@ def _type_hints(factory: Callable[..., Any], signature: inspect.Signature) -> di
 
 
 _SEQUENCES = (list, tuple, collections.abc.Sequence)
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _MAPPINGS = (dict, collections.abc.Mapping)
 
 
@@ -229,7 +302,8 @@ def _check(value: Any, hint: Any, path: str) -> Any:
     else:  # callables, dtypes, user classes: config files cannot spell them; the factory decides
         return value
     if not ok:
-        raise ConfigError(path, f"expected {_want(hint)}, got {_show(value)}")
+        fix = "; write numbers without quotes" if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) else ""
+        raise ConfigError(path, f"expected {_want(hint)}, got {_show(value)}{fix}")
     return value
 
 
@@ -254,11 +328,16 @@ def _show(value: Any) -> str:
     kinds = [(bool, "a boolean"), (int, "an int"), (float, "a float"), (str, "a string")]
     kinds += [((list, tuple), "a list"), (dict, "a table")]
     kind = next((k for t, k in kinds if isinstance(value, t)), f"a {type(value).__name__}")
+    return f"{_text(value)} ({kind})"
+
+
+def _text(value: Any) -> str:
+    """``-5``, ``true``, ``"x"``, ``[1, 2]``: a value as the config file spells it, cut at 60 characters."""
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
         text = repr(value)
-    return f"{text[:57] + '...' if len(text) > 60 else text} ({kind})"
+    return text[:57] + "..." if len(text) > 60 else text
 
 
 def _unknown(key: Any, allowed: Iterable[str], what: str) -> str:
@@ -269,4 +348,4 @@ def _unknown(key: Any, allowed: Iterable[str], what: str) -> str:
 
 
 def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    return f"{path}.{key}" if path and key else path or key

@@ -351,11 +351,12 @@ def _record_eval(meta, metrics, step, position, trainer, progress) -> str | None
         raise KeyError(f"trainer.metric={trainer.metric!r} is not a validation metric; they are {sorted(metrics)}")
     value = metrics[trainer.metric]
     best = meta["best_metric"]
-    better = math.isfinite(value) and (best is None or (value < best if trainer.mode == "min" else value > best))
-    if better:
-        meta["best_metric"], meta["best_step"], meta["bad_evals"] = value, step, 0
-    else:
-        meta["bad_evals"] += 1
+    finite = math.isfinite(value)
+    better = finite and (best is None or (value < best if trainer.mode == "min" else value > best))
+    # A tie moves "best" to the newer step, as Orbax ranks checkpoints, but does not reset patience.
+    if finite and (better or value == best):
+        meta["best_metric"], meta["best_step"] = value, step
+    meta["bad_evals"] = 0 if better else meta["bad_evals"] + 1
     meta["history"].append({"step": step, "epoch": position.epoch, **metrics})
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "count")
     progress.write(f"step {step} validation: {shown}{' (best)' if better else ''}")

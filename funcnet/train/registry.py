@@ -80,6 +80,15 @@ DATASETS = Registry("dataset")
 LOSSES = Registry("loss")
 """Per-example loss factories: ``(**config) -> loss_fn(outputs, batch) -> [batch]`` or a dict of them."""
 OPTIMIZERS = Registry("optimizer")
-"""Optax optimizer factories: ``(learning_rate, **config) -> optax.GradientTransformation``."""
+"""Optax optimizer factories: ``(learning_rate, **config) -> optax.GradientTransformation``.
+
+The first parameter must be named ``learning_rate``: it receives an ``optax.Schedule`` (built from the
+optimizer's ``learning_rate`` and ``schedule`` keys), not a number. The other parameters are the
+optimizer's own config keys; a ``weight_decay`` parameter receives the config's ``weight_decay`` when set.
+"""
 SCHEDULES = Registry("schedule")
-"""Learning-rate schedule factories: ``(learning_rate, **config) -> optax.Schedule``."""
+"""Learning-rate schedule factories: ``(learning_rate, **config) -> optax.Schedule``.
+
+The first parameter, ``learning_rate``, receives the peak rate (the optimizer's ``learning_rate``, a
+float); the other parameters are the ``schedule`` table's keys. Steps count optimizer updates.
+"""

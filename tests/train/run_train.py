@@ -18,8 +18,8 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from funcnet.train import cli, loop  # noqa: E402
-from funcnet.train.checkpoint import Checkpointer  # noqa: E402
+from funcnet.train import cli, loop
+from funcnet.train.checkpoint import Checkpointer
 
 
 def main() -> int:

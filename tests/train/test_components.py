@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import pytest
 
-from funcnet.train.components import ConfigError, build_component, validate_component
+from funcnet.train.components import ConfigError, build_component, check_arguments, require, validate_component
 from funcnet.train.registry import Registry
 
 if TYPE_CHECKING:
@@ -48,12 +48,18 @@ def strict_model(units: int):
     return units
 
 
+def ranged_model(units: int, rate: float = 0.0):
+    require(0 <= rate < 1, "rate", "a number in [0, 1)", rate)
+    return units, rate
+
+
 @pytest.fixture
 def registries():
     models, datasets, losses = Registry("model"), Registry("dataset"), Registry("loss")
     models.register("toy")(toy_model)
     models.register("widget")(widget_model)
     models.register("strict")(strict_model)
+    models.register("ranged")(ranged_model)
     datasets.register("toy_data")(ToyDataset)
     losses.register("toy_loss")(toy_loss)
     return {"model": models, "dataset": datasets, "loss": losses}
@@ -73,14 +79,14 @@ def test_config_error_pickles():
 def test_unknown_type_with_suggestion(registries):
     with pytest.raises(ConfigError) as error:
         validate_component(registries["model"], {"type": "tyo", "features": 4}, "model")
-    check_error(error, "model.type", "unknown model 'tyo'. Did you mean 'toy'?", "Allowed: strict, toy, widget")
+    check_error(error, "model.type", "unknown model 'tyo'. Did you mean 'toy'?", "Allowed: ranged, strict, toy, widget")
 
 
 @pytest.mark.parametrize(
     ("section", "path", "message"),
     [
         (3, "model", 'expected a table with a "type" key, got 3 (an int)'),
-        ({"features": 4}, "model.type", "missing; name the component to use. Registered: strict, toy, widget"),
+        ({"features": 4}, "model.type", "missing; name the component to use. Registered: ranged, strict, toy, widget"),
         ({"type": ["toy"]}, "model.type", 'expected a string, got ["toy"] (a list)'),
         ({"type": "toy"}, "model.features", "missing; model 'toy' requires 'features'"),
         ({"type": "toy", "features": 4, "featurs": 2}, "model.featurs", "Did you mean 'features'?"),
@@ -89,7 +95,7 @@ def test_unknown_type_with_suggestion(registries):
         ({"type": "toy", "features": True}, "model.features", "expected an int, got true (a boolean)"),
         ({"type": "toy", "features": 4, "hidden": [8, "x"]}, "model.hidden[1]", 'expected an int, got "x"'),
         ({"type": "toy", "features": 4, "hidden": 8}, "model.hidden", "expected a list or null, got 8 (an int)"),
-        ({"type": "toy", "features": 4, "rate": "0.1"}, "model.rate", "expected a number, got"),
+        ({"type": "toy", "features": 4, "rate": "0.1"}, "model.rate", '"0.1" (a string); write numbers without quotes'),
         ({"type": "toy", "features": 4, "activation": "gelu"}, "model.activation", 'expected "relu" or "tanh"'),
         ({"type": "toy", "features": 4, "sizes": [1, 2, 3]}, "model.sizes", "expected a list of 2 items"),
         ({"type": "toy", "features": 4, "options": {"a": 1}}, "model.options.a", "expected true or false"),
@@ -139,3 +145,35 @@ def test_factory_errors_are_reported_with_the_section_path(registries):
         build_component(registries["model"], {"type": "strict", "units": 101}, "model")
     check_error(error, "model", "model 'strict' rejected its config: units must be <= 100, got 101")
     assert isinstance(error.value.__cause__, ValueError)
+
+
+def test_config_errors_raised_by_the_factory_get_the_section_path(registries):
+    assert build_component(registries["model"], {"type": "ranged", "units": 2, "rate": 0.5}, "model") == (2, 0.5)
+    with pytest.raises(ConfigError) as error:
+        build_component(registries["model"], {"type": "ranged", "units": 2, "rate": 1.5}, "optimizer.model")
+    check_error(error, "optimizer.model.rate", "optimizer.model.rate: expected a number in [0, 1), got 1.5")
+
+
+def test_also_allowed_keys_are_accepted_suggested_and_not_passed(registries):
+    section = {"type": "strict", "units": 3, "schedule": {"type": "x"}, "learning_rate": 0.1}
+    extra = {"also_allowed": ["schedule", "learning_rate"]}
+    assert build_component(registries["model"], section, "model", **extra) == 3
+    with pytest.raises(ConfigError) as error:
+        validate_component(registries["model"], {"type": "strict", "units": 3, "schedul": {}}, "model", **extra)
+    check_error(error, "model.schedul", "Did you mean 'schedule'?", "Allowed: learning_rate, schedule, units.")
+    with pytest.raises(ConfigError) as error:  # without also_allowed, the caller's keys are unknown to the factory
+        validate_component(registries["model"], section, "model")
+    check_error(error, "model.schedule", "unknown key for model 'strict'. Allowed: units.")
+    # a key the caller passes may still be read by the caller from the section when it is also allowed
+    validate_component(registries["model"], section, "model", provided=["units"], also_allowed=[*section])
+
+
+def test_check_arguments_without_a_registry():
+    def options(learning_rate: float, accumulate: int = 1):
+        del learning_rate, accumulate
+
+    assert check_arguments(options, {"learning_rate": 1, "type": "x"}, "optimizer", "an optimizer",
+                           also_allowed=["type"]) == {"learning_rate": 1.0}  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        check_arguments(options, {"accumulate": 2}, "optimizer", "an optimizer")
+    check_error(error, "optimizer.learning_rate", "missing; an optimizer requires 'learning_rate'.")

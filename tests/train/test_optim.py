@@ -1,9 +1,6 @@
-"""Optimizers from config: each one trains; configs are checked; schedules, clipping, decay, freeze, accumulation."""
+"""Optimizers from config: each one trains; configs are checked; clipping, decay, freeze, accumulation."""
 
 from __future__ import annotations
-
-import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from funcnet.train.optim import ConfigError, ConfigTypeError, check_kwargs, make_optimizer, make_schedule
+from funcnet.train.components import ConfigError
+from funcnet.train.optim import make_optimizer
 from funcnet.train.registry import OPTIMIZERS
 
 TARGET = {"a": jnp.array([1.0, -2.0, 0.5]), "b": {"c": jnp.array([[3.0, -1.0]])}}
@@ -40,173 +38,69 @@ def test_each_registered_optimizer_decreases_a_quadratic(name):
     assert float(quadratic(final)) < 0.1 * float(quadratic(start)), name  # the slowest (adagrad) reaches 0.07
 
 
+ALL_OPTIMIZERS = "Allowed: adagrad, adam, adamw, lamb, lion, rmsprop, sgd."
+
+
 @pytest.mark.parametrize(
-    ("config", "error", "match"),
+    ("config", "path", "message"),
     [
-        ({"type": "adma", "learning_rate": 1.0}, ConfigError, r"optimizer\.type: unknown optimizer 'adma'.*'adam'\?"),
-        ({"learning_rate": 1.0}, ConfigError, r"optimizer\.type: missing; expected one of \[.*'adam'"),
-        ({"type": 3}, ConfigTypeError, r"optimizer\.type: expected str, got int 3"),
-        ([("type", "adam")], ConfigTypeError, r"optimizer: expected a table with a 'type' key, got list"),
+        ({"type": "adma", "learning_rate": 1.0}, "optimizer.type", "unknown optimizer 'adma'. Did you mean 'adam'?"),
+        ({"learning_rate": 1.0}, "optimizer.type", "missing; name the component to use. Registered: adagrad, adam,"),
+        ({"type": 3}, "optimizer.type", "expected a string, got 3 (an int)"),
+        ([("type", "adam")], "optimizer", 'expected a table with a "type" key, got [["type", "adam"]] (a list)'),
+        ({"type": "adam", "learning_rate": 1.0, "b3": 0.9}, "optimizer.b3", "unknown key for optimizer 'adam'."),
+        # the allowed keys are the optimizer's own and the options every optimizer takes, not sgd's momentum
         (
-            {"type": "adam", "learning_rate": 1.0, "b3": 0.9},
-            ConfigError,
-            r"optimizer\.b3: unknown key for adam; allowed",
+            {"type": "adam", "learning_rate": 1.0, "momentum": 0.9},
+            "optimizer.momentum",
+            "Allowed: accumulate, b1, b2, eps, freeze, grad_clip_norm, learning_rate, schedule, weight_decay.",
         ),
-        ({"type": "adam", "learning_rate": 1.0, "momentum": 0.9}, ConfigError, r"optimizer\.momentum: unknown key"),
-        ({"type": "adam", "learning_rte": 1.0}, ConfigError, r"optimizer\.learning_rte: .*'learning_rate'\?"),
-        ({"type": "adam"}, ConfigError, r"optimizer\.learning_rate: missing required key \(float\)"),
+        ({"type": "adam", "learning_rte": 1.0}, "optimizer.learning_rte", "Did you mean 'learning_rate'?"),
+        ({"type": "adam"}, "optimizer.learning_rate", "missing; optimizer 'adam' requires 'learning_rate'."),
         (
             {"type": "adam", "learning_rate": "1e-3"},
-            ConfigTypeError,
-            r"learning_rate: expected float, got str '1e-3'; wr",
+            "optimizer.learning_rate",
+            'expected a number, got "1e-3" (a string); write numbers without quotes',
         ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "nesterov": "yes"},
-            ConfigTypeError,
-            r"optimizer\.nesterov: expected bool",
-        ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "accumulate": 2.0},
-            ConfigTypeError,
-            r"optimizer\.accumulate: expected int",
-        ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "accumulate": True},
-            ConfigTypeError,
-            r"accumulate: expected int, got bool",
-        ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "accumulate": 0},
-            ConfigError,
-            r"accumulate: expected an int >= 1, got 0",
-        ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "freeze": "enc/.*"},
-            ConfigTypeError,
-            r"optimizer\.freeze: expected list",
-        ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "freeze": ["a", 1]},
-            ConfigTypeError,
-            r"optimizer\.freeze\[1\]: expected str",
-        ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "freeze": ["a("]},
-            ConfigError,
-            r"freeze\[0\]: invalid regular expression",
-        ),
+        ({"type": "adam", "learning_rate": -1}, "optimizer.learning_rate", "expected a number >= 0, got -1.0"),
+        ({"type": "sgd", "learning_rate": 1.0, "nesterov": "yes"}, "optimizer.nesterov", "expected true or false"),
+        ({"type": "sgd", "learning_rate": 1.0, "accumulate": 2.0}, "optimizer.accumulate", "expected an int, got 2.0"),
+        ({"type": "sgd", "learning_rate": 1.0, "accumulate": True}, "optimizer.accumulate", "got true (a boolean)"),
+        ({"type": "sgd", "learning_rate": 1.0, "accumulate": 0}, "optimizer.accumulate", "expected an int >= 1, got 0"),
+        ({"type": "sgd", "learning_rate": 1.0, "freeze": "enc/.*"}, "optimizer.freeze", "expected a list or null"),
+        ({"type": "sgd", "learning_rate": 1.0, "freeze": ["a", 1]}, "optimizer.freeze[1]", "expected a string, got 1"),
+        ({"type": "sgd", "learning_rate": 1.0, "freeze": ["a("]}, "optimizer.freeze[0]", "invalid regular expression"),
         (
             {"type": "sgd", "learning_rate": 1.0, "grad_clip_norm": 0},
-            ConfigError,
-            r"grad_clip_norm: expected a float > 0",
+            "optimizer.grad_clip_norm",
+            "expected a number > 0",
         ),
         (
-            {"type": "sgd", "learning_rate": 1.0, "momentum": 1.5},
-            ConfigError,
-            r"optimizer\.momentum: expected a float in",
+            {"type": "sgd", "learning_rate": 1.0, "weight_decay": -1},
+            "optimizer.weight_decay",
+            "a number >= 0, got -1.0",
         ),
-        (
-            {"type": "sgd", "learning_rate": 1.0, "nesterov": True},
-            ConfigError,
-            r"optimizer\.nesterov: expected false un",
-        ),
-        (
-            {"type": "adam", "learning_rate": 1.0, "schedule": {"type": "warmup_cosin"}},
-            ConfigError,
-            r"optimizer\.schedule\.type: unknown schedule 'warmup_cosin'.*Did you mean 'warmup_cosine'\?",
-        ),
-        (
-            {"type": "adam", "learning_rate": 1.0, "schedule": {"type": "warmup_cosine", "warmup_steps": 5}},
-            ConfigError,
-            r"optimizer\.schedule\.decay_steps: missing required key \(int\) for warmup_cosine",
-        ),
-        (
-            {"type": "adam", "learning_rate": 1.0, "schedule": {"type": "cosine", "decay_step": 5}},
-            ConfigError,
-            r"optimizer\.schedule\.decay_step: unknown key for cosine; .*Did you mean 'decay_steps'\?",
-        ),
-        (
-            {
-                "type": "adam",
-                "learning_rate": 1.0,
-                "schedule": {"type": "warmup_cosine", "warmup_steps": -5, "decay_steps": 9},
-            },
-            ConfigError,
-            r"^optimizer\.schedule\.warmup_steps: expected an int >= 0, got -5$",
-        ),
-        (
-            {"type": "adam", "learning_rate": 1.0, "schedule": {"type": "constant", "learning_rate": 2.0}},
-            ConfigError,
-            r"optimizer\.schedule\.learning_rate: is not set here",
-        ),
+        # range checks inside the registered factories name their own parameter; make_optimizer adds the path
+        ({"type": "sgd", "learning_rate": 1.0, "momentum": 1.5}, "optimizer.momentum", "expected a number in [0, 1)"),
+        ({"type": "sgd", "learning_rate": 1.0, "nesterov": True}, "optimizer.nesterov", "false unless momentum is set"),
+        ({"type": "lamb", "learning_rate": 1.0, "b2": 1.0}, "optimizer.b2", "expected a number in [0, 1), got 1.0"),
         (
             {"type": "adam", "learning_rate": 1.0, "schedule": "cosine"},
-            ConfigTypeError,
-            r"optimizer\.schedule: expected dict",
+            "optimizer.schedule",
+            "expected a table or null",
         ),
     ],
 )
-def test_config_errors_name_the_key_path(config, error, match):
-    with pytest.raises(error, match=match):
+def test_config_errors_name_the_key_path(config, path, message):
+    with pytest.raises(ConfigError) as error:
         make_optimizer(config)
-
-
-def test_check_kwargs_checks_types_without_calling_the_factory():
-    calls = []
-
-    def widget(
-        width: int, names: list[str], rate: float = 0.5, mode: Literal["a", "b"] = "a", bias: bool | None = None
-    ):
-        calls.append(width)
-
-    checked = check_kwargs(widget, {"type": "w", "width": 2, "names": ["x"], "rate": 1}, "model", also_allowed=["type"])
-    assert checked == {"width": 2, "names": ["x"], "rate": 1.0} and isinstance(checked["rate"], float)
-    for config, match in [
-        ({"width": 2.5, "names": []}, r"model\.width: expected int, got float 2\.5"),
-        ({"width": 2, "names": ["x", 3]}, r"model\.names\[1\]: expected str, got int 3"),
-        ({"width": 2, "names": [], "mode": "c"}, r"model\.mode: expected Literal\['a', 'b'\], got str 'c'"),
-        ({"width": 2, "names": [], "bias": 1}, r"model\.bias: expected bool \| None, got int 1"),
-        ({"names": []}, r"model\.width: missing required key \(int\) for widget"),
-    ]:
-        with pytest.raises(ConfigError, match=match):
-            check_kwargs(widget, config, "model")
-    assert calls == []
+    assert error.value.path == path, str(error.value)
+    assert message in str(error.value), str(error.value)
 
 
 def test_learning_rate_is_accepted_as_an_int_and_as_peak_of_the_schedule():
     opt = make_optimizer({"type": "sgd", "learning_rate": 2, "schedule": {"type": "cosine", "decay_steps": 4}})
     assert float(opt.learning_rate(0)) == 2.0
-
-
-# Hand-computed: warmup 0, .5, 1 (linear over 2 steps); then cosine over decay_steps - warmup_steps = 4 steps from
-# 1 to 0: 0.5 * (1 + cos(pi * t / 4)) for t = 1..4, constant after.
-WARMUP_COSINE = [0.0, 0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 - math.cos(math.pi / 4)), 0.0, 0.0]
-
-
-@pytest.mark.parametrize(
-    ("config", "expected"),
-    [
-        ({"type": "warmup_cosine", "warmup_steps": 2, "decay_steps": 6}, WARMUP_COSINE),
-        # end_value 0.2: the cosine part runs from 1 to 0.2: 0.2 + 0.8 * 0.5 at its midpoint.
-        (
-            {"type": "warmup_cosine", "warmup_steps": 2, "decay_steps": 6, "end_value": 0.2},
-            [0, 0.5, 1, None, 0.6, None, 0.2],
-        ),
-        ({"type": "warmup_linear", "warmup_steps": 2, "decay_steps": 6}, [0, 0.5, 1, 0.75, 0.5, 0.25, 0, 0]),
-        ({"type": "linear", "transition_steps": 4, "transition_begin": 1}, [1, 1, 0.75, 0.5, 0.25, 0, 0]),
-        ({"type": "exponential", "transition_steps": 1, "decay_rate": 0.5, "end_value": 0.2}, [1, 0.5, 0.25, 0.2, 0.2]),
-        ({"type": "cosine", "decay_steps": 2, "end_value": 0.5}, [1, 0.75, 0.5, 0.5]),
-        ({"type": "piecewise_constant", "boundaries": [1, 3], "scales": [0.5, 0.1]}, [1, 0.5, 0.5, 0.05, 0.05]),
-        ({"type": "constant"}, [1, 1, 1]),
-        (None, [1, 1, 1]),
-    ],
-)
-def test_schedule_values_at_hand_checked_steps(config, expected):
-    schedule = make_schedule(1.0, config)
-    for step, value in enumerate(expected):
-        if value is not None:
-            # float32 schedule arithmetic (cosines, powers): a few ulps of values <= 1.
-            np.testing.assert_allclose(float(schedule(step)), value, rtol=0, atol=1e-6, err_msg=f"step {step}")
 
 
 def test_gradient_clipping_bounds_the_update_norm():

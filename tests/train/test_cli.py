@@ -1,0 +1,120 @@
+"""The funcnet command: config errors before any work, a user's own registered model, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FUNCNET = str(Path(sys.executable).parent / "funcnet")  # the console script installed by pip
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+USER_MODULE = '''
+"""A user's own model and dataset, registered from their own module."""
+import numpy as np
+import funcnet as fn
+from funcnet.train.builtins import DataSplits
+from funcnet.train.data import ArrayDataset
+from funcnet.train.registry import DATASETS, MODELS
+
+
+@MODELS.register("my_linear")
+def my_linear(features: int = 1):
+    return fn.serial(scale=fn.dense(features, use_bias=False))
+
+
+@DATASETS.register("my_line")
+def my_line(n: int = 64):
+    x = np.linspace(-1, 1, n, dtype=np.float32)[:, None]
+    data = ArrayDataset(x=x, y=3 * x)
+    return DataSplits(train=data, validation=data, test=data)
+'''
+CONFIG = """
+imports = ["my_models"]
+
+[model]
+type = "my_linear"
+
+[dataset]
+type = "my_line"
+
+[loss]
+type = "mse"
+
+[optimizer]
+type = "sgd"
+learning_rate = 0.5
+
+[trainer]
+epochs = 15
+batch_size = 16
+progress = false
+"""
+
+
+def _run(*args, cwd):
+    return subprocess.run([FUNCNET, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def user_project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    (root / "my_models.py").write_text(USER_MODULE)
+    (root / "config.toml").write_text(CONFIG)
+    result = _run("train", "config.toml", "-s", "run", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+def test_a_user_registered_model_trains_from_config(user_project):
+    root, result = user_project
+    results = json.loads((root / "run" / "results.json").read_text())
+    assert results["stop_reason"] == "done" and results["steps"] == 60
+    assert results["best_validation_loss"] < 1e-3  # y = 3x is exactly representable
+    assert results["test"]["loss"] < 1e-3
+    saved = json.loads((root / "run" / "config.json").read_text())
+    assert saved["trainer"]["batch_size"] == 16 and saved["trainer"]["log_every"] == 50  # defaults resolved
+    assert "tensorboard --logdir run" in result.stdout + result.stderr
+
+
+def test_evaluate_uses_the_best_checkpoint(user_project):
+    root, _ = user_project
+    result = _run("evaluate", "run", "--split", "test", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout)
+    results = json.loads((root / "run" / "results.json").read_text())
+    assert metrics["checkpoint"] == results["best_step"]
+    assert metrics["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
+
+
+def test_rerunning_a_finished_run_resumes_and_does_nothing(user_project):
+    root, _ = user_project
+    result = _run("train", "config.toml", "-s", "run", cwd=root)
+    assert result.returncode == 0 and "resuming from step 60" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epoch=3", "trainer.epoch: unknown trainer setting. Did you mean 'epochs'?"),
+        ("trainer.batch_size=true", "trainer.batch_size: expected an int"),
+        ("model.features=two", "model.features: expected an int"),
+        ("model.type=my_lineer", "model.type: unknown model 'my_lineer'"),
+        ("optimizer.learning_rate=-1", "optimizer.learning_rate"),
+    ],
+)
+def test_malformed_config_fails_before_any_training(user_project, override, message):
+    root, _ = user_project
+    result = _run("train", "config.toml", "-s", "bad", "-o", override, cwd=root)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (root / "bad" / "checkpoints").exists()
+
+
+def test_another_config_in_the_same_run_dir_is_refused(user_project):
+    root, _ = user_project
+    result = _run("train", "config.toml", "-s", "run", "-o", "optimizer.learning_rate=0.1", cwd=root)
+    assert result.returncode != 0 and "holds a run with another config" in result.stderr
