@@ -192,8 +192,8 @@ def fit(
     example = host_slice(next(iter(train.epoch(0))))
     example_inputs = [example[k] for k in inputs]
     key = jax.random.key(trainer.seed)
-    meta = {"position": Position(0, 0)._asdict(), "best_metric": None, "best_step": None, "bad_evals": 0}
-    meta["history"] = []
+    meta = {"position": Position(0, 0)._asdict(), "epoch": 0, "best_metric": None, "best_step": None}
+    meta.update(bad_evals=0, history=[], config=dict(config or {}))
     latest = checkpointer.latest_step()
     if latest is None:
         state = create_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
@@ -308,12 +308,12 @@ def fit(
                     name = signal.Signals(signals.received).name if signals.received else "preemption"
                     progress.write(f"{name} received: saving step {step}, then exiting. Run again to resume.")
                     stop_reason = "signal"
-                meta["position"] = position._asdict()
+                meta.update(position=position._asdict(), epoch=position.epoch)
                 checkpointer.save(step, state, meta, metrics=_metric(eval_metrics, trainer.metric))
     except StopTraining as stop:
         progress.write(f"stopped by a callback at step {step}: {stop}")
         stop_reason = "callback"
-        meta["position"] = position._asdict()
+        meta.update(position=position._asdict(), epoch=position.epoch)
         checkpointer.save(step, state, meta)
     finally:
         stream.close()
@@ -358,12 +358,12 @@ def _record_eval(meta, metrics, step, position, trainer, progress) -> str | None
         meta["best_metric"], meta["best_step"] = value, step
     meta["bad_evals"] = 0 if better else meta["bad_evals"] + 1
     meta["history"].append({"step": step, "epoch": position.epoch, **metrics})
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "count")
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "count")
     progress.write(f"step {step} validation: {shown}{' (best)' if better else ''}")
     if trainer.patience is not None and meta["bad_evals"] >= trainer.patience:
         progress.write(
             f"early stopping at step {step}: no better {trainer.metric} in {trainer.patience} evaluations "
-            f"(best {meta['best_metric']:.4f} at step {meta['best_step']})"
+            f"(best {meta['best_metric']:.4g} at step {meta['best_step']})"
         )
         return "early_stopping"
     return None

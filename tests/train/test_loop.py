@@ -36,12 +36,12 @@ def _data(x=X, y=Y):
     return train, valid
 
 
-def _fit(run_dir, optimizer=None, callbacks=(), x=X, y=Y, **trainer):
+def _fit(run_dir, optimizer=None, callbacks=(), x=X, y=Y, learning_rate=None, **trainer):
     train, valid = _data(x, y)
     trainer = TrainerConfig(**{"epochs": 3, "log_every": 2, "progress": False, **trainer})
     return fit(
         MODEL, mse, optimizer or optax.adam(1e-2), train, run_dir=run_dir, trainer=trainer, validation=valid,
-        callbacks=callbacks,
+        callbacks=callbacks, learning_rate=learning_rate, config={"note": "test"},
     )  # fmt: skip
 
 
@@ -85,8 +85,11 @@ def test_evaluate_restores_the_best_checkpoint(tmp_path):
     best = min(result.history, key=lambda h: h["loss"])
     checkpointer = Checkpointer(tmp_path / "checkpoints", keep=1)
     assert checkpointer.best_step() == best["step"] == result.best_step
-    state, _ = checkpointer.restore(best["step"], jax.tree.map(lambda a: a, result.state))
+    state, meta = checkpointer.restore(best["step"], jax.tree.map(lambda a: a, result.state))
     checkpointer.close()
+    # The JSON beside the arrays: config, iterator position, epoch, best metric, patience counter.
+    assert meta["config"] == {"note": "test"} and meta["position"]["index"] == 0
+    assert meta["epoch"] == best["epoch"] and meta["best_step"] == best["step"] and meta["bad_evals"] == 0
     metrics = evaluate(MODEL, mse, state, _data()[1])
     np.testing.assert_allclose(metrics["loss"], best["loss"], rtol=1e-6)
 
@@ -140,10 +143,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, capsys):
 
 
 def test_event_file_has_the_expected_tags(tmp_path):
-    _fit(tmp_path, epochs=2)
+    _fit(tmp_path, epochs=2, learning_rate=lambda step: 0.01)
     events = read_events(tmp_path / "logs")
     tags = {value.tag for event in events for value in event.summary.value}
-    for tag in ("train/loss", "train/grad_norm", "train/steps_per_second", "validation/loss", "params/dense_0/kernel"):
+    expected = ["config/text_summary", "train/learning_rate", "train/loss", "train/grad_norm"]
+    expected += ["train/steps_per_second", "validation/loss", "params/dense_0/kernel"]
+    for tag in expected:
         assert tag in tags, sorted(tags)
     assert "train/grad_norm" in {v.tag for e in events for v in e.summary.value if v.HasField("histo")}
     steps = sorted({event.step for event in events if any(v.tag == "validation/loss" for v in event.summary.value)})
