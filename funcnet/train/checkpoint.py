@@ -18,6 +18,7 @@ previous checkpoints intact and the partial one is ignored. Call ``wait()`` befo
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -25,6 +26,16 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+
+class _QuietBetweenEvaluations(logging.Filter):
+    """Drops Orbax's warning for checkpoints saved without metrics: between evaluations that is the design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietBetweenEvaluations())
 
 
 class Checkpointer:

@@ -1,7 +1,7 @@
 """The ``funcnet`` command: train from a config file, evaluate a run.
 
     funcnet train CONFIG -s RUN_DIR [-o key=value ...]   # train, or resume if RUN_DIR has checkpoints
-    funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP]
+    funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
 
 Every config error (unknown keys, wrong types, missing values, unknown component types) is
 reported with its key path before anything is built or compiled. ``RUN_DIR`` receives
@@ -27,7 +27,7 @@ from .builtins import DataSplits
 from .checkpoint import Checkpointer
 from .components import ConfigError, build_component
 from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
-from .data import Batches
+from .data import make_batches
 from .loop import evaluate, fit
 from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
@@ -69,7 +69,7 @@ class Run:
         self.optimizer = make_optimizer(run.optimizer)
         self.mesh = data_mesh()
         trainer = run.trainer
-        self.train = Batches(
+        self.train = make_batches(
             self.splits.train,
             trainer.batch_size,
             shuffle=trainer.shuffle,
@@ -78,13 +78,13 @@ class Run:
             multiple_of=self.mesh.size,
         )
 
-    def batches(self, split: str) -> Batches:
+    def batches(self, split: str):
         """Unshuffled, padded batches of a split, for evaluation."""
         data = getattr(self.splits, split, None)
         if data is None:
             raise SystemExit(f"error: the dataset has no {split!r} split")
         size = self.config.trainer.eval_batch_size or self.config.trainer.batch_size
-        return Batches(data, size, shuffle=False, multiple_of=self.mesh.size)
+        return make_batches(data, size, shuffle=False, multiple_of=self.mesh.size)
 
     def restore(self, run_dir: str | os.PathLike, which: str = "best"):
         """The TrainState of the best, latest or a numbered checkpoint of ``run_dir``."""
@@ -160,12 +160,19 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = ()) -> int:
     return 1 if result.stop_reason == "nan" else 0
 
 
-def evaluate_run(run_dir: str, split: str = "validation", checkpoint: str = "best") -> dict[str, float]:
-    """``funcnet evaluate``: metrics of a checkpoint of ``run_dir`` on a split."""
+def evaluate_run(
+    run_dir: str, split: str = "validation", checkpoint: str = "best", data: Sequence[str] = ()
+) -> dict[str, float]:
+    """``funcnet evaluate``: metrics of a checkpoint of ``run_dir`` on a split.
+
+    ``data`` overrides keys of the run's dataset section (``path=other.txt``), to evaluate the
+    trained model on other data built by the same dataset factory.
+    """
     saved = Path(run_dir) / "config.json"
     if not saved.exists():
         raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
-    run = Run(validate_config(json.loads(saved.read_text()), search_dirs=[os.getcwd()]))
+    config = apply_overrides(json.loads(saved.read_text()), [f"dataset.{item}" for item in data])
+    run = Run(validate_config(config, search_dirs=[os.getcwd()]))
     step, state = run.restore(run_dir, checkpoint)
     metrics = evaluate(run.model, run.loss_fn, state, run.batches(split), inputs=run.splits.inputs, mesh=run.mesh)
     return {"checkpoint": step, "split": split, **metrics}
@@ -183,11 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p_eval.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    p_eval.add_argument("--data", action="append", default=[], help="key=value for the dataset section (repeatable)")
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             return train(args.config, args.run_dir, args.override)
-        print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint), indent=2))
+        print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

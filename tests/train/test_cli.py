@@ -90,6 +90,13 @@ def test_evaluate_uses_the_best_checkpoint(user_project):
     assert metrics["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
 
 
+def test_evaluate_on_other_data_from_the_same_factory(user_project):
+    root, _ = user_project
+    result = _run("evaluate", "run", "--split", "test", "--data", "n=32", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["count"] == 32.0
+
+
 def test_rerunning_a_finished_run_resumes_and_does_nothing(user_project):
     root, _ = user_project
     result = _run("train", "config.toml", "-s", "run", cwd=root)

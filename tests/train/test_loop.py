@@ -158,3 +158,20 @@ def test_event_file_has_the_expected_tags(tmp_path):
 def test_total_needs_epochs_or_max_steps():
     with pytest.raises(ValueError, match="epochs"):
         TrainerConfig(epochs=None, max_steps=None)
+
+
+def test_best_and_latest_checkpoints_both_survive_a_worsening_metric_and_a_restart(tmp_path):
+    # Learning rate 0.01 for 8 steps, then 0.6: the validation loss gets worse after step 8, so the
+    # best checkpoint is an old one while the newest keep coming.
+    schedule = optax.piecewise_constant_schedule(1e-2, {8: 60.0})
+    result = _fit(tmp_path, optax.sgd(schedule), epochs=5, keep_checkpoints=1, checkpoint_every=2)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] > min(losses), losses
+    assert result.best_step < result.step
+
+    def kept():
+        return sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+
+    assert kept() == [result.best_step, result.step]
+    again = _fit(tmp_path, optax.sgd(schedule), epochs=7, keep_checkpoints=1, checkpoint_every=2)
+    assert again.best_step == result.best_step and kept() == [result.best_step, again.step]
