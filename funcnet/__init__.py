@@ -55,12 +55,16 @@ What is where
 
 - The contract and utilities: ``Model``, ``function``, ``param_count``, ``summary``.
 - Combinators: ``serial``, ``parallel``, ``fanout``, ``residual``, ``stack``, ``cond``, ``switch``.
+- Recurrence (``lax.scan``): cells ``lstm_cell``, ``gru_cell``, ``simple_rnn_cell``; ``rnn`` (lengths,
+  reverse), ``bidirectional``, ``stacked_rnn``.
 - Layers (``funcnet.layers``): ``dense``, ``conv``/``conv1d``/``conv2d``, ``max_pool``/``avg_pool``,
   ``embed``, ``layer_norm``/``rms_norm``/``batch_norm``, ``dropout``, ``multi_head_attention``,
   ``flatten``/``reshape`` and activations (``relu``, ``gelu``, ``tanh``, ...).
 - ``funcnet.initializers``, ``funcnet.losses``, ``funcnet.metrics``.
 - Errors: ``ShapeError``, ``DTypeError``, ``ParamsError``, ``KeyMissingError`` (all ``LayerError``).
-- Examples: ``python -m funcnet.experiments.mlp``, ``python -m funcnet.experiments.regression``.
+- Training: ``funcnet.train`` (``fit``, pure data-parallel steps, checkpoints, configs; the ``funcnet`` command).
+- Examples: ``python -m funcnet.experiments.rnn`` (character LSTM language model, the main job),
+  ``python -m funcnet.experiments.mlp``, ``python -m funcnet.experiments.regression``.
 """
 
 from . import initializers as initializers
@@ -80,8 +84,11 @@ from .errors import KeyMissingError as KeyMissingError
 from .errors import LayerError as LayerError
 from .errors import ParamsError as ParamsError
 from .errors import ShapeError as ShapeError
+from .layers import Cell as Cell
+from .layers import LSTMCarry as LSTMCarry
 from .layers import avg_pool as avg_pool
 from .layers import batch_norm as batch_norm
+from .layers import bidirectional as bidirectional
 from .layers import causal_mask as causal_mask
 from .layers import combine_masks as combine_masks
 from .layers import cond as cond
@@ -95,19 +102,25 @@ from .layers import embed as embed
 from .layers import flatten as flatten
 from .layers import gelu as gelu
 from .layers import global_avg_pool as global_avg_pool
+from .layers import gru_cell as gru_cell
 from .layers import layer_norm as layer_norm
 from .layers import leaky_relu as leaky_relu
 from .layers import log_softmax as log_softmax
+from .layers import lstm_cell as lstm_cell
 from .layers import max_pool as max_pool
 from .layers import multi_head_attention as multi_head_attention
 from .layers import padding_mask as padding_mask
 from .layers import relu as relu
 from .layers import reshape as reshape
+from .layers import reverse_sequences as reverse_sequences
 from .layers import rms_norm as rms_norm
+from .layers import rnn as rnn
 from .layers import sigmoid as sigmoid
 from .layers import silu as silu
+from .layers import simple_rnn_cell as simple_rnn_cell
 from .layers import softmax as softmax
 from .layers import softplus as softplus
+from .layers import stacked_rnn as stacked_rnn
 from .layers import switch as switch
 from .layers import tanh as tanh
 

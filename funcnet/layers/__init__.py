@@ -14,6 +14,11 @@ from .attention import causal_mask as causal_mask
 from .attention import combine_masks as combine_masks
 from .attention import multi_head_attention as multi_head_attention
 from .attention import padding_mask as padding_mask
+from .cells import Cell as Cell
+from .cells import LSTMCarry as LSTMCarry
+from .cells import gru_cell as gru_cell
+from .cells import lstm_cell as lstm_cell
+from .cells import simple_rnn_cell as simple_rnn_cell
 from .control import cond as cond
 from .control import switch as switch
 from .conv import conv as conv
@@ -28,5 +33,9 @@ from .norm import rms_norm as rms_norm
 from .pool import avg_pool as avg_pool
 from .pool import global_avg_pool as global_avg_pool
 from .pool import max_pool as max_pool
+from .recurrent import bidirectional as bidirectional
+from .recurrent import reverse_sequences as reverse_sequences
+from .recurrent import rnn as rnn
+from .recurrent import stacked_rnn as stacked_rnn
 from .reshape import flatten as flatten
 from .reshape import reshape as reshape

@@ -88,7 +88,7 @@ class RunLogger:
 
 
 class Progress:
-    """A progress bar with loss, steps/s, examples/s and ETA; silent when disabled or not process 0.
+    """A progress bar with loss, steps/s, examples (or ``unit`` s) per second and ETA; silent unless process 0.
 
     Example:
       >>> bar = Progress(total=10, initial=0, enabled=False)
@@ -96,8 +96,9 @@ class Progress:
       >>> bar.close()
     """
 
-    def __init__(self, total: int | None, initial: int, enabled: bool = True):
+    def __init__(self, total: int | None, initial: int, enabled: bool = True, unit: str = "ex"):
         self.enabled = enabled and jax.process_index() == 0
+        self.unit = unit
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) if self.enabled else None
         self._start, self._examples = time.perf_counter(), 0
 
@@ -108,7 +109,7 @@ class Progress:
             return
         rate = self._examples / max(time.perf_counter() - self._start, 1e-9)
         shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "accuracy")}
-        self.bar.set_postfix(shown | {"ex/s": f"{rate:,.0f}"}, refresh=False)
+        self.bar.set_postfix(shown | {f"{self.unit}/s": f"{rate:,.0f}"}, refresh=False)
         self.bar.update(steps)
 
     def write(self, message: str) -> None:

@@ -158,6 +158,8 @@ def fit(
     callbacks: Sequence[Callback] = (),
     config: Mapping[str, Any] | None = None,
     mesh=None,
+    items_per_example: int = 1,
+    item_name: str = "ex",
 ) -> FitResult:
     """Trains ``model`` on ``train`` batches, resuming from ``run_dir`` if it holds checkpoints.
 
@@ -176,6 +178,7 @@ def fit(
       callbacks: host-side hooks.
       config: the resolved config, written as text into the logs.
       mesh: the device mesh (all devices by default).
+      items_per_example, item_name: what the progress bar's rate counts (e.g. 100 "chars" per sequence).
 
     Returns:
       A FitResult.
@@ -207,7 +210,7 @@ def fit(
     logger = RunLogger(run_dir, resume_step=step if latest is not None else None)
     if config is not None and latest is None:
         logger.config(config)
-    progress = Progress(total, step, enabled=trainer.progress)
+    progress = Progress(total, step, enabled=trainer.progress, unit=item_name)
     if latest is not None:
         progress.write(f"resuming from step {latest} ({checkpointer.directory}/{latest})")
     progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
@@ -248,7 +251,7 @@ def fit(
             weight = count if name not in ("count", "grad_norm", "skipped") else 1.0
             window[name] = window.get(name, 0.0) + value * weight
         window_steps += 1
-        progress.update(1, {"loss": metrics["loss"]}, examples=int(count))
+        progress.update(1, {"loss": metrics["loss"]}, examples=int(count) * items_per_example)
         for callback in callbacks:
             callback.on_step_end(done_step, metrics)
         if done_step % trainer.log_every == 0:

@@ -1,0 +1,139 @@
+"""The char-LM experiment: text handling, TBPTT carry, sampling, config equivalence, end to end with resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from funcnet.experiments import rnn
+from funcnet.experiments.charlm import char_lm, sample
+from funcnet.experiments.text import Vocabulary, load_corpus, stdlib_corpus, tbptt_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare"
+
+
+def test_default_corpus_is_deterministic_and_split_at_lines():
+    a, b = stdlib_corpus(), stdlib_corpus()
+    assert a == b
+    assert a.train.endswith("\n") and a.validation.endswith("\n")
+    total = len(a.train) + len(a.validation) + len(a.test)
+    assert 0.85 < len(a.train) / total < 0.95
+    assert all(c == "\n" or 32 <= ord(c) < 127 for c in a.train)
+
+
+def test_tbptt_batches_continue_each_stream():
+    ids = np.arange(1000, dtype=np.int32)
+    data = tbptt_dataset(ids, batch_size=4, seq_len=7)
+    first, second = data[np.arange(0, 4)], data[np.arange(4, 8)]
+    np.testing.assert_array_equal(second["x"][:, 0], first["x"][:, -1] + 1)
+    np.testing.assert_array_equal(first["y"], first["x"] + 1)
+    # every chunk of every row appears exactly once
+    everything = data[np.arange(len(data))]["x"].reshape(-1)
+    assert len(np.unique(everything)) == everything.size
+
+
+def test_carry_handed_between_chunks_equals_one_long_chunk():
+    lm = char_lm(11, embed=4, hidden=8, layers=2)
+    ids = jax.random.randint(jax.random.key(1), (3, 12), 0, 11)
+    params, _ = lm.model.init(jax.random.key(0), ids)
+    whole, carry_whole = lm.forward(params, ids, lm.initial_carry(3))
+    part1, carry = lm.forward(params, ids[:, :5], lm.initial_carry(3))
+    part2, carry = lm.forward(params, ids[:, 5:], carry)
+    # Tolerance: the same float32 ops in the same order; scan splits change nothing but fusion.
+    chex.assert_trees_all_close(jnp.concatenate([part1, part2], axis=1), whole, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(carry, carry_whole, rtol=1e-5, atol=1e-6)
+
+
+def test_training_state_carries_over_and_evaluation_starts_from_zeros():
+    lm = char_lm(11, embed=4, hidden=8)
+    ids = jax.random.randint(jax.random.key(1), (2, 6), 0, 11)
+    params, state = lm.model.init(jax.random.key(0), ids)
+    _, state1 = lm.model.apply(params, state, ids, train=True)
+    logits2, _ = lm.model.apply(params, state1, ids, train=True)
+    want, _ = lm.forward(params, ids, state1["carry"])
+    chex.assert_trees_all_close(logits2, want)
+    evaluated, kept = lm.model.apply(params, state1, ids)
+    chex.assert_trees_all_close(evaluated, lm.forward(params, ids, lm.initial_carry(2))[0])
+    chex.assert_trees_all_equal(kept, state1)
+
+
+def test_sampling_is_deterministic_and_uses_the_vocabulary():
+    vocab = Vocabulary.from_text("abc def\n")
+    lm = char_lm(vocab.size, embed=4, hidden=8)
+    params, _ = lm.model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    a = sample(lm, params, vocab, length=200, seed=3, prime="ab")
+    assert a == sample(lm, params, vocab, length=200, seed=3, prime="ab")
+    assert a != sample(lm, params, vocab, length=200, seed=4, prime="ab")
+    assert len(a) == 200 and set(a) <= set(vocab.chars[1:])
+
+
+def test_flags_config_file_and_overrides_say_the_same(tmp_path):
+    (tmp_path / "c.toml").write_text("[model]\nhidden = 24\n[trainer]\nmax_steps = 7\n")
+    from_file = rnn.resolve_config("tiny", str(tmp_path / "c.toml"))
+    from_overrides = rnn.resolve_config("tiny", overrides=["model.hidden=24", "trainer.max_steps=7"])
+    assert from_file == from_overrides
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"model\.hiden: unknown"):
+        rnn.resolve_config("tiny", overrides=["model.hiden=3"])
+    with pytest.raises(ValueError, match=r"trainer\.shuffle: must be false"):
+        rnn.resolve_config("tiny", overrides=["trainer.shuffle=true"])
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        rnn.resolve_config("huge")
+
+
+def _text_file(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran"]
+    lines = [" ".join(rng.choice(words, 8)) for _ in range(600)]
+    path = tmp_path / "text.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(*args):
+    command = [sys.executable, "-m", "funcnet.experiments.rnn", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_end_to_end_tiny_run_then_resume_then_sample(tmp_path):
+    text, run_dir = _text_file(tmp_path), tmp_path / "run"
+    out = _run("--preset", "tiny", "--data", str(text), "--run-dir", str(run_dir), "--steps", "30")
+    assert "vocabulary" in out and "bits/char" in out and "tensorboard --logdir" in out
+    assert list((run_dir / "logs").glob("events.out.tfevents.*"))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 30 and results["stop_reason"] == "done"
+    characters = len(set(text.read_text()))
+    assert results["validation_bpc"] < np.log2(characters)  # it learned more than "every character is equally likely"
+    assert {"test_bpc", "history", "config", "wall_seconds_this_session"} <= set(results)
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir())[-1] == 30
+
+    out = _run("--resume", str(run_dir), "--steps", "40")
+    assert "resuming from step 30" in out
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 40
+
+    out = _run("--sample-only", str(run_dir), "--sample-length", "50", "--prime", "the ")
+    assert "best checkpoint: step" in out
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_dir(), reason="../shared/data/tinyshakespeare is absent (it is present in CI)")
+def test_tiny_shakespeare_folder_loads_and_batches():
+    corpus = load_corpus(SHAKESPEARE)
+    assert corpus.test is None and Vocabulary.from_text(corpus.train).size == 66  # 65 characters + unknown
+    config = rnn.resolve_config("tiny", overrides=[f"data.path={SHAKESPEARE}", "trainer.max_steps=5"])
+    experiment = rnn.Experiment(config)
+    assert len(corpus.train) == 1_003_836  # plain ASCII: one character per byte of train.txt
+    batch = next(iter(experiment.train.epoch(0)))
+    assert batch["x"].shape == (8, 16) and batch["x"].max() < 66 and batch["x"].min() > 0  # no unknown ids
