@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 from tqdm import tqdm
 
 
@@ -123,3 +126,42 @@ class Progress:
         """Closes the bar."""
         if self.bar is not None:
             self.bar.close()
+
+
+def read_events(logdir: str | os.PathLike) -> list[event_pb2.Event]:
+    """Every event in ``logdir``'s event files, in file order (no tensorboard needed).
+
+    Event files are TFRecords: a little-endian u64 length, a u32 checksum, the serialized
+    ``Event``, another u32 checksum.
+
+    >>> import tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> with RunLogger(directory) as log:
+    ...     log.scalars("train", {"loss": 0.5}, step=3)
+    >>> read_scalars(os.path.join(directory, "logs"))["train/loss"]
+    [(3, 0.5)]
+    """
+    events = []
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            events.append(event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length]))
+            offset += 12 + length + 4
+    return events
+
+
+def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """``tag -> [(step, value), ...]`` for every scalar in ``logdir``'s event files.
+
+    >>> import tempfile
+    >>> read_scalars(tempfile.mkdtemp())  # no event files yet
+    {}
+    """
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for event in read_events(logdir):
+        for value in event.summary.value:
+            if value.HasField("simple_value"):
+                scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+    return scalars

@@ -83,6 +83,12 @@ def test_flags_config_file_and_overrides_say_the_same(tmp_path):
     assert from_file == from_overrides
 
 
+@pytest.mark.parametrize("preset", sorted(rnn.PRESETS))
+def test_every_preset_is_a_valid_config(preset):
+    config = rnn.resolve_config(preset)
+    assert config["trainer"]["shuffle"] is False and config["trainer"]["metric"] == "bpc"
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match=r"model\.hiden: unknown"):
         rnn.resolve_config("tiny", overrides=["model.hiden=3"])
