@@ -72,10 +72,10 @@ def load_corpus(path: str | os.PathLike | None) -> Corpus:
     """The default corpus (``path`` None or ""), a text file split 90/5/5 by lines, or a folder with
     ``train.txt`` and ``valid.txt`` (and optionally ``test.txt``).
 
-    >>> import tempfile, os
-    >>> folder = tempfile.mkdtemp()
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> for name in ("train.txt", "valid.txt"):
-    ...     _ = open(os.path.join(folder, name), "w").write("hello\\n")
+    ...     _ = (folder / name).write_text("hello\\n")
     >>> load_corpus(folder).test is None
     True
     """
