@@ -1,4 +1,4 @@
-"""Small data sets generated in code, so examples and tests need no download.
+"""Iris-style measurements generated in code: three species, Fisher's per-species statistics.
 
 >>> iris_like(5).x.shape
 (15, 3)
