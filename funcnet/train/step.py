@@ -5,7 +5,9 @@ A loss function maps the model's outputs and the batch to PER-EXAMPLE values::
     loss_fn(outputs, batch) -> loss[B]                   # or
     loss_fn(outputs, batch) -> {"loss": loss[B], "accuracy": correct[B], ...}
 
-The engine averages them over the real examples (``batch["mask"] == 1``), so a batch padded
+Per-example means "of the mask's shape": usually ``[B]``; a batch made of groups (one per
+device, e.g. tree batches scheduled per device) may use ``[G, B / G]``. The engine averages
+them over the real examples (``batch["mask"] == 1``), so a batch padded
 with masked examples gives the same gradient and metrics as the unpadded batch, and metrics
 averaged over uneven batches are exact (each step reports its means and its ``count``).
 
@@ -45,12 +47,12 @@ def _per_example(loss_fn: LossFn, outputs: Any, batch: Mapping[str, jax.Array]) 
         raise ValueError(
             f"the loss function must return per-example losses or a dict with 'loss'; got keys {sorted(values)}"
         )
-    n = batch["mask"].shape[0]
+    shape = batch["mask"].shape
     for name, value in values.items():
-        if value.shape != (n,):
+        if value.shape != shape:
             raise ValueError(
-                f"the loss function must return PER-EXAMPLE values of shape ({n},); {name!r} has shape {value.shape}. "
-                "Fix: average over every axis but the first inside the loss, and leave the batch mean to the engine."
+                f"the loss function must return PER-EXAMPLE values of the mask's shape {shape}; {name!r} has shape "
+                f"{value.shape}. Fix: average over the other axes inside the loss; the engine takes the batch mean."
             )
     return values
 

@@ -117,7 +117,7 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 def test_loss_must_be_per_example():
     batch = _batch(8)
     state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), batch["x"])
-    with pytest.raises(ValueError, match=r"PER-EXAMPLE values of shape \(8,\); 'loss' has shape \(\)"):
+    with pytest.raises(ValueError, match=r"PER-EXAMPLE values of the mask's shape \(8,\); 'loss' has shape \(\)"):
         eval_step_fn(MODEL, lambda out, b: jnp.mean(out))(state, batch)
 
 
@@ -147,3 +147,15 @@ def test_own_shard_map_over_the_pure_step_equals_the_jitted_step():
     # Tolerance: same math, different reduction trees (per-shard sums + psum vs XLA's all-reduce).
     chex.assert_trees_all_close(by_hand.params, engine.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(metrics_by_hand["loss"], metrics["loss"], rtol=1e-5)
+
+
+def test_grouped_batches_average_over_every_real_example():
+    """A batch of per-device groups, mask [G, B/G], averages like the flat batch."""
+    batch = _batch(8)
+    batch["mask"][6:] = 0.0
+    state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), batch["x"])
+    flat = eval_step_fn(MODEL, loss_fn)(state, batch)
+    grouped_model = fn.function(lambda x: MODEL.apply(state.params, {}, x.reshape(8, 5))[0].reshape(2, 4, 3))
+    grouped = {k: v.reshape(2, 4, *v.shape[1:]) for k, v in batch.items()}
+    metrics = eval_step_fn(grouped_model, loss_fn)(state._replace(params={}), grouped)
+    chex.assert_trees_all_close(metrics, flat, rtol=1e-6)
