@@ -57,6 +57,9 @@ What is where
 - Combinators: ``serial``, ``parallel``, ``fanout``, ``residual``, ``stack``, ``cond``, ``switch``.
 - Recurrence (``lax.scan``): cells ``lstm_cell``, ``gru_cell``, ``simple_rnn_cell``; ``rnn`` (lengths,
   reverse), ``bidirectional``, ``stacked_rnn``.
+- Trees (compiled once, batched): ``funcnet.trees`` parses PTB trees and list-schedules batches into
+  fixed-width steps; ``tree(cell)`` runs ``binary_tree_lstm_cell``, ``child_sum_tree_lstm_cell`` or
+  ``tree_rnn_cell`` bottom-up under ``lax.scan``; ``node_scan`` is the node-by-node oracle.
 - Layers (``funcnet.layers``): ``dense``, ``conv``/``conv1d``/``conv2d``, ``max_pool``/``avg_pool``,
   ``embed``, ``layer_norm``/``rms_norm``/``batch_norm``, ``dropout``, ``multi_head_attention``,
   ``flatten``/``reshape`` and activations (``relu``, ``gelu``, ``tanh``, ...).
@@ -86,10 +89,14 @@ from .errors import ParamsError as ParamsError
 from .errors import ShapeError as ShapeError
 from .layers import Cell as Cell
 from .layers import LSTMCarry as LSTMCarry
+from .layers import TreeCarry as TreeCarry
+from .layers import TreeCell as TreeCell
 from .layers import avg_pool as avg_pool
 from .layers import batch_norm as batch_norm
 from .layers import bidirectional as bidirectional
+from .layers import binary_tree_lstm_cell as binary_tree_lstm_cell
 from .layers import causal_mask as causal_mask
+from .layers import child_sum_tree_lstm_cell as child_sum_tree_lstm_cell
 from .layers import combine_masks as combine_masks
 from .layers import cond as cond
 from .layers import conv as conv
@@ -109,6 +116,7 @@ from .layers import log_softmax as log_softmax
 from .layers import lstm_cell as lstm_cell
 from .layers import max_pool as max_pool
 from .layers import multi_head_attention as multi_head_attention
+from .layers import node_scan as node_scan
 from .layers import padding_mask as padding_mask
 from .layers import relu as relu
 from .layers import reshape as reshape
@@ -123,5 +131,7 @@ from .layers import softplus as softplus
 from .layers import stacked_rnn as stacked_rnn
 from .layers import switch as switch
 from .layers import tanh as tanh
+from .layers import tree as tree
+from .layers import tree_rnn_cell as tree_rnn_cell
 
 __version__ = "0.1.0"
