@@ -85,8 +85,9 @@ def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout:
     >>> batch = next(TreeBatches(trees, Vocabulary.from_trees(trees), 4).epoch(0))
     >>> model = sentiment_model(3, embed=4, hidden=5)
     >>> params, state = model.init(jax.random.key(0), *[batch[f] for f in FIELDS])
-    >>> model.apply(params, state, *[batch[f] for f in FIELDS])[0].shape
-    (1, 17, 5)
+    >>> logits, _ = model.apply(params, state, *[batch[f] for f in FIELDS])
+    >>> logits.shape[0], logits.shape[1] == batch["labels"].shape[1], logits.shape[2]  # groups, rows, classes
+    (1, True, 5)
     """
     children = {
         "embed": fn.embed(vocab_size, embed),
