@@ -19,7 +19,6 @@ and ``sample`` say the same thing (flags win over the file, the file over the pr
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -28,10 +27,10 @@ from typing import Any
 
 import jax
 
-from funcnet.train.checkpoint import Checkpointer
+from funcnet.train.checkpoint import restore_run
 from funcnet.train.cli import write_json
 from funcnet.train.components import ConfigError, check_arguments
-from funcnet.train.config import TrainerConfig, apply_overrides, load_config
+from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
 from funcnet.train.data import Batches
 from funcnet.train.loop import fit
 from funcnet.train.optim import make_optimizer
@@ -97,15 +96,6 @@ def sample_options(length: int = 400, temperature: float = 0.8, prime: str = "",
     """The ``sample`` section: how much text to generate, how, and from which prime text."""
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        merged[key] = (
-            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
-
-
 def resolve_config(preset: str = "default", file: str | None = None, overrides: list[str] = ()) -> dict[str, Any]:
     """Preset, then file, then overrides; every section checked, with key paths in errors.
 
@@ -114,9 +104,9 @@ def resolve_config(preset: str = "default", file: str | None = None, overrides: 
     """
     if preset not in PRESETS:
         raise ConfigError("preset", f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    config = _merge(_BASE, PRESETS[preset])
+    config = merge_configs(_BASE, PRESETS[preset])
     if file:
-        config = _merge(config, load_config(file))
+        config = merge_configs(config, load_config(file))
     config = apply_overrides(config, overrides)
     unknown = sorted(set(config) - set(_BASE))
     if unknown:
@@ -155,16 +145,10 @@ class Experiment:
 
     def restore_best(self, run_dir: Path):
         trainer = self.config["trainer"]
-        checkpointer = Checkpointer(run_dir / "checkpoints", metric=trainer["metric"], mode=trainer["mode"])
-        step = checkpointer.best_step()
-        if step is None:
-            raise SystemExit(f"error: {run_dir} has no checkpoints")
         example = next(iter(self.train.epoch(0)))["x"]
         optimizer = make_optimizer(self.config["optimizer"]).transform
         abstract = abstract_train_state(self.lm.model, optimizer, jax.random.key(0), example, mesh=self.mesh)
-        state, _ = checkpointer.restore(step, abstract)
-        checkpointer.close()
-        return step, state
+        return restore_run(run_dir / "checkpoints", abstract, metric=trainer["metric"], mode=trainer["mode"])
 
     def samples(self, params, count: int = 1) -> list[str]:
         options = self.config["sample"]
@@ -248,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sample_only:
         experiment = Experiment(config)
-        step, state = experiment.restore_best(Path(args.sample_only))
+        try:
+            step, state = experiment.restore_best(Path(args.sample_only))
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(f"best checkpoint: step {step}\n")
         print(experiment.samples(state.params)[0])
         return 0

@@ -33,14 +33,13 @@ from funcnet.core import Model, apply_child, init_child
 from funcnet.datasets import sentiment_language
 from funcnet.trees import Vocabulary, parse_tree, read_trees
 
-from ..train.checkpoint import Checkpointer
+from ..train.checkpoint import restore_run
 from ..train.cli import write_json
 from ..train.components import ConfigError, check_arguments
-from ..train.config import TrainerConfig, apply_overrides
+from ..train.config import TrainerConfig, apply_overrides, merge_configs
 from ..train.loop import evaluate, fit
 from ..train.optim import make_optimizer
 from ..train.state import data_mesh
-from .rnn import _merge
 from .treedata import FIELDS, TreeBatches
 
 _BASE: dict[str, Any] = {
@@ -181,7 +180,7 @@ def resolve_config(preset: str = "default", overrides: list[str] = ()) -> dict[s
     """
     if preset not in PRESETS:
         raise ConfigError("preset", f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    config = apply_overrides(_merge(_BASE, PRESETS[preset]), overrides)
+    config = apply_overrides(merge_configs(_BASE, PRESETS[preset]), overrides)
     check_arguments(data_options, config["data"], "data", "data")
     check_arguments(model_options, config["model"], "model", "model")
     config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
@@ -213,9 +212,7 @@ def run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         config=config, mesh=mesh, items_per_example=1, item_name="trees",
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    checkpointer = Checkpointer(run_dir / "checkpoints", metric=trainer.metric, mode=trainer.mode)
-    best_state, _ = checkpointer.restore(checkpointer.best_step(), result.state)
-    checkpointer.close()
+    _, best_state = restore_run(run_dir / "checkpoints", result.state, metric=trainer.metric, mode=trainer.mode)
     results: dict[str, Any] = {"stop_reason": result.stop_reason, "steps": result.step, "best_step": result.best_step,
                                "wall_seconds_this_session": round(seconds, 1), "config": config}  # fmt: skip
     for name, trees in (("validation", dev_trees), ("test", test_trees)):

@@ -39,11 +39,11 @@ from .recurrent import rnn as rnn
 from .recurrent import stacked_rnn as stacked_rnn
 from .reshape import flatten as flatten
 from .reshape import reshape as reshape
-from .tree import TreeCarry as TreeCarry
-from .tree import TreeCell as TreeCell
-from .tree import binary_tree_lstm_cell as binary_tree_lstm_cell
-from .tree import child_sum_tree_lstm_cell as child_sum_tree_lstm_cell
 from .tree import node_scan as node_scan
 from .tree import recursive as recursive
 from .tree import tree as tree
-from .tree import tree_rnn_cell as tree_rnn_cell
+from .tree_cells import TreeCarry as TreeCarry
+from .tree_cells import TreeCell as TreeCell
+from .tree_cells import binary_tree_lstm_cell as binary_tree_lstm_cell
+from .tree_cells import child_sum_tree_lstm_cell as child_sum_tree_lstm_cell
+from .tree_cells import tree_rnn_cell as tree_rnn_cell

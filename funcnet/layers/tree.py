@@ -20,7 +20,7 @@ padding slots are set to exactly zero and no real node reads them: padding canno
 trees. ``node_scan(cell)`` is the node-by-node oracle (``lax.cond(is_leaf, leaf, node)`` for each
 node of a post-order list) and ``recursive`` the plain Python recursion of define-by-run frameworks.
 The cells (``binary_tree_lstm_cell``, ``child_sum_tree_lstm_cell``, ``tree_rnn_cell``) live in
-``funcnet.layers.tree_cells`` and are re-exported here.
+``funcnet.layers.tree_cells``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,7 @@ from jax import lax
 
 from ..core import Model
 from ..errors import DTypeError, ParamsError, ShapeError, check_array, check_floating, check_rank, describe
-from .tree_cells import TreeCarry as TreeCarry
-from .tree_cells import TreeCell as TreeCell
-from .tree_cells import binary_tree_lstm_cell as binary_tree_lstm_cell
-from .tree_cells import child_sum_tree_lstm_cell as child_sum_tree_lstm_cell
-from .tree_cells import tree_rnn_cell as tree_rnn_cell
+from .tree_cells import TreeCarry, TreeCell
 
 
 def _field(layer: str, batch: Any, name: str) -> Any:
@@ -136,6 +132,7 @@ def tree(cell: TreeCell, *, unroll: int | bool = 1) -> Model:
 
     Example (two leaves and their parent: L=2, S=W=1, K=2, so R=4 and row 3 is the dummy):
       >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from funcnet.layers.tree_cells import binary_tree_lstm_cell, tree_rnn_cell
       >>> batch = {"children": np.array([[[0, 1]]]), "child_mask": np.ones((1, 1, 2)),
       ...          "leaf_mask": np.ones(2), "internal_mask": np.ones((1, 1))}
       >>> model = tree(binary_tree_lstm_cell(4))
@@ -203,6 +200,7 @@ def node_scan(cell: TreeCell) -> Model:
 
     Example (leaves 0 and 1, then their parent 2; row 3 is the dummy):
       >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from funcnet.layers.tree_cells import binary_tree_lstm_cell, tree_rnn_cell
       >>> order = {"is_leaf": np.array([True, True, False]), "children": np.array([[3, 3], [3, 3], [0, 1]]),
       ...          "child_mask": np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])}
       >>> model = node_scan(binary_tree_lstm_cell(4))
@@ -265,6 +263,7 @@ def recursive(cell: TreeCell, params: Any, tree: Any, leaf_x_of_token: Callable[
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> from funcnet.layers.tree_cells import binary_tree_lstm_cell, tree_rnn_cell
       >>> from funcnet.trees import parse_tree
       >>> cell = tree_rnn_cell(4)
       >>> params, _ = cell.init(jax.random.key(0), jnp.ones((1, 3)))

@@ -150,3 +150,34 @@ class Checkpointer:
         """Waits for saves, then releases Orbax's resources."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_run(
+    directory: str | os.PathLike, abstract_state: Any, *, which: str = "best", metric: str = "loss", mode: str = "min"
+) -> tuple[int, Any]:
+    """Restores the ``"best"``, ``"latest"`` or a numbered (``"120"``) checkpoint of ``directory``.
+
+    Returns:
+      ``(step, state)``, the state in the shapes and shardings of ``abstract_state``.
+
+    Raises:
+      FileNotFoundError: the directory holds no checkpoint.
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp
+      >>> directory = tempfile.mkdtemp()
+      >>> ckpt = Checkpointer(directory)
+      >>> ckpt.save(3, {"w": jnp.ones(2)}, {})
+      >>> ckpt.close()
+      >>> restore_run(directory, {"w": jnp.zeros(2)}, which="latest")[0]
+      3
+    """
+    checkpointer = Checkpointer(directory, metric=metric, mode=mode)
+    try:
+        step = {"best": checkpointer.best_step, "latest": checkpointer.latest_step}.get(which, lambda: int(which))()
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no checkpoints")
+        state, _ = checkpointer.restore(step, abstract_state)
+    finally:
+        checkpointer.close()
+    return step, state

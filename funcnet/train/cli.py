@@ -24,7 +24,7 @@ import jax
 
 from . import builtins as _builtins  # noqa: F401  (registers the built-in components)
 from .builtins import DataSplits
-from .checkpoint import Checkpointer
+from .checkpoint import restore_run
 from .components import ConfigError, build_component
 from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
 from .data import make_batches
@@ -89,21 +89,13 @@ class Run:
     def restore(self, run_dir: str | os.PathLike, which: str = "best"):
         """The TrainState of the best, latest or a numbered checkpoint of ``run_dir``."""
         trainer = self.config.trainer
-        checkpointer = Checkpointer(
-            Path(run_dir) / "checkpoints", keep=trainer.keep_checkpoints, keep_best=trainer.keep_best,
-            metric=trainer.metric, mode=trainer.mode,
-        )  # fmt: skip
-        step = {"best": checkpointer.best_step, "latest": checkpointer.latest_step}.get(which, lambda: int(which))()
-        if step is None:
-            raise SystemExit(f"error: {run_dir} has no checkpoints")
         example = next(iter(self.train.epoch(0)))
         inputs = [example[k] for k in self.splits.inputs]
         abstract = abstract_train_state(
             self.model, self.optimizer.transform, jax.random.key(trainer.seed), *inputs, mesh=self.mesh
         )
-        state, _ = checkpointer.restore(step, abstract)
-        checkpointer.close()
-        return step, state
+        directory = Path(run_dir) / "checkpoints"
+        return restore_run(directory, abstract, which=which, metric=trainer.metric, mode=trainer.mode)
 
 
 def _load(config_path: str, overrides: Sequence[str]) -> dict[str, Any]:

@@ -91,6 +91,19 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def merge_configs(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, tables merged key by key (presets, then files, then overrides).
+
+    >>> merge_configs({"model": {"hidden": 8, "layers": 1}}, {"model": {"hidden": 16}})
+    {'model': {'hidden': 16, 'layers': 1}}
+    """
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        nested = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        merged[key] = merge_configs(merged[key], value) if nested else copy.deepcopy(value)
+    return merged
+
+
 def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Returns a copy of ``config`` with ``KEY=VALUE`` overrides (``--override``) applied in order.
 

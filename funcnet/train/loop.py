@@ -109,7 +109,11 @@ def evaluate(
       {'loss': 1.0, 'count': 10.0}
     """
     mesh = mesh or data_mesh()
-    step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)
+    return _evaluate(make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs), state, batches, mesh)
+
+
+def _evaluate(step: Callable, state: TrainState, batches: Any, mesh) -> dict[str, float]:
+    """One pass of ``batches`` through a compiled eval step; fit keeps one step for every evaluation."""
     sharding = batch_sharded(mesh)
     totals: dict[str, float] = {}
     count = 0.0
@@ -207,6 +211,7 @@ def fit(
     train_step = make_train_step(
         model, loss_fn, optimizer, mesh=mesh, inputs=inputs, skip_nan_updates=trainer.skip_nan_updates
     )
+    eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
     logger = RunLogger(run_dir, resume_step=step if latest is not None else None)
     if config is not None and latest is None:
         logger.config(config)
@@ -295,7 +300,7 @@ def fit(
                     break
                 eval_metrics = None
                 if due_eval:
-                    eval_metrics = evaluate(model, loss_fn, state, validation, inputs=inputs, mesh=mesh)
+                    eval_metrics = _evaluate(eval_step, state, validation, mesh)
                     stop_reason = _record_eval(meta, eval_metrics, step, position, trainer, progress) or stop_reason
                     logger.scalars("validation", eval_metrics, step)
                     logger.histograms("params", state.params, step)

@@ -60,8 +60,8 @@ class Registry:
         """
         if name not in self._factories:
             close = difflib.get_close_matches(str(name), self._factories, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{path}: unknown {self.kind} {name!r}; registered: {self.names()}.{hint}".rstrip("."))
+            hint = f". Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{path}: unknown {self.kind} {name!r}; registered: {self.names()}{hint}")
         return self._factories[name]
 
     def names(self) -> list[str]:

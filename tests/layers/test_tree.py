@@ -14,15 +14,8 @@ from jax.test_util import check_grads
 
 from funcnet import trees
 from funcnet.errors import DTypeError, ParamsError, ShapeError
-from funcnet.layers.tree import (
-    TreeCarry,
-    binary_tree_lstm_cell,
-    child_sum_tree_lstm_cell,
-    node_scan,
-    recursive,
-    tree,
-    tree_rnn_cell,
-)
+from funcnet.layers.tree import node_scan, recursive, tree
+from funcnet.layers.tree_cells import TreeCarry, binary_tree_lstm_cell, child_sum_tree_lstm_cell, tree_rnn_cell
 from funcnet.schedule import Buckets, postorder, schedule
 from funcnet.trees import Tree
 

@@ -159,3 +159,17 @@ def test_best_and_latest_checkpoints_both_survive_a_worsening_metric_and_a_resta
     assert kept() == [result.best_step, result.step]
     again = _fit(tmp_path, optax.sgd(schedule), epochs=7, keep_checkpoints=1, checkpoint_every=2)
     assert again.best_step == result.best_step and kept() == [result.best_step, again.step]
+
+
+def test_fit_traces_the_train_and_eval_steps_once_for_all_evaluations(tmp_path):
+    traces = []
+
+    def counted(out, batch):
+        traces.append(out.shape)  # runs only while jax traces a step
+        return mse(out, batch)
+
+    train, valid = _data()
+    trainer = TrainerConfig(epochs=4, log_every=2, progress=False)
+    result = fit(MODEL, counted, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer, validation=valid)
+    assert len(result.history) == 4
+    assert len(traces) == 2, traces  # one train step, one eval step
