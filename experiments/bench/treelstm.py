@@ -42,7 +42,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-SYSTEMS = ("funcnet_level", "funcnet_node", "torch_per_node", "torch_level", "torch_level_sparse")
+SYSTEMS = (
+    "funcnet_level",
+    "funcnet_level_dense",
+    "funcnet_node",
+    "torch_per_node",
+    "torch_level",
+    "torch_level_sparse",
+)
+SPARSE_SYSTEMS = ("funcnet_level", "torch_level_sparse")  # row-sparse embedding updates
 EMBED, HIDDEN, CLASSES, BATCH, LEARNING_RATE, WIDTH = 300, 150, 5, 25, 0.05, 24
 SST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sst" / "train.txt"
 
@@ -67,6 +75,7 @@ def parse_args(argv):
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {SYSTEMS}")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unroll", type=int, default=1, help="tree scan steps per loop iteration (fn.tree unroll)")
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = sorted(set(args.systems) - set(SYSTEMS))
@@ -96,8 +105,47 @@ def load_trees(seed: int):
 # ---------------------------------------------------------------- funcnet systems
 
 
-def funcnet_system(kind: str, vocab_size: int, seed: int):
-    """``(step, state, traces)`` for the level or node scan; ``step(state, batch) -> (state, loss)`` is jitted."""
+def funcnet_level_system(vocab_size: int, seed: int, sparse: bool, unroll: int, example):
+    """``(step, state, traces)``: the experiment's model and the engine's jitted train step (what ``fit`` runs).
+
+    ``sentiment_model`` (fn.embed -> fn.tree(fn.binary_tree_lstm_cell) -> fn.dense, no dropout) over one group
+    of trees, ``make_train_step`` on one device, Adagrad from a config; with ``sparse`` the config sets
+    ``sparse_rows`` so the embedding table is updated row-sparsely (exact for Adagrad).
+    """
+    import jax
+    import optax
+
+    from funcnet.experiments.treedata import FIELDS
+    from funcnet.experiments.treelstm import sentiment_model
+    from funcnet.train.optim import make_optimizer
+    from funcnet.train.state import create_train_state, data_mesh
+    from funcnet.train.step import make_train_step
+
+    traces = [0]
+
+    def loss_fn(logits, batch):  # per tree [G, T]: the sum of its nodes' cross-entropies (the engine averages)
+        traces[0] += 1  # runs once per trace
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]) * batch["label_mask"]
+        trees = batch["roots"].shape[-1]
+        return jax.vmap(lambda n, t: jax.ops.segment_sum(n, t, num_segments=trees))(nll, batch["node_tree"])
+
+    config = {"type": "adagrad", "learning_rate": LEARNING_RATE}
+    if sparse:
+        config["sparse_rows"] = {"embed/embedding": "leaf_tokens"}
+    optimizer = make_optimizer(config)
+    model = sentiment_model(vocab_size, EMBED, HIDDEN, dropout=0.0, unroll=unroll)
+    mesh = data_mesh(jax.devices()[:1])
+    state = create_train_state(
+        model, optimizer.transform, jax.random.key(seed), *[example[f] for f in FIELDS], mesh=mesh
+    )
+    step = make_train_step(
+        model, loss_fn, optimizer.transform, mesh=mesh, inputs=FIELDS, sparse_rows=optimizer.sparse_rows
+    )
+    return step, state, traces
+
+
+def funcnet_node_system(vocab_size: int, seed: int):
+    """``(step, state)`` for the node-scan oracle: a hand-jitted step (the oracle is not a training path)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -105,8 +153,7 @@ def funcnet_system(kind: str, vocab_size: int, seed: int):
     import funcnet as fn
 
     embed, head = fn.embed(vocab_size, EMBED), fn.dense(CLASSES)
-    cell = fn.binary_tree_lstm_cell(HIDDEN)
-    scan = fn.tree(cell) if kind == "level" else fn.node_scan(cell)
+    scan = fn.node_scan(fn.binary_tree_lstm_cell(HIDDEN))
     k_embed, k_tree, k_head = jax.random.split(jax.random.key(seed), 3)
     params = {
         "embed": embed.init(k_embed, jnp.zeros((1,), jnp.int32))[0],
@@ -114,15 +161,11 @@ def funcnet_system(kind: str, vocab_size: int, seed: int):
         "head": head.init(k_head, jax.ShapeDtypeStruct((1, HIDDEN), jnp.float32))[0],
     }
     optimizer = optax.adagrad(LEARNING_RATE)
-    traces = [0]
 
     def loss_fn(params, batch):
-        traces[0] += 1  # runs once per trace
-        tokens = batch.leaf_tokens if kind == "level" else batch.tokens
-        x, _ = embed.apply(params["embed"], {}, tokens)
+        x, _ = embed.apply(params["embed"], {}, batch.tokens)
         states, _ = scan.apply(params["tree"], {}, x, batch)
-        h = states.h if kind == "level" else states.h[:-1]  # node scan: drop the dummy row
-        logits, _ = head.apply(params["head"], {}, h)
+        logits, _ = head.apply(params["head"], {}, states.h[:-1])  # drop the dummy row
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
         return (nll * batch.label_mask).sum() / batch.tree_mask.sum()
 
@@ -133,7 +176,14 @@ def funcnet_system(kind: str, vocab_size: int, seed: int):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    return step, (params, optimizer.init(params)), traces
+    return step, (params, optimizer.init(params))
+
+
+def as_group(batch) -> dict:
+    """A ``TreeBatch`` as the engine's batch: a dict of its fields with a group axis of 1, and ``mask``."""
+    group = {name: value[None] for name, value in batch._asdict().items()}
+    group["mask"] = group["tree_mask"]
+    return group
 
 
 def node_bucket(trees) -> int:
@@ -148,7 +198,8 @@ def node_bucket(trees) -> int:
 
 def shape_of(batches, i) -> tuple:
     """The shapes of batch ``i``'s arrays: one compiled program per distinct value."""
-    return tuple(a.shape for a in batches[i])
+    batch = batches[i]
+    return tuple(a.shape for a in (batch.values() if isinstance(batch, dict) else batch))
 
 
 class Runner(NamedTuple):
@@ -164,6 +215,7 @@ def jax_runner(name, step, state, batches, shape):
     import jax
 
     box = [state]
+    jitted = getattr(step, "jitted", step)  # make_train_step's jitted function (its cache counts compilations)
 
     def run(indices):
         loss = None
@@ -171,7 +223,7 @@ def jax_runner(name, step, state, batches, shape):
             box[0], loss = step(box[0], batches[i])
         jax.block_until_ready(loss)
 
-    return Runner(name, run, shape, step)
+    return Runner(name, run, shape, jitted)
 
 
 def torch_runner(name, step, batches):
@@ -253,7 +305,7 @@ def schedule_epoch(epoch, vocab, buckets):
     return scheduled
 
 
-def count_compilations(step, state, batches, traces, buckets):
+def count_compilations(name, step, state, batches, traces, buckets):
     """Trains one whole epoch (untimed): the jitted step compiles once per bucket it meets."""
     import jax
 
@@ -263,9 +315,9 @@ def count_compilations(step, state, batches, traces, buckets):
     jax.block_until_ready(loss)
     emit(
         figure="compilations",
-        system="funcnet_level",
+        system=name,
         epoch_batches=len(batches),
-        compilations=step._cache_size(),
+        compilations=step.jitted._cache_size(),
         traces=traces[0],
         buckets=len(buckets.leaves) * len(buckets.steps),
         epoch_seconds_incl_compiles=round(time.perf_counter() - start, 2),
@@ -273,28 +325,28 @@ def count_compilations(step, state, batches, traces, buckets):
     return state
 
 
-def make_runner(name, epoch, vocab, buckets, timed, seed, scheduled=None):
+def make_runner(name, epoch, vocab, buckets, timed, seed, scheduled, unroll):
     import jax
 
-    if name.startswith("funcnet"):
+    if name.startswith("funcnet_level"):
+        batches = {i: jax.device_put(as_group(b)) for i, b in scheduled.items()}
+        step, state, traces = funcnet_level_system(vocab.size, seed, name == "funcnet_level", unroll, batches[0])
+        state = count_compilations(name, step, state, batches, traces, buckets)
+        return jax_runner(name, step, state, batches, partial(shape_of, batches))
+    if name == "funcnet_node":
         from funcnet.schedule import postorder
 
-        if name == "funcnet_level":
-            step, state, traces = funcnet_system("level", vocab.size, seed)
-            batches = {i: jax.device_put(b) for i, b in scheduled.items()}
-            state = count_compilations(step, state, batches, traces, buckets)
-        else:
-            step, state, _ = funcnet_system("node", vocab.size, seed)
-            batches, ms = prepare(
-                lambda i: jax.device_put(postorder(epoch[i], vocab, num_nodes=node_bucket(epoch[i]), num_trees=BATCH)),
-                timed,
-            )
-            emit(
-                figure="host_scheduling",
-                system=name,
-                ms_per_batch_median=ms,
-                node_buckets=sorted({int(b.tokens.shape[0]) for b in batches.values()}),
-            )
+        step, state = funcnet_node_system(vocab.size, seed)
+        batches, ms = prepare(
+            lambda i: jax.device_put(postorder(epoch[i], vocab, num_nodes=node_bucket(epoch[i]), num_trees=BATCH)),
+            timed,
+        )
+        emit(
+            figure="host_scheduling",
+            system=name,
+            ms_per_batch_median=ms,
+            node_buckets=sorted({int(b.tokens.shape[0]) for b in batches.values()}),
+        )
         return jax_runner(name, step, state, batches, partial(shape_of, batches))
     import _tree_torch as tt  # beside this script
 
@@ -332,7 +384,7 @@ def report(results, rounds, malloc) -> None:
                 "system": name,
                 "trees_per_second": round(statistics.median(values), 1),
                 "ratio_to_torch_level": ratio,
-                "embedding_update": "sparse" if name.endswith("sparse") else "dense",
+                "embedding_update": "sparse" if name in SPARSE_SYSTEMS else "dense",
                 "rounds": [round(v, 1) for v in values],
             }
         )
@@ -341,7 +393,7 @@ def report(results, rounds, malloc) -> None:
     for row in rows:
         ratio = "-" if row["ratio_to_torch_level"] is None else f"{row['ratio_to_torch_level']:.2f}x"
         print(f"{row['system']:<20} {row['trees_per_second']:>10,.1f} {ratio:>15}")
-    print(f"malloc: {malloc}; funcnet embedding update: dense; host preparation done ahead (reported above)")
+    print(f"malloc: {malloc}; host preparation done ahead (reported above)")
 
 
 def main(argv=None) -> int:
@@ -377,7 +429,7 @@ def main(argv=None) -> int:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "funcnet_embedding_update": "dense (full-table gradient and Adagrad)",
+        "unroll": args.unroll,
     }
     if any(name.startswith("torch") for name in args.systems):
         import torch
@@ -388,7 +440,9 @@ def main(argv=None) -> int:
     emit(**setup)
 
     scheduled = schedule_epoch(epoch, vocab, buckets)
-    runners = [make_runner(name, epoch, vocab, buckets, timed, args.seed, scheduled) for name in args.systems]
+    runners = [
+        make_runner(name, epoch, vocab, buckets, timed, args.seed, scheduled, args.unroll) for name in args.systems
+    ]
     for runner in runners:
         warm_up(runner, timed)
     results = measure(runners, args.rounds, per_round, len(epoch))

@@ -74,7 +74,7 @@ def model_options(embed: int = 64, hidden: int = 64, dropout: float = 0.0) -> No
     """The ``model`` section: embedding and Tree-LSTM sizes, dropout on leaf inputs and node states."""
 
 
-def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout: float = 0.0) -> Model:
+def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1) -> Model:
     """A Model over grouped tree batches: ``apply(params, state, *[batch[f] for f in FIELDS])`` -> logits [G, R, 5].
 
     >>> import jax
@@ -90,7 +90,7 @@ def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout:
     """
     children = {
         "embed": fn.embed(vocab_size, embed),
-        "tree": fn.tree(fn.binary_tree_lstm_cell(hidden)),
+        "tree": fn.tree(fn.binary_tree_lstm_cell(hidden), unroll=unroll),
         "drop": fn.dropout(dropout),
         "head": fn.dense(5),
     }
@@ -209,7 +209,7 @@ def run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     result = fit(
         model, tree_metrics, optimizer.transform, train, run_dir=run_dir, trainer=trainer,
         validation=batches(dev_trees, False), learning_rate=optimizer.learning_rate, inputs=FIELDS,
-        config=config, mesh=mesh, items_per_example=1, item_name="trees",
+        config=config, mesh=mesh, items_per_example=1, item_name="trees", sparse_rows=optimizer.sparse_rows,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     _, best_state = restore_run(run_dir / "checkpoints", result.state, metric=trainer.metric, mode=trainer.mode)

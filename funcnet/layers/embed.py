@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 from .. import initializers
 from ..core import Model
 from ..errors import ParamsError, check_integer, check_params, describe
 from ..initializers import Initializer
+
+
+class Rows(NamedTuple):
+    """Some rows of an embedding table, in place of the table: the row-sparse update's compact table.
+
+    The train step with ``sparse_rows`` (``funcnet.train.sparse``) hands ``embed`` a ``Rows`` holding only the
+    rows a batch uses, and ids renumbered into it, so the gradient and the optimizer update touch only those rows.
+    """
+
+    values: jax.Array  # [rows used, features]
 
 
 def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None = None, dtype=jnp.float32) -> Model:
@@ -48,14 +61,18 @@ def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None 
         del key, train
         check_params("embed", params, {"embedding": None})
         table = params["embedding"]
-        if table.shape != (vocab_size, features):
+        if isinstance(table, Rows):  # the compact table of a row-sparse update: ids index its rows
+            table, vocab = table.values, table.values.shape[0]
+            expected = (vocab, features)
+        else:
+            vocab, expected = vocab_size, (vocab_size, features)
+        if table.shape != expected:
             raise ParamsError(
                 "embed",
-                f"params do not belong to this model: embedding should be {(vocab_size, features)}, "
-                f"got {describe(table)}.",
+                f"params do not belong to this model: embedding should be {expected}, got {describe(table)}.",
             )
         check_integer("embed", ids)
-        ids = jnp.where(ids < 0, vocab_size, ids)  # no wrap-around: negative ids are out of range too
+        ids = jnp.where(ids < 0, vocab, ids)  # no wrap-around: negative ids are out of range too
         return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan), state
 
     return Model(init, apply, "embed")

@@ -26,6 +26,7 @@ The cells (``binary_tree_lstm_cell``, ``child_sum_tree_lstm_cell``, ``tree_rnn_c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import jax
@@ -34,7 +35,7 @@ from jax import lax
 
 from ..core import Model
 from ..errors import DTypeError, ParamsError, ShapeError, check_array, check_floating, check_rank, describe
-from .tree_cells import TreeCarry, TreeCell
+from .tree_cells import TreeCarry, TreeCell, _masked
 
 
 def _field(layer: str, batch: Any, name: str) -> Any:
@@ -107,7 +108,112 @@ def _zero_unless(keep: jax.Array, a: jax.Array, dtype: Any) -> jax.Array:
     return jnp.where(keep[:, None] > 0, a, jnp.zeros_like(a)).astype(dtype)
 
 
-def tree(cell: TreeCell, *, unroll: int | bool = 1) -> Model:
+def _step_rows(num_leaves: int, width: int, s: jax.Array) -> jax.Array:
+    return num_leaves + s * width
+
+
+def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule, save=False):
+    """The scan over steps: each step gathers its children's rows and writes its ``W`` rows.
+
+    With ``save`` (cells with ``pre``/``post``) it also returns every step's ``z = cell.pre(...)``, stacked.
+    """
+    children, child_mask, internal_mask = schedule
+    steps, width, _ = children.shape
+    dtype = buffers[0].dtype
+
+    def step(buffers, xs):
+        children, child_mask, internal_mask, s = xs
+        kids = TreeCarry(*(jnp.take(buf, children, axis=0, mode="clip") for buf in buffers))
+        if save:
+            kids = _masked(kids, child_mask)
+            z = cell.pre(params, kids)
+            out = cell.post(z, kids)
+        else:
+            z, out = None, cell.node(params, kids, child_mask)
+        row = _step_rows(num_leaves, width, s)
+        return tuple(
+            lax.dynamic_update_slice(buf, _zero_unless(internal_mask, a, dtype), (row, 0))
+            for buf, a in zip(buffers, out, strict=True)
+        ), z
+
+    xs = (children, child_mask, internal_mask, jnp.arange(steps))
+    buffers, zs = lax.scan(step, tuple(buffers), xs, unroll=unroll)
+    return (buffers, zs) if save else buffers
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _internal_custom_vjp(cell, num_leaves, unroll, params, buffers, schedule):
+    """``_internal_nodes`` with a hand-written backward pass (see ``_internal_bwd``)."""
+    return _internal_nodes(cell, num_leaves, unroll, params, buffers, schedule)
+
+
+def _internal_fwd(cell, num_leaves, unroll, params, buffers, schedule):
+    out, zs = _internal_nodes(cell, num_leaves, unroll, params, buffers, schedule, save=True)
+    return out, (params, out, schedule, zs)  # the final buffers hold every child state the backward pass needs
+
+
+def _internal_bwd(cell, num_leaves, unroll, residuals, cotangents):
+    """The reverse scan over steps with in-place writes only; the params' gradient after it, in one call.
+
+    A node's total cotangent is its own (from the loss) plus what its parent passed down. Every node has
+    one parent slot ``(s, w, k)``, so the reverse scan keeps the cotangents parents pass to their children
+    in a buffer laid out by parent slot, ``[S*W*K + 1, H]`` (last row zero: roots and padding): step ``s``
+    writes its ``W*K`` rows contiguously (``dynamic_update_slice``, in place) and reads its own nodes'
+    rows with one gather through ``parent_of``. (Scatter-adding into a row buffer instead made XLA copy
+    the whole buffer every step.) Each step pulls its rows back through ``cell.post`` (with the saved
+    ``z``) and ``cell.pre`` with respect to the children only; the params' gradient is ONE VJP of
+    ``cell.pre`` over all internal slots after the loop (one large matmul instead of a small matmul
+    and an accumulation per step; the cell is row-wise, so the sum of per-step VJPs is that one VJP).
+    """
+    params, (h, c), (children, child_mask, internal_mask), zs = residuals
+    steps, width, arity = children.shape
+    rows, hidden = h.shape
+    links = steps * width * arity
+    real = jnp.where(child_mask.reshape(-1) > 0, children.reshape(-1), rows)  # absent children: dropped
+    parent_of = jnp.full((rows,), links, jnp.int32).at[real].set(jnp.arange(links, dtype=jnp.int32), mode="drop")
+    keep = lambda mask, d: jnp.where(mask[:, None] > 0, d, jnp.zeros_like(d))  # noqa: E731
+
+    def gather_kids(index, mask):
+        return _masked(TreeCarry(*(jnp.take(a, index, axis=0, mode="clip") for a in (h, c))), mask)
+
+    def total(passed, first, count):
+        """The complete cotangents of rows ``first .. first+count-1``: their own plus their parent's."""
+        link = lax.dynamic_slice(parent_of, (first,), (count,))
+        return tuple(
+            lax.dynamic_slice(d, (first, 0), (count, hidden)) + jnp.take(p, link, axis=0, mode="clip")
+            for d, p in zip(cotangents, passed, strict=True)
+        )
+
+    def step(passed, xs):
+        kids_of, mask, internal, s, z = xs
+        d_rows = tuple(keep(internal, d) for d in total(passed, _step_rows(num_leaves, width, s), width))
+        kids = gather_kids(kids_of, mask)
+        out, post_vjp = jax.vjp(cell.post, z, kids)
+        d_z, d_kids = post_vjp(TreeCarry(*(d.astype(o.dtype) for d, o in zip(d_rows, out, strict=True))))
+        d_kids_h = jax.vjp(lambda k: cell.pre(params, k), kids)[1](d_z)[0].h  # linear: its forward is dead code
+        d_kids = _masked(TreeCarry(d_kids.h + d_kids_h, d_kids.c), mask)
+        written = tuple(
+            lax.dynamic_update_slice(p, d.reshape(width * arity, hidden).astype(p.dtype), (s * width * arity, 0))
+            for p, d in zip(passed, d_kids, strict=True)
+        )
+        return written, d_z
+
+    passed = tuple(jnp.zeros((links + 1, hidden), d.dtype) for d in cotangents)
+    xs = (children, child_mask, internal_mask, jnp.arange(steps), zs)
+    passed, d_zs = lax.scan(step, passed, xs, reverse=True, unroll=unroll)
+    slots = steps * width
+    kids = gather_kids(children.reshape(slots, arity), child_mask.reshape(slots, arity))
+    d_zs = jax.tree.map(lambda a: a.reshape(slots, *a.shape[2:]), d_zs)
+    d_params = jax.vjp(lambda p: cell.pre(p, kids), params)[1](d_zs)[0]
+    d_leaves = total(passed, 0, num_leaves)  # the input buffers' leaf rows; their other rows are overwritten
+    d_buffers = tuple(jnp.concatenate([d, jnp.zeros((rows - num_leaves, hidden), d.dtype)]) for d in d_leaves)
+    return d_params, d_buffers, (None, None, None)
+
+
+_internal_custom_vjp.defvjp(_internal_fwd, _internal_bwd)
+
+
+def tree(cell: TreeCell, *, unroll: int | bool = 1, custom_vjp: bool = True) -> Model:
     """Runs ``cell`` bottom-up over a scheduled batch of trees: leaves at once, then ``lax.scan`` over steps.
 
     ``apply(params, state, leaf_x, batch) -> (TreeCarry [R, H], state)`` with ``leaf_x: [L, F]`` the
@@ -121,6 +227,10 @@ def tree(cell: TreeCell, *, unroll: int | bool = 1) -> Model:
     Args:
       cell: a TreeCell; an N-ary cell needs ``K == cell.arity``.
       unroll: steps per scan iteration (``True`` unrolls all: a few percent faster, longer compiles).
+      custom_vjp: for cells with ``pre``/``post`` (the built-in ones), the hand-written backward
+        pass: the forward saves each step's ``z``; a reverse scan writes each step's child cotangents
+        in place; the params' gradient is one batched call after it. ``False``: plain autodiff of
+        the scan, which also supports forward mode (``jax.jvp``) and higher derivatives.
 
     Returns:
       A Model named ``"tree"``.
@@ -161,20 +271,11 @@ def tree(cell: TreeCell, *, unroll: int | bool = 1) -> Model:
         dtype = leaves.h.dtype
         pad = jnp.zeros((steps * width + 1, cell.hidden), dtype)  # internal slots and the dummy row
         buffers = tuple(jnp.concatenate([_zero_unless(b["leaf_mask"], a, dtype), pad]) for a in leaves)
-
-        def step(buffers, xs):
-            children, child_mask, internal_mask, s = xs
-            kids = TreeCarry(*(jnp.take(buf, children, axis=0, mode="clip") for buf in buffers))
-            out = cell.node(params, kids, child_mask)
-            row = num_leaves + s * width
-            return tuple(
-                lax.dynamic_update_slice(buf, _zero_unless(internal_mask, a, dtype), (row, 0))
-                for buf, a in zip(buffers, out, strict=True)
-            ), None
-
-        xs = (jnp.asarray(b["children"]), b["child_mask"], b["internal_mask"], jnp.arange(steps))
-        buffers, _ = lax.scan(step, buffers, xs, unroll=unroll)
-        return TreeCarry(*buffers), state
+        schedule = (jnp.asarray(b["children"]), b["child_mask"], b["internal_mask"])
+        fast = custom_vjp and cell.pre is not None and cell.post is not None
+        run = _internal_custom_vjp if fast else _internal_nodes
+        h, c = run(cell, num_leaves, unroll, params, buffers, schedule)
+        return TreeCarry(h, c), state
 
     return Model(init, apply, "tree")
 

@@ -133,6 +133,7 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = ()) -> int:
         inputs=run.splits.inputs,
         config=resolved,
         mesh=run.mesh,
+        sparse_rows=run.optimizer.sparse_rows,
     )
     results = {
         "stop_reason": result.stop_reason,

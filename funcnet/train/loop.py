@@ -164,6 +164,7 @@ def fit(
     mesh=None,
     items_per_example: int = 1,
     item_name: str = "ex",
+    sparse_rows: Mapping[str, str] | None = None,
 ) -> FitResult:
     """Trains ``model`` on ``train`` batches, resuming from ``run_dir`` if it holds checkpoints.
 
@@ -183,6 +184,8 @@ def fit(
       config: the resolved config, written as text into the logs.
       mesh: the device mesh (all devices by default).
       items_per_example, item_name: what the progress bar's rate counts (e.g. 100 "chars" per sequence).
+      sparse_rows: ``{param path: batch key}`` of embedding tables updated row-sparsely
+        (``make_optimizer(...).sparse_rows``; see ``funcnet.train.sparse``).
 
     Returns:
       A FitResult.
@@ -209,7 +212,13 @@ def fit(
         state, meta = checkpointer.restore(latest, abstract)
     step = int(state.step)
     train_step = make_train_step(
-        model, loss_fn, optimizer, mesh=mesh, inputs=inputs, skip_nan_updates=trainer.skip_nan_updates
+        model,
+        loss_fn,
+        optimizer,
+        mesh=mesh,
+        inputs=inputs,
+        skip_nan_updates=trainer.skip_nan_updates,
+        sparse_rows=sparse_rows,
     )
     eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
     logger = RunLogger(run_dir, resume_step=step if latest is not None else None)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from . import optimizers as _optimizers  # noqa: F401  (registers the built-in optimizers)
@@ -60,6 +61,7 @@ class Optimizer(NamedTuple):
 
     transform: optax.GradientTransformation
     learning_rate: Callable[[Any], Any]
+    sparse_rows: Mapping[str, str] | None = None  # param path -> batch key: tables updated row-sparsely
 
 
 def _options(
@@ -69,6 +71,8 @@ def _options(
     weight_decay: float | None = None,
     accumulate: int = 1,
     freeze: list[str] | None = None,
+    learning_rate_scale: dict[str, float] | None = None,
+    sparse_rows: dict[str, str] | None = None,
 ) -> None:
     """The keys that every optimizer config accepts besides its optimizer's own (used for validation only)."""
 
@@ -88,6 +92,10 @@ def make_optimizer(config: Mapping[str, Any], path: str = "optimizer") -> Optimi
     adam that is not AdamW), ``accumulate`` (``optax.MultiSteps``: one update with the mean of k
     micro-batch gradients every k steps), ``freeze`` (regexes that must ``fullmatch`` a
     ``"/"``-joined param path such as ``"encoder/dense_0/kernel"``: those params never change),
+    ``learning_rate_scale`` (``{regex: factor}``: the updates of params whose path matches are
+    multiplied by ``factor``, i.e. their learning rate, e.g. ``{"embed/.*" = 0.1}`` for an embedding
+    learning rate; the first matching pattern wins), ``sparse_rows`` (``{param path: batch key}``:
+    embedding tables updated row-sparsely, see ``funcnet.train.sparse``; the train step applies it),
     and the optimizer's own keys (``b1``, ``momentum``, ...).
 
     Args:
@@ -95,7 +103,7 @@ def make_optimizer(config: Mapping[str, Any], path: str = "optimizer") -> Optimi
       path: its key path, for error messages.
 
     Returns:
-      An ``Optimizer(transform, learning_rate)``.
+      An ``Optimizer(transform, learning_rate, sparse_rows)``.
 
     Raises:
       ConfigError: an unknown, missing, mistyped or out-of-range key; ``transform.init`` raises it
@@ -116,12 +124,13 @@ def make_optimizer(config: Mapping[str, Any], path: str = "optimizer") -> Optimi
     require(clip is None or clip > 0, _join(path, "grad_clip_norm"), "a number > 0 (omit it to not clip)", clip)
     require(decay is None or decay >= 0, _join(path, "weight_decay"), "a number >= 0", decay)
     require(accumulate >= 1, _join(path, "accumulate"), "an int >= 1", accumulate)
-    patterns = []
-    for i, pattern in enumerate(freeze):
-        try:
-            patterns.append(re.compile(pattern))
-        except re.error as error:
-            raise ConfigError(f"{path}.freeze[{i}]", f"invalid regular expression {pattern!r}: {error}") from None
+    patterns = [_compile(pattern, f"{path}.freeze[{i}]") for i, pattern in enumerate(freeze)]
+    scales = [
+        (_compile(p, f"{path}.learning_rate_scale.{p}"), f) for p, f in (options["learning_rate_scale"] or {}).items()
+    ]
+    for pattern, factor in scales:
+        require(factor >= 0, f"{path}.learning_rate_scale.{pattern.pattern}", "a number >= 0", factor)
+    sparse_rows = dict(options["sparse_rows"] or {})
     schedule = make_schedule(learning_rate, options["schedule"], _join(path, "schedule"))
 
     parts = [optax.clip_by_global_norm(clip)] if clip is not None else []
@@ -131,12 +140,54 @@ def make_optimizer(config: Mapping[str, Any], path: str = "optimizer") -> Optimi
     elif decay:
         parts.append(optax.add_decayed_weights(decay))
     parts.append(build_component(OPTIMIZERS, config, path, also_allowed=_OPTIONS, learning_rate=schedule, **extra))
+    if scales:
+        parts.append(_scaled(scales, f"{path}.learning_rate_scale"))
     transform = optax.chain(*parts) if len(parts) > 1 else parts[0]
     if accumulate > 1:
         transform = optax.MultiSteps(transform, every_k_schedule=accumulate).gradient_transformation()
     if patterns:
         transform = _frozen(transform, patterns, path)
-    return Optimizer(transform, schedule if accumulate == 1 else lambda step: schedule(step // accumulate))
+    rate = schedule if accumulate == 1 else lambda step: schedule(step // accumulate)
+    return Optimizer(transform, rate, sparse_rows or None)
+
+
+def _compile(pattern: str, where: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise ConfigError(where, f"invalid regular expression {pattern!r}: {error}") from None
+
+
+def _check_patterns(patterns: Sequence[re.Pattern], params: Any, where: Callable[[int], str], what: str) -> None:
+    """Raises a ConfigError for the first pattern that ``fullmatch``es no param path."""
+    names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for i, pattern in enumerate(patterns):
+        if not any(pattern.fullmatch(name) for name in names):
+            close = difflib.get_close_matches(pattern.pattern, names, n=3, cutoff=0.3) or names[:3]
+            raise ConfigError(
+                where(i),
+                f"pattern {pattern.pattern!r} matches no parameter, so it would {what} nothing. Patterns must "
+                f"match a whole '/'-joined path ('encoder/.*', not 'encoder'); {len(names)} params, e.g. {close}",
+            )
+
+
+def _scaled(scales: list[tuple[re.Pattern, float]], path: str) -> optax.GradientTransformation:
+    """Multiplies the updates of params matching a pattern by its factor (the first match wins)."""
+
+    def factor(key_path, _):
+        name = param_path(key_path)
+        return next((f for pattern, f in scales if pattern.fullmatch(name)), 1.0)
+
+    def init(params):
+        _check_patterns([p for p, _ in scales], params, lambda i: f"{path}.{scales[i][0].pattern}", "scale")
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        factors = jax.tree_util.tree_map_with_path(factor, updates)
+        return jax.tree.map(lambda u, f: u if f == 1.0 else u * jnp.asarray(f, u.dtype), updates, factors), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_schedule(learning_rate: float, config: Mapping[str, Any] | None, path: str = "schedule") -> optax.Schedule:
@@ -180,15 +231,7 @@ def _frozen(transform: optax.GradientTransformation, patterns: list[re.Pattern],
     partitioned = optax.partition({"trained": transform, "frozen": optax.set_to_zero()}, labels)
 
     def init(params):
-        names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        for i, pattern in enumerate(patterns):
-            if not any(pattern.fullmatch(name) for name in names):
-                close = difflib.get_close_matches(pattern.pattern, names, n=3, cutoff=0.3) or names[:3]
-                raise ConfigError(
-                    f"{path}.freeze[{i}]",
-                    f"pattern {pattern.pattern!r} matches no parameter, so it would freeze nothing. Patterns must "
-                    f"match a whole '/'-joined path ('encoder/.*', not 'encoder'); {len(names)} params, e.g. {close}",
-                )
+        _check_patterns(patterns, params, lambda i: f"{path}.freeze[{i}]", "freeze")
         return partitioned.init(params)
 
     return optax.GradientTransformationExtraArgs(init, partitioned.update)

@@ -34,6 +34,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from ..core import Model
+from .sparse import SparseRows, gather_rows, scatter_rows, unwrap
 from .state import TrainState, batch_sharded, data_mesh, replicated, step_key
 
 LossFn = Callable[[Any, Mapping[str, jax.Array]], "jax.Array | Mapping[str, jax.Array]"]
@@ -82,6 +83,7 @@ def train_step_fn(
     inputs: Sequence[str] = ("x",),
     skip_nan_updates: bool = False,
     axis_name: str | None = None,
+    sparse_rows: SparseRows | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """The pure (un-jitted) train step ``(state, batch) -> (state, metrics)``.
 
@@ -93,6 +95,8 @@ def train_step_fn(
       skip_nan_updates: if the loss or gradient is not finite, keep the old params and
         optimizer state (the step counter still advances) instead of applying the update.
       axis_name: the mapped axis when you run the step under your own ``shard_map``/``pmap``.
+      sparse_rows: ``{param path: batch key}``: update those embedding tables row-sparsely, only the
+        rows whose ids are in ``batch[key]`` (``funcnet.train.sparse``; exact for SGD and Adagrad).
 
     Returns:
       The step. ``metrics`` holds the batch means of every per-example value, ``count`` (real
@@ -112,6 +116,9 @@ def train_step_fn(
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         key = step_key(state)
+        params, opt_state = state.params, state.opt_state
+        if sparse_rows:  # differentiate and update compact tables: only the rows this batch uses
+            params, opt_state, batch, used, tables = gather_rows(params, opt_state, batch, sparse_rows)
 
         def objective(params):
             outputs, model_state = model.apply(
@@ -120,15 +127,22 @@ def train_step_fn(
             means, count = _masked_means(_per_example(loss_fn, outputs, batch), batch["mask"], axis_name)
             return means["loss"], (means, count, model_state)
 
-        (loss, (means, count, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        (loss, (means, count, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        grads, params = unwrap(grads), unwrap(params)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = TrainState(state.step + 1, params, model_state, opt_state, state.key)
-        if skip_nan_updates:
-            kept = state._replace(step=new.step)
-            new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
+        if skip_nan_updates:  # on the compact tree: a sparse table is never copied whole
+            new_params, new_opt_state, model_state = jax.tree.map(
+                lambda a, b: jnp.where(finite, a, b),
+                (new_params, new_opt_state, model_state),
+                (params, opt_state, state.model_state),
+            )
+        if sparse_rows:
+            new_params = scatter_rows(state.params, new_params, used, tables)
+            new_opt_state = scatter_rows(state.opt_state, new_opt_state, used, tables)
+        new = TrainState(state.step + 1, new_params, model_state, new_opt_state, state.key)
         metrics = {**means, "count": count, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
         return new, metrics
 
@@ -175,6 +189,7 @@ def make_train_step(
     mesh: Mesh | None = None,
     inputs: Sequence[str] = ("x",),
     skip_nan_updates: bool = False,
+    sparse_rows: SparseRows | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """The train step, jit-compiled with the state donated and data-parallel over ``mesh``.
 
@@ -197,7 +212,9 @@ def make_train_step(
     """
     mesh = mesh or data_mesh()
     step = jax.jit(
-        train_step_fn(model, loss_fn, optimizer, inputs=inputs, skip_nan_updates=skip_nan_updates),
+        train_step_fn(
+            model, loss_fn, optimizer, inputs=inputs, skip_nan_updates=skip_nan_updates, sparse_rows=sparse_rows
+        ),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
         donate_argnums=0,

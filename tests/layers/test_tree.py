@@ -300,8 +300,9 @@ def test_jit_and_eager_agree_and_a_namedtuple_batch_works():
 # --- float64 gradient checks ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("custom_vjp", [True, False], ids=["custom_vjp", "autodiff"])
 @pytest.mark.parametrize("name", list(CELLS))
-def test_check_grads_float64(name):
+def test_check_grads_float64(name, custom_vjp):
     make, arity = CELLS[name]
     a, b_, c = (Tree(0, token=t) for t in ("w0", "w1", "w2"))
     kids = (a, b_, c) if arity == 3 else (Tree(1, (a, b_)), c)
@@ -315,8 +316,27 @@ def test_check_grads_float64(name):
         assert params["u"].dtype == jnp.float64
         # Finite differences of float64 at eps ~1e-3 (check_grads' default): errors ~1e-6; 1e-4 is loose enough.
         # Jitted so that the many evaluations reuse one compiled program.
-        level = jax.jit(lambda p, x: tree(cell).apply(p, {}, x, b)[0])
-        check_grads(level, (params, x), order=1, modes=("fwd", "rev"), atol=1e-4, rtol=1e-4)
+        level = jax.jit(lambda p, x: tree(cell, custom_vjp=custom_vjp).apply(p, {}, x, b)[0])
+        modes = ("rev",) if custom_vjp else ("fwd", "rev")  # a custom VJP has no forward mode
+        check_grads(level, (params, x), order=1, modes=modes, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("unroll", [1, 3])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_custom_vjp_equals_autodiff_of_the_scan_with_padding(name, unroll):
+    cell, arity, trees_, vocab, params, table, v = setup(name)
+    b = random_layout(trees_, vocab, arity, 1, pad_trees=2, size=(40, 14, 9))
+    x = table[b["leaf_tokens"]]
+    cotangent = TreeCarry(*np.random.default_rng(5).standard_normal((2, len(b["label_mask"]), H)).astype(np.float32))
+
+    def pulled_back(custom_vjp):
+        model = tree(cell, unroll=unroll, custom_vjp=custom_vjp)
+        out, vjp = jax.vjp(lambda p, x: model.apply(p, {}, x, b)[0], params, x)
+        return out, vjp(cotangent)  # every row gets a cotangent, padding and dummy rows included
+
+    custom, autodiff = jax.jit(pulled_back, static_argnums=0)(True), jax.jit(pulled_back, static_argnums=0)(False)
+    chex.assert_trees_all_close(custom, autodiff, **GRAD_TOL)
+    assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(custom[1]))
 
 
 # --- the cells' equations, against NumPy --------------------------------------------------------------

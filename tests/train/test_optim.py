@@ -53,7 +53,8 @@ ALL_OPTIMIZERS = "Allowed: adagrad, adam, adamw, lamb, lion, rmsprop, sgd."
         (
             {"type": "adam", "learning_rate": 1.0, "momentum": 0.9},
             "optimizer.momentum",
-            "Allowed: accumulate, b1, b2, eps, freeze, grad_clip_norm, learning_rate, schedule, weight_decay.",
+            "Allowed: accumulate, b1, b2, eps, freeze, grad_clip_norm, learning_rate, learning_rate_scale, schedule, "
+            "sparse_rows, weight_decay.",
         ),
         ({"type": "adam", "learning_rte": 1.0}, "optimizer.learning_rte", "Did you mean 'learning_rate'?"),
         ({"type": "adam"}, "optimizer.learning_rate", "missing; optimizer 'adam' requires 'learning_rate'."),

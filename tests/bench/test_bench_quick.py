@@ -1,0 +1,112 @@
+"""The side-by-side benchmark scripts run and print well-formed records; the systems compute the same loss.
+
+Speed is never asserted (figures move with the machine's load); these tests check that the scripts
+work, that every timed segment ran without a compilation, and that the systems are comparable: started
+from the same weights, they report the same initial loss and, after the same steps, the same loss.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "experiments" / "bench"
+
+
+def run_script(name: str, *argv: str) -> dict[str, list[dict]]:
+    """Runs ``experiments/bench/<name>.py`` on one CPU device; returns its JSON records by figure."""
+    env = dict(os.environ)
+    # tests/conftest.py forces 8 host devices; a benchmark runs as a user would, on one.
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    out = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *argv], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0, f"{name}.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    records = defaultdict(list)
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            records[record["figure"]].append(record)
+    return records
+
+
+def by_system(records: list[dict]) -> dict[str, dict]:
+    return {r["system"]: r for r in records}
+
+
+def check_setup(setup: dict) -> None:
+    assert {"cpu", "cores", "versions", "malloc", "command", "device"} <= set(setup)
+    assert setup["cores"] >= 1 and "jax" in setup["versions"] and setup["device"].startswith("1 x cpu")
+
+
+def test_mlp_reports_throughput_first_step_and_equal_losses_for_funcnet_and_jax():
+    records = run_script(
+        "mlp", "--systems", "funcnet,jax", "--rounds", "1", "--steps", "3", "--first-step-repeats", "1"
+    )
+    (setup,) = records["setup"]
+    check_setup(setup)
+    throughput = by_system(records["throughput"])
+    assert set(throughput) == {"funcnet", "jax"}
+    for row in throughput.values():
+        assert row["unit"] == "steps/s" and row["value"] > 0 and row["steps_per_round"] == 3
+        assert len(row["rounds"]) == 1 and row["ratio_to"] == "jax" and row["compiles_in_timed"] == 0
+    assert throughput["jax"]["ratio"] == 1.0
+    first = by_system(records["first_step"])
+    assert all(r["seconds"] > 0 and r["compilations"] == [1] for r in first.values())  # exactly one compile each
+    loss = by_system(records["loss"])
+    assert all(r["init"] == "shared" and r["matches"] for r in loss.values())
+    # Same weights, same batch, same Adam: the same loss before and after 20 steps (float32 rounding only).
+    assert math.isclose(loss["funcnet"]["initial"], loss["jax"]["initial"], rel_tol=1e-5)
+    assert math.isclose(loss["funcnet"]["after"], loss["jax"]["after"], rel_tol=1e-4)
+    assert loss["jax"]["after"] < 0.5 * loss["jax"]["initial"]  # it trains
+    names = {t["name"] for t in records["target"]}
+    assert {"funcnet/jax steps/s", "funcnet/jax time to first step"} <= names
+
+
+def test_input_reports_epoch_times_against_input_and_compute():
+    records = run_script(
+        "input", "--workload", "mlp", "--sources", "sleep", "--systems", "funcnet,jax", "--rounds", "1", "--steps", "3"
+    )
+    check_setup(records["setup"][0])
+    (source,) = records["input_source"]
+    assert source["compute_ms_per_step"] > 0 and source["input_ms_target"] == source["compute_ms_per_step"]
+    epochs = by_system(records["epoch"])
+    assert set(epochs) == {"input", "compute_jax", "compute_funcnet", "jax", "funcnet"}
+    for name, row in epochs.items():
+        assert row["batches"] == 3 and len(row["rounds"]) == 1 and row["compiles_in_timed"] == 0, name
+    # 3 batches of sleep(t_c) each: the input alone cannot be faster than that.
+    assert epochs["input"]["epoch_seconds"] >= 3 * source["input_ms_target"] / 1e3 * 0.99
+    for name in ("jax", "funcnet"):
+        assert 0 < epochs[name]["vs_sum_input_compute"] <= epochs[name]["vs_max_input_compute"]
+    assert [t["name"] for t in records["target"]] == ["funcnet epoch / max(input, compute)"]
+
+
+PEERS = ("flax", "haiku", "equinox", "torch")
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(p) is None for p in PEERS),
+    reason="optional peers flax, dm-haiku, equinox, torch are not all installed: pip install -e '.[bench]'",
+)
+def test_every_library_computes_the_same_lstm_loss():
+    """The weight layouts copied into Flax (per-gate kernels), Haiku (gates i, g, f, o; +1 forget bias inside),
+    Equinox and PyTorch (transposed) give the raw JAX cell's loss: the benchmark compares like with like."""
+    records = run_script("charlstm", "--systems", "jax,flax,haiku,equinox,torch", "--rounds", "1", "--steps", "1")
+    loss = by_system(records["loss"])
+    assert set(loss) == {"jax", "flax", "haiku", "equinox", "torch"}
+    reference = loss["jax"]
+    assert abs(reference["initial"] - math.log(65)) < 0.05  # near-uniform predictions over 65 characters
+    for name, row in loss.items():
+        assert row["init"] == "shared", name
+        assert math.isclose(row["initial"], reference["initial"], rel_tol=1e-5), name
+        assert math.isclose(row["after"], reference["after"], rel_tol=1e-4), name
+    assert all(r["compiles_in_timed"] == 0 for r in records["throughput"])
