@@ -11,9 +11,12 @@ cross-entropy divided by the trees of the batch, one Adagrad (lr 0.05) update pe
 TRAINING trees/second: forward, backward and update.
 
 Systems:
-  funcnet_level       fn.embed -> fn.tree(fn.binary_tree_lstm_cell) -> fn.dense over ``schedule(..., buckets=
-                      SST_BUCKETS)``, one jitted step per bucket, ``optax.adagrad``; dense embedding gradient.
-  funcnet_node        fn.node_scan over ``postorder``, padded to multiples of 256 nodes; same params and step.
+  funcnet_level       the experiment's model (``funcnet.experiments.treelstm.sentiment_model``: fn.embed ->
+                      fn.tree(fn.binary_tree_lstm_cell) -> fn.dense) and the engine's train step
+                      (``make_train_step``, what ``fit`` runs) over ``schedule(..., buckets=SST_BUCKETS)``;
+                      Adagrad from a config with ``sparse_rows``: a row-sparse embedding update (exact for Adagrad).
+  funcnet_level_dense the same with the dense embedding update (full-table gradient and Adagrad).
+  funcnet_node        fn.node_scan over ``postorder``, padded to multiples of 256 nodes; a hand-jitted step.
   torch_per_node      Python recursion over nodes, nn.Embedding, nn.Linear gates, torch.optim.Adagrad.
   torch_level         all nodes of one height across the batch in one cell call, index_select gathers.
   torch_level_sparse  the same with nn.Embedding(sparse=True) (Adagrad's sparse update).

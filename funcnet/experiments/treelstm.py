@@ -44,8 +44,8 @@ from .treedata import FIELDS, TreeBatches
 
 _BASE: dict[str, Any] = {
     "data": {"path": "", "train_size": 4000, "dev_size": 500, "test_size": 500, "seed": 0, "width": 24},
-    "model": {"embed": 64, "hidden": 64, "dropout": 0.2},
-    "optimizer": {"type": "adam", "learning_rate": 5e-3},
+    "model": {"embed": 64, "hidden": 64, "dropout": 0.2, "unroll": 2},
+    "optimizer": {"type": "adam", "learning_rate": 5e-3, "sparse_rows": {"embed/embedding": "leaf_tokens"}},
     "trainer": {"epochs": 15, "batch_size": 25, "metric": "root_accuracy", "mode": "max", "patience": 4,
                 "log_every": 20, "keep_checkpoints": 2},
 }  # fmt: skip
@@ -70,8 +70,8 @@ def data_options(
     """The ``data`` section: an SST-format folder ("" for the synthetic language), its sizes, the scan width."""
 
 
-def model_options(embed: int = 64, hidden: int = 64, dropout: float = 0.0) -> None:
-    """The ``model`` section: embedding and Tree-LSTM sizes, dropout on leaf inputs and node states."""
+def model_options(embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1) -> None:
+    """The ``model`` section: embedding and Tree-LSTM sizes, dropout on leaf inputs and node states, scan unroll."""
 
 
 def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1) -> Model:
@@ -116,6 +116,8 @@ def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout:
     def apply(params, state, *fields, key=None, train=False):
         groups = fields[0].shape[0]
         keys = jax.random.split(key if key is not None else jax.random.key(0), groups)
+        if groups == 1:  # one device: no vmap, so the tree scan's gathers and writes need no batch axis
+            return one_group(params, tuple(f[0] for f in fields), keys[0], train)[None], state
         logits = jax.vmap(one_group, in_axes=(None, 0, 0, None))(params, fields, keys, train)
         return logits, state
 
@@ -214,7 +216,8 @@ def run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     _, best_state = restore_run(run_dir / "checkpoints", result.state, metric=trainer.metric, mode=trainer.mode)
     results: dict[str, Any] = {"stop_reason": result.stop_reason, "steps": result.step, "best_step": result.best_step,
-                               "wall_seconds_this_session": round(seconds, 1), "config": config}  # fmt: skip
+                               "wall_seconds_this_session": round(seconds, 1), "compilations": result.compilations,
+                               "config": config}  # fmt: skip
     for name, trees in (("validation", dev_trees), ("test", test_trees)):
         if trees:
             metrics = evaluate(model, tree_metrics, best_state, batches(trees, False), inputs=FIELDS, mesh=mesh)

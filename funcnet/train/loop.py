@@ -83,6 +83,7 @@ class FitResult(NamedTuple):
       best_step: the step of the best evaluation.
       stop_reason: ``"done"``, ``"early_stopping"``, ``"nan"``, ``"signal"`` or ``"callback"``.
       history: one dict per evaluation: ``{"step": ..., "epoch": ..., <metric>: ...}``.
+      compilations: programs the train step compiled in this session (one per distinct batch shape).
     """
 
     state: TrainState
@@ -92,6 +93,7 @@ class FitResult(NamedTuple):
     best_step: int | None
     stop_reason: str
     history: list[dict[str, float]]
+    compilations: int = 0
 
 
 def evaluate(
@@ -345,6 +347,7 @@ def fit(
         meta["best_step"],
         stop_reason,
         list(meta["history"]),
+        train_step.jitted._cache_size(),
     )
     for callback in callbacks:
         callback.on_fit_end(result)

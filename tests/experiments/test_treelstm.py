@@ -68,6 +68,8 @@ def test_end_to_end_tiny_run(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     # The subprocess inherits the 8 forced devices: 8 groups of 2 trees, 16 a batch, 4 steps x 2 epochs.
     assert results["steps"] == 8 and results["validation"]["trees"] == 20 and results["test"]["trees"] == 20
+    assert 1 <= results["compilations"] <= 4  # at most one program per bucket (2 leaf x 2 step sizes)
+    assert results["config"]["optimizer"]["sparse_rows"] == {"embed/embedding": "leaf_tokens"}
     for split in ("validation", "test"):
         assert {"root_accuracy", "binary_root_accuracy", "node_accuracy"} <= set(results[split])
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))

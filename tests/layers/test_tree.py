@@ -324,7 +324,7 @@ def test_check_grads_float64(name, custom_vjp):
 @pytest.mark.parametrize("unroll", [1, 3])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_custom_vjp_equals_autodiff_of_the_scan_with_padding(name, unroll):
-    cell, arity, trees_, vocab, params, table, v = setup(name)
+    cell, arity, trees_, vocab, params, table, _ = setup(name)
     b = random_layout(trees_, vocab, arity, 1, pad_trees=2, size=(40, 14, 9))
     x = table[b["leaf_tokens"]]
     cotangent = TreeCarry(*np.random.default_rng(5).standard_normal((2, len(b["label_mask"]), H)).astype(np.float32))
