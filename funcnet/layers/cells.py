@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from .. import initializers
 from ..errors import ParamsError, ShapeError, check_floating, check_last_axis, check_params, check_rank, describe
 from ..initializers import Initializer
+from .lstm_scan import lstm_scan
 
 
 class LSTMCarry(NamedTuple):
@@ -47,6 +48,11 @@ class Cell(NamedTuple):
       apply: ``(params, state, carry, x, *, key=None, train=False) -> ((carry, y), state)``.
       initial_carry: ``(batch_shape, dtype=jnp.float32) -> carry`` of zeros.
       name: type name used for positional child names (``"lstm"`` -> ``"lstm_0"``).
+      scan: optional whole-sequence implementation, ``(params, state, xs, carry, lengths=None, *,
+        reverse=False, unroll=1, key=None, train=False) -> ((carry, ys), state)`` with ``xs: [batch,
+        time, features]`` and ``ys: [batch, time, hidden]``: the same function as scanning ``apply``
+        with ``rnn``'s rules for ``lengths`` and ``reverse``, computed faster. ``rnn`` uses it when
+        the inputs, params and carry share one dtype; ``lstm_cell`` has one (``lstm_scan``).
 
     Example (the ``lax.scan`` that ``rnn`` runs, time-major):
       >>> import jax, jax.numpy as jnp
@@ -65,6 +71,7 @@ class Cell(NamedTuple):
     apply: Callable[..., Any]
     initial_carry: Callable[..., Any]
     name: str = "cell"
+    scan: Callable[..., Any] | None = None
 
 
 def _check_hidden(layer: str, hidden: int) -> None:
@@ -89,12 +96,15 @@ def _gated_cell(
     kernel_init: Initializer | None,
     recurrent_init: Initializer | None,
     dtype: Any,
+    sequence: Callable[..., Any] | None = None,
 ) -> Cell:
     """A cell with params ``w_ih [F, gates*H]``, ``w_hh [H, gates*H]`` plus biases from ``bias_init``.
 
     ``step(params, carry, x) -> (carry, y)`` is the cell's equation on validated inputs;
     ``bias_init(dtype)`` makes the biases, of shapes ``bias_shapes``; ``carry_arrays(carry)`` lists
     the carry's arrays (raising ShapeError if the carry has the wrong structure).
+    ``sequence(params, xs, carry, lengths, reverse, unroll) -> (carry, ys)``, if given, is the same
+    equation over ``xs: [batch, time, features]`` on validated inputs (the cell's ``scan``).
     """
     _check_hidden(name, hidden)
     kernel_init = kernel_init or initializers.glorot_uniform()
@@ -120,8 +130,8 @@ def _gated_cell(
             params.update(bias_init(param_dtype))
         return params, {}
 
-    def apply(params, state, carry, x, *, key=None, train=False):
-        del key, train
+    def check(params, state, carry, x):
+        """Raises unless ``params``, ``state`` and ``carry`` fit one step's input ``x: [*batch, features]``."""
         if state:
             raise ParamsError(name, f"{name} has no state, got {sorted(state)}. Fix: pass the state init returned.")
         expected: dict[str, Any] = {"w_ih": None, "w_hh": (hidden, gates * hidden)}
@@ -144,12 +154,22 @@ def _gated_cell(
                     f"expected carry arrays of shape {want} ([*batch, hidden] for input {describe(x)}), got "
                     f"{describe(h)}. Fix: start from cell.initial_carry({x.shape[:-1]}).",
                 )
+
+    def apply(params, state, carry, x, *, key=None, train=False):
+        del key, train
+        check(params, state, carry, x)
         return step(params, carry, x), state
+
+    def scan(params, state, xs, carry, lengths=None, *, reverse=False, unroll=1, key=None, train=False):
+        del key, train
+        check_rank(name, xs, 3, 3, what="[batch, time, features]")
+        check(params, state, carry, jax.ShapeDtypeStruct((xs.shape[0], xs.shape[2]), xs.dtype))
+        return sequence(params, xs, carry, lengths, reverse, unroll), state
 
     def initial_carry(batch_shape, dtype=jnp.float32):
         return make_carry(jnp.zeros((*tuple(batch_shape), hidden), dtype))
 
-    return Cell(init, apply, initial_carry, name)
+    return Cell(init, apply, initial_carry, name, None if sequence is None else scan)
 
 
 def simple_rnn_cell(
@@ -240,7 +260,8 @@ def lstm_cell(
 
     Returns:
       A Cell named ``"lstm"`` with params ``w_ih: [features, 4H]``, ``w_hh: [H, 4H]``, ``b: [4H]``
-      and carry ``LSTMCarry(h, c)``.
+      and carry ``LSTMCarry(h, c)``. Its ``scan`` is ``funcnet.layers.lstm_scan.lstm_scan``: ``rnn``
+      runs the whole sequence with it, whose gradient is much cheaper than autodiff of the scanned step.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -264,6 +285,10 @@ def lstm_cell(
         zeros = jnp.zeros((hidden,), dt)
         return {"b": jnp.concatenate([zeros, jnp.full((hidden,), forget_bias, dt), zeros, zeros])}
 
+    def sequence(params, xs, carry, lengths, reverse, unroll):
+        ys, (h, c) = lstm_scan(params, xs, tuple(carry), lengths, reverse=reverse, unroll=unroll)
+        return LSTMCarry(h, c), ys
+
     return _gated_cell(
         "lstm",
         hidden,
@@ -276,6 +301,7 @@ def lstm_cell(
         kernel_init,
         recurrent_init,
         dtype,
+        sequence,
     )
 
 

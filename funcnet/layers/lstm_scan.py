@@ -21,9 +21,11 @@ whose only per-step matmul is ``dz_t @ w_hh^T``, then the whole-sequence weight 
 mode (``jax.jvp``, ``jax.jacfwd``, forward-over-reverse Hessians) keeps working, which a
 ``custom_vjp`` would forbid. Higher derivatives differentiate the rule itself (correct, not fast).
 
-Shapes: ``B`` batch, ``T`` time, ``F`` input features, ``H`` hidden units; the loops run time-major.
-The whole-sequence matmuls use batch-major ``[B * T, .]`` rows, so a batch sharded over devices
-stays sharded (merging a sharded batch axis under the time axis would gather it).
+Shapes: ``B`` batch, ``T`` time, ``F`` input features, ``H`` hidden units. The loops run over
+time; the whole-sequence matmuls use batch-major ``[B * T, .]`` rows (a reshape of ``[B, T, .]``),
+so a batch sharded over devices stays sharded (merging a sharded batch axis under the time axis
+would gather it), and the loops read and write those batch-major arrays in place, one time
+slice per step, so the derivative needs no transpose of a ``[T, B, 4H]`` array either.
 """
 
 from __future__ import annotations
@@ -57,14 +59,16 @@ def _gate_affine(hidden: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
 
 def _forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, save):
     """The recurrence on ``xs: [B, T, F]``; returns ``ys [B, T, H]``, the final ``h, c`` and ``_Saved`` or None."""
+    batch, time, features = xs.shape
     hidden = w_hh.shape[0]
-    zx = jnp.einsum("tbf,fg->tbg", jnp.swapaxes(xs, 0, 1), w_ih)  # [T, B, 4H], one matmul
+    zx = (xs.reshape(batch * time, features) @ w_ih).reshape(batch, time, 4 * hidden)  # one matmul
     scale, shift = _gate_affine(hidden, zx.dtype)
     bias = b[None]
 
     def step(carry, inputs):
         h, c = carry
-        z, v = inputs if valid is not None else (inputs, None)
+        t, v = inputs if valid is not None else (inputs, None)
+        z = lax.dynamic_index_in_dim(zx, t, axis=1, keepdims=False)  # [B, 4H]
         a = jnp.tanh((z + h @ w_hh + bias) * scale) * scale + shift  # [B, 4H]: i, f, g, o
         i, f, g, o = jnp.split(a, 4, axis=1)
         c_new = f * c + i * g
@@ -75,7 +79,8 @@ def _forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, save):
             c_new = jnp.where(v[:, None], c_new, c)
         return (h_new, c_new), (_Saved(h_new, c_new, i, f, g, o, tanh_c) if save else h_new)
 
-    inputs = zx if valid is None else (zx, valid)
+    steps = jnp.arange(time)
+    inputs = steps if valid is None else (steps, valid)
     (h, c), out = lax.scan(step, (h0, c0), inputs, reverse=reverse, unroll=unroll)
     hs = out.h if save else out  # [T, B, H]
     if valid is not None:
@@ -123,23 +128,32 @@ def _recurrence_jvp(reverse, unroll, primals, tangents):
     if not _zero(dxs):
         rows.append(dxs.reshape(batch * time, features) @ w_ih)
     if rows:
-        forcing = jnp.swapaxes(sum(rows[1:], rows[0]).reshape(batch, time, 4 * hidden), 0, 1)  # [T, B, 4H]
+        forcing = sum(rows[1:], rows[0]).reshape(batch, time, 4 * hidden)
     else:
-        forcing = jnp.zeros((time, batch, 4 * hidden), xs.dtype)
+        forcing = jnp.zeros((batch, time, 4 * hidden), xs.dtype)
     dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
     dc0 = jnp.zeros_like(c0) if _zero(dc0) else dc0
     c_prev = _previous(saved.c, c0, reverse)
+    # w_hh^T materialized once, [4H, H] row-major: the tangent loop multiplies dh by it transposed, so
+    # the backward loop (the transpose) multiplies dz_t by it as stored. Without the barrier XLA
+    # folds the transposes away and the backward matmul reads w_hh transposed: on a 2-core CPU the
+    # char-LSTM training step of experiments/bench/_lstm_probe.py took ~5% longer that way.
+    w_hh_t = lax.optimization_barrier(w_hh.T)
 
     def step(carry, inputs):
         dh, dc = carry
         if valid is not None:
-            dz_in, i, f, g, o, cp, tc, v = inputs
+            t, i, f, g, o, cp, tc, v = inputs
         else:
-            (dz_in, i, f, g, o, cp, tc), v = inputs, None
+            (t, i, f, g, o, cp, tc), v = inputs, None
+        # Read from the batch-major forcing: the transpose then writes dz_t into one batch-major
+        # buffer in place, ready for the [B * T, 4H] weight matmuls (no transpose of dz).
+        dz_in = lax.dynamic_index_in_dim(forcing, t, axis=1, keepdims=False)
         # Every tangent below is multiplied only by saved values (never by an expression of them),
         # so partial evaluation adds no residuals, and the transpose computes the four blocks of dz
         # separately and joins them with one concatenate (the transpose of split).
-        dz_i, dz_f, dz_g, dz_o = jnp.split(dz_in + dh @ w_hh, 4, axis=1)
+        dz = dz_in + lax.dot_general(dh, w_hh_t, (((1,), (1,)), ((), ())))  # dh @ w_hh
+        dz_i, dz_f, dz_g, dz_o = jnp.split(dz, 4, axis=1)
         di = dz_i * i - (dz_i * i) * i  # sigmoid' = s (1 - s)
         df = dz_f * f - (dz_f * f) * f
         dg = dz_g - (dz_g * g) * g  # tanh' = 1 - t^2
@@ -153,7 +167,7 @@ def _recurrence_jvp(reverse, unroll, primals, tangents):
             dc_new = jnp.where(v[:, None], dc_new, dc)
         return (dh_new, dc_new), dy
 
-    inputs = (forcing, saved.i, saved.f, saved.g, saved.o, c_prev, saved.tanh_c)
+    inputs = (jnp.arange(time), saved.i, saved.f, saved.g, saved.o, c_prev, saved.tanh_c)
     inputs = inputs if valid is None else (*inputs, valid)
     (dh, dc), dys = lax.scan(step, (dh0, dc0), inputs, reverse=reverse, unroll=unroll)
     return (ys, h, c), (jnp.swapaxes(dys, 0, 1), dh, dc)

@@ -25,6 +25,10 @@ reversal; ``bidirectional`` and ``stacked_rnn`` build on it. Inside, the scan ru
         valid = t < lengths                        # [batch]
         carry = where(valid, new_carry, carry)     # frozen past each sequence's end
         ys[:, t] = where(valid, y, 0)              # exactly zero past the end
+
+A cell may also carry a whole-sequence implementation of that loop (``Cell.scan``); ``rnn`` then
+uses it instead. ``lstm_cell`` has one (``funcnet.layers.lstm_scan``): the same function, with a
+custom derivative whose backward loop computes no weight gradient per step.
 """
 
 from __future__ import annotations
@@ -120,6 +124,11 @@ def _check_carry(layer: str, cell: Cell, carry: Any, batch: int) -> Any:
     return jax.tree.unflatten(want_tree, got_leaves)
 
 
+def _one_dtype(*trees: Any) -> bool:
+    """Whether every array in ``trees`` has the same dtype (a cell's whole-sequence ``scan`` needs it)."""
+    return len({jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(trees)}) == 1
+
+
 def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:
     """``mask: [batch]`` reshaped to broadcast explicitly against ``like: [batch, ...]``."""
     return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
@@ -142,6 +151,8 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
       computation; a given carry keeps its dtype across steps.
     - ``key``: step ``t`` gets ``fold_in(key, t)`` (for cells that use randomness).
     - ``unroll``: steps per scan iteration (2-4 can be faster on CPU; see ``lax.scan``).
+    - A cell with a whole-sequence ``scan`` (``lstm_cell``) runs through it when ``xs``, the params
+      and the carry share one dtype (the usual case); otherwise the step is scanned as above.
 
     Raises:
       ShapeError: ``xs`` is not rank 3, its features do not fit the params, or ``lengths`` /
@@ -178,6 +189,11 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
             initial_carry = cell.initial_carry((batch,), dtype)
         else:
             initial_carry = _check_carry("rnn", cell, initial_carry, batch)
+        if cell.scan is not None and _one_dtype(xs, params, initial_carry):
+            (carry, ys), state = cell.scan(
+                params, state, xs, initial_carry, lengths, reverse=reverse, unroll=unroll, key=key, train=train
+            )
+            return ((ys, carry) if return_carry else ys), state
 
         def step(loop, inputs):
             carry, cell_state = loop
