@@ -35,7 +35,7 @@ from jax import lax
 
 from ..core import Model
 from ..errors import DTypeError, ParamsError, ShapeError, check_array, check_floating, check_rank, describe
-from .tree_cells import TreeCarry, TreeCell, _masked
+from .tree_cells import TreeCarry, TreeCell
 
 
 def _field(layer: str, batch: Any, name: str) -> Any:
@@ -112,11 +112,8 @@ def _step_rows(num_leaves: int, width: int, s: jax.Array) -> jax.Array:
     return num_leaves + s * width
 
 
-def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule, save=False):
-    """The scan over steps: each step gathers its children's rows and writes its ``W`` rows.
-
-    With ``save`` (cells with ``pre``/``post``) it also returns every step's ``z = cell.pre(...)``, stacked.
-    """
+def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule):
+    """The scan over steps: each step gathers its children's rows and writes its ``W`` rows."""
     children, child_mask, internal_mask = schedule
     steps, width, _ = children.shape
     dtype = buffers[0].dtype
@@ -124,31 +121,55 @@ def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params,
     def step(buffers, xs):
         children, child_mask, internal_mask, s = xs
         kids = TreeCarry(*(jnp.take(buf, children, axis=0, mode="clip") for buf in buffers))
-        if save:
-            kids = _masked(kids, child_mask)
-            z = cell.pre(params, kids)
-            out = cell.post(z, kids)
-        else:
-            z, out = None, cell.node(params, kids, child_mask)
+        out = cell.node(params, kids, child_mask)
+        row = _step_rows(num_leaves, width, s)
+        return tuple(
+            lax.dynamic_update_slice(buf, _zero_unless(internal_mask, a, dtype), (row, 0))
+            for buf, a in zip(buffers, out, strict=True)
+        ), None
+
+    xs = (children, child_mask, internal_mask, jnp.arange(steps))
+    buffers, _ = lax.scan(step, tuple(buffers), xs, unroll=unroll)
+    return buffers
+
+
+def _present(children: jax.Array, child_mask: jax.Array, rows: int) -> jax.Array:
+    """``children`` with absent children (mask 0) pointing at the dummy row ``rows - 1``, which stays zero.
+
+    Reading the zero row is what masking does, so the fast path needs no per-step mask.
+    """
+    return jnp.where(child_mask > 0, children, rows - 1).astype(jnp.int32)
+
+
+def _fast_forward(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule):
+    """``_internal_nodes`` through ``cell.pre``/``cell.post``; also returns every step's ``z``, stacked."""
+    children, child_mask, internal_mask = schedule
+    steps, width, _ = children.shape
+    dtype = buffers[0].dtype
+    present = _present(children, child_mask, buffers[0].shape[0])
+
+    def step(buffers, xs):
+        children, internal_mask, s = xs
+        kids = TreeCarry(*(jnp.take(buf, children, axis=0, mode="clip") for buf in buffers))
+        z = cell.pre(params, kids)
+        out = cell.post(z, kids)
         row = _step_rows(num_leaves, width, s)
         return tuple(
             lax.dynamic_update_slice(buf, _zero_unless(internal_mask, a, dtype), (row, 0))
             for buf, a in zip(buffers, out, strict=True)
         ), z
 
-    xs = (children, child_mask, internal_mask, jnp.arange(steps))
-    buffers, zs = lax.scan(step, tuple(buffers), xs, unroll=unroll)
-    return (buffers, zs) if save else buffers
+    return lax.scan(step, tuple(buffers), (present, internal_mask, jnp.arange(steps)), unroll=unroll)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _internal_custom_vjp(cell, num_leaves, unroll, params, buffers, schedule):
     """``_internal_nodes`` with a hand-written backward pass (see ``_internal_bwd``)."""
-    return _internal_nodes(cell, num_leaves, unroll, params, buffers, schedule)
+    return _fast_forward(cell, num_leaves, unroll, params, buffers, schedule)[0]
 
 
 def _internal_fwd(cell, num_leaves, unroll, params, buffers, schedule):
-    out, zs = _internal_nodes(cell, num_leaves, unroll, params, buffers, schedule, save=True)
+    out, zs = _fast_forward(cell, num_leaves, unroll, params, buffers, schedule)
     return out, (params, out, schedule, zs)  # the final buffers hold every child state the backward pass needs
 
 
@@ -164,48 +185,46 @@ def _internal_bwd(cell, num_leaves, unroll, residuals, cotangents):
     ``z``) and ``cell.pre`` with respect to the children only; the params' gradient is ONE VJP of
     ``cell.pre`` over all internal slots after the loop (one large matmul instead of a small matmul
     and an accumulation per step; the cell is row-wise, so the sum of per-step VJPs is that one VJP).
+    Padding rows get no cotangent (their outputs are constant zeros); absent children read the zero
+    dummy row and their cotangents land in link rows nobody reads.
     """
     params, (h, c), (children, child_mask, internal_mask), zs = residuals
     steps, width, arity = children.shape
     rows, hidden = h.shape
-    links = steps * width * arity
-    real = jnp.where(child_mask.reshape(-1) > 0, children.reshape(-1), rows)  # absent children: dropped
-    parent_of = jnp.full((rows,), links, jnp.int32).at[real].set(jnp.arange(links, dtype=jnp.int32), mode="drop")
-    keep = lambda mask, d: jnp.where(mask[:, None] > 0, d, jnp.zeros_like(d))  # noqa: E731
-
-    def gather_kids(index, mask):
-        return _masked(TreeCarry(*(jnp.take(a, index, axis=0, mode="clip") for a in (h, c))), mask)
-
-    def total(passed, first, count):
-        """The complete cotangents of rows ``first .. first+count-1``: their own plus their parent's."""
-        link = lax.dynamic_slice(parent_of, (first,), (count,))
-        return tuple(
-            lax.dynamic_slice(d, (first, 0), (count, hidden)) + jnp.take(p, link, axis=0, mode="clip")
-            for d, p in zip(cotangents, passed, strict=True)
-        )
+    slots, links = steps * width, steps * width * arity
+    present = _present(children, child_mask, rows)
+    real_links = jnp.where(child_mask.reshape(-1) > 0, present.reshape(-1), rows)  # absent: dropped below
+    parent_of = jnp.full((rows,), links, jnp.int32).at[real_links].set(jnp.arange(links, dtype=jnp.int32), mode="drop")
+    internal = internal_mask.reshape(slots, 1) > 0
+    own = tuple(  # each internal slot's own cotangent [S, W, H]; zero for padding slots
+        jnp.where(internal, d[num_leaves : num_leaves + slots], jnp.zeros_like(d[:slots])).reshape(steps, width, hidden)
+        for d in cotangents
+    )
+    link_of = parent_of[num_leaves : num_leaves + slots].reshape(steps, width)
 
     def step(passed, xs):
-        kids_of, mask, internal, s, z = xs
-        d_rows = tuple(keep(internal, d) for d in total(passed, _step_rows(num_leaves, width, s), width))
-        kids = gather_kids(kids_of, mask)
+        kids_of, own_h, own_c, link, s, z = xs
+        d_rows = tuple(d + jnp.take(p, link, axis=0, mode="clip") for d, p in zip((own_h, own_c), passed, strict=True))
+        kids = TreeCarry(*(jnp.take(a, kids_of, axis=0, mode="clip") for a in (h, c)))
         out, post_vjp = jax.vjp(cell.post, z, kids)
         d_z, d_kids = post_vjp(TreeCarry(*(d.astype(o.dtype) for d, o in zip(d_rows, out, strict=True))))
         d_kids_h = jax.vjp(lambda k: cell.pre(params, k), kids)[1](d_z)[0].h  # linear: its forward is dead code
-        d_kids = _masked(TreeCarry(d_kids.h + d_kids_h, d_kids.c), mask)
         written = tuple(
             lax.dynamic_update_slice(p, d.reshape(width * arity, hidden).astype(p.dtype), (s * width * arity, 0))
-            for p, d in zip(passed, d_kids, strict=True)
+            for p, d in zip(passed, (d_kids.h + d_kids_h, d_kids.c), strict=True)
         )
         return written, d_z
 
     passed = tuple(jnp.zeros((links + 1, hidden), d.dtype) for d in cotangents)
-    xs = (children, child_mask, internal_mask, jnp.arange(steps), zs)
+    xs = (present, *own, link_of, jnp.arange(steps), zs)
     passed, d_zs = lax.scan(step, passed, xs, reverse=True, unroll=unroll)
-    slots = steps * width
-    kids = gather_kids(children.reshape(slots, arity), child_mask.reshape(slots, arity))
+    kids = TreeCarry(*(jnp.take(a, present.reshape(slots, arity), axis=0, mode="clip") for a in (h, c)))
     d_zs = jax.tree.map(lambda a: a.reshape(slots, *a.shape[2:]), d_zs)
     d_params = jax.vjp(lambda p: cell.pre(p, kids), params)[1](d_zs)[0]
-    d_leaves = total(passed, 0, num_leaves)  # the input buffers' leaf rows; their other rows are overwritten
+    link = parent_of[:num_leaves]
+    d_leaves = tuple(
+        d[:num_leaves] + jnp.take(p, link, axis=0, mode="clip") for d, p in zip(cotangents, passed, strict=True)
+    )
     d_buffers = tuple(jnp.concatenate([d, jnp.zeros((rows - num_leaves, hidden), d.dtype)]) for d in d_leaves)
     return d_params, d_buffers, (None, None, None)
 

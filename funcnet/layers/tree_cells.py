@@ -78,6 +78,12 @@ def _blocks(initializer: Initializer, key: jax.Array, shape: tuple[int, ...], co
     return jnp.concatenate([initializer(k, shape, draw) for k in keys], -1).astype(dtype)
 
 
+def _sigmoid(z: jax.Array) -> jax.Array:
+    """The logistic function as ``(1 + tanh(z / 2)) / 2``: the same values (within an ulp), and XLA's CPU
+    ``tanh`` is several times cheaper than its ``exp``-and-divide logistic (measured in the tree scan's step)."""
+    return 0.5 * jnp.tanh(0.5 * z) + 0.5
+
+
 def _row(b: jax.Array, like: jax.Array) -> jax.Array:
     """``b: [n]`` reshaped to broadcast explicitly against ``like: [..., n]``."""
     return b.reshape((1,) * (like.ndim - 1) + (-1,))
@@ -187,7 +193,7 @@ def binary_tree_lstm_cell(
         return flat @ params["u"].reshape((K * H, -1)) + _row(params["b"], flat)
 
     def post(z, kids):
-        f = jax.nn.sigmoid(z[..., 3 * H :].reshape(kids.c.shape))
+        f = _sigmoid(z[..., 3 * H :].reshape(kids.c.shape))
         return _lstm_out(z[..., : 3 * H], f, kids.c)
 
     return _make_cell("binary_tree_lstm", H, K, shapes, init_params, leaf, pre, post, dtype)
@@ -196,10 +202,10 @@ def binary_tree_lstm_cell(
 def _lstm_out(z: jax.Array, f: jax.Array | None, c_kids: jax.Array | None) -> TreeCarry:
     """``c = i*g + sum_k f_k*c_k``, ``h = o*tanh(c)`` from ``z = [z_i | z_o | z_g]`` and forget gates."""
     z_i, z_o, z_g = jnp.split(z, 3, axis=-1)
-    c = jax.nn.sigmoid(z_i) * jnp.tanh(z_g)
+    c = _sigmoid(z_i) * jnp.tanh(z_g)
     if f is not None:
         c = c + (f * c_kids).sum(-2)
-    return TreeCarry(jax.nn.sigmoid(z_o) * jnp.tanh(c), c)
+    return TreeCarry(_sigmoid(z_o) * jnp.tanh(c), c)
 
 
 def child_sum_tree_lstm_cell(
@@ -265,7 +271,7 @@ def child_sum_tree_lstm_cell(
 
     def post(z, kids):
         z, z_f = z
-        return _lstm_out(z, jax.nn.sigmoid(z_f), kids.c)  # absent children have c_k = 0, so their f_k drops out
+        return _lstm_out(z, _sigmoid(z_f), kids.c)  # absent children have c_k = 0, so their f_k drops out
 
     return _make_cell("child_sum_tree_lstm", H, None, shapes, init_params, leaf, pre, post, dtype)
 
