@@ -90,6 +90,16 @@ def test_input_reports_epoch_times_against_input_and_compute():
     assert [t["name"] for t in records["target"]] == ["funcnet epoch / max(input, compute)"]
 
 
+def test_charlstm_funcnet_computes_the_naive_cell_loss():
+    """funcnet's LSTM (whatever fast path rnn(lstm_cell) takes) from the same weights: the naive cell's loss."""
+    records = run_script("charlstm", *"--systems funcnet,jax --rounds 1 --steps 1 --first-step-repeats 1".split())
+    loss = by_system(records["loss"])
+    assert loss["funcnet"]["init"] == "shared" and loss["jax"]["init"] == "shared"
+    assert math.isclose(loss["funcnet"]["initial"], loss["jax"]["initial"], rel_tol=1e-5)
+    assert math.isclose(loss["funcnet"]["after"], loss["jax"]["after"], rel_tol=1e-4)
+    assert {r["unit"] for r in records["throughput"]} == {"tokens/s"}
+
+
 PEERS = ("flax", "haiku", "equinox", "torch")
 
 
@@ -100,7 +110,8 @@ PEERS = ("flax", "haiku", "equinox", "torch")
 def test_every_library_computes_the_same_lstm_loss():
     """The weight layouts copied into Flax (per-gate kernels), Haiku (gates i, g, f, o; +1 forget bias inside),
     Equinox and PyTorch (transposed) give the raw JAX cell's loss: the benchmark compares like with like."""
-    records = run_script("charlstm", "--systems", "jax,flax,haiku,equinox,torch", "--rounds", "1", "--steps", "1")
+    argv = "--systems jax,flax,haiku,equinox,torch --rounds 1 --steps 1 --torch-threads 1 --first-step-repeats 1"
+    records = run_script("charlstm", *argv.split())
     loss = by_system(records["loss"])
     assert set(loss) == {"jax", "flax", "haiku", "equinox", "torch"}
     reference = loss["jax"]
