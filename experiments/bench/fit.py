@@ -9,9 +9,10 @@ an in-memory ``ArrayDataset`` of random data (mlp: 3,200 examples, 50 batches of
 sequences, 20 batches of 32), shuffled each epoch by ``funcnet.train.data.Batches``.
 
 Systems (all train with the same ``funcnet.train.step.make_train_step`` step on one device):
-  fit        ``fit(model, loss, optimizer, Batches(...), trainer=TrainerConfig(log_every=50, prefetch=2,
-             progress=True))``: metrics read back every step, tensorboardX scalars every 50 steps, the
-             progress bar (written to /dev/null), background prefetch onto the device; no evaluation,
+  fit        ``fit(model, loss, optimizer, Batches(...), trainer=TrainerConfig(log_every=50,
+             progress=True))`` with its default prefetch (inline for in-memory data):
+             metrics read lazily, tensorboardX scalars every 50 steps, the
+             progress bar (written to /dev/null); no evaluation,
              checkpoints only at the end of the run (outside the timed window)
   fit_ckpt   the same with ``checkpoint_every`` = half the timed window: two Orbax saves inside it
   bare       a Python loop over the epoch's batches already on the device: the step alone
@@ -111,7 +112,6 @@ def fit_system(name, spec, seed, root, checkpoint_every=None) -> tuple[common.Sy
             batch_size=batch_size,
             log_every=LOG_EVERY,
             checkpoint_every=every,
-            prefetch=2,
             progress=True,
             seed=seed,
         )

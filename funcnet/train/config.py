@@ -171,9 +171,16 @@ class TrainerConfig:
       seed: seeds parameter init, dropout keys and the shuffle order.
       shuffle: shuffle the training set each epoch (a permutation from ``seed`` and the epoch).
       drop_remainder: drop the last incomplete training batch instead of padding it with masked examples.
-      skip_nan_updates: on a NaN/Inf loss, skip that update and go on instead of stopping the run.
-      prefetch: batches put on the devices ahead of the step; 0: no background prefetch.
-      progress: show a progress bar.
+      skip_nan_updates: on a NaN/Inf loss or gradient, skip that update and go on instead of stopping the run.
+      log_grad_norm: also compute the global gradient norm in every step, logged as ``train/grad_norm``
+        (mean over ``log_every`` steps, and a histogram at each evaluation). Off by default: on a small
+        model its reductions cost a noticeable part of the step.
+      prefetch: how many batches a background thread keeps ready ahead of the step (it refills them
+        when half are taken), so that slow input (files, parsing) overlaps the running step; 0: no
+        thread, each batch is made when the step needs it. None (the default): 0 for in-memory arrays
+        (``Batches`` of an ``ArrayDataset``: slicing a batch costs less than handing it over between
+        threads), 2 for any other source.
+      progress: show a progress bar (moved when metrics are read: at log steps, and at least every second).
 
     Example:
       >>> trainer = TrainerConfig.from_dict({"epochs": 10, "batch_size": 128, "patience": 3})
@@ -197,7 +204,8 @@ class TrainerConfig:
     shuffle: bool = True
     drop_remainder: bool = False
     skip_nan_updates: bool = False
-    prefetch: int = 2
+    log_grad_norm: bool = False
+    prefetch: int | None = None
     progress: bool = True
 
     def __post_init__(self):

@@ -5,8 +5,8 @@ Event files go to ``RUN_DIR/logs`` (view with ``tensorboard --logdir RUN_DIR``).
 - ``train/<metric>`` (running means over the last ``log_every`` steps), ``train/learning_rate``,
   ``train/steps_per_second``, ``train/examples_per_second``;
 - ``validation/<metric>`` at each evaluation;
-- histograms ``params/<path>`` and ``train/grad_norm`` (the per-step gradient norms since the
-  previous evaluation) at each evaluation;
+- histograms ``params/<path>`` and, with ``trainer.log_grad_norm``, ``train/grad_norm`` (the per-step
+  gradient norms since the previous evaluation) at each evaluation;
 - the resolved config as text (``config``).
 
 Only process 0 writes, so a multi-host run has one set of logs.

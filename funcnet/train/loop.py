@@ -2,10 +2,14 @@
 
 It owns epochs and step budgets, evaluation, checkpoints (latest and best), early stopping,
 NaN/Inf detection, logs, the progress bar, callbacks and graceful stops. Everything on the host
-stays outside the jitted step: at most two steps are in flight, and a step's metrics are read
-back (a few scalars) while the next step runs, so the device never waits for the host. Reading
-them one step behind also bounds the work queued on the devices, which avoids the collective
-rendezvous stalls seen on CPU hosts with many forced devices.
+stays outside the jitted step, and the host does as little as it can per step: each step's metrics
+stay on the devices (``funcnet.train.pending``) and are read back many steps at a time: at log steps
+(and at least every second in a single-process run), before each evaluation and checkpoint, and at
+the end; waiting for steps to finish (no transfer) bounds the steps in flight. How batches reach the
+step (a prefetch thread or not, NumPy or device arrays) is ``funcnet.train.feed``. A checkpoint is
+written only after every step up to it has been read and found finite, and (without
+``skip_nan_updates``) the state itself has been checked, so a NaN is never saved; a NaN is reported
+with its exact step.
 
 A run directory holds::
 
@@ -31,20 +35,24 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 import optax
 
 from ..core import Model
 from .checkpoint import Checkpointer
-from .data import Position, host_slice, shard_batch
+from .data import Position, host_slice
+from .feed import batch_transfer, max_in_flight, on_cpu, prefetch_size
 from .log import Progress, RunLogger
+from .pending import PendingMetrics
 from .prefetch import prefetch
-from .state import TrainState, abstract_train_state, batch_sharded, create_train_state, data_mesh
+from .state import TrainState, abstract_train_state, create_train_state, data_mesh
 from .step import LossFn, make_eval_step, make_train_step
+from .train_log import TrainLog, state_is_finite
+
+_READ_EVERY_SECONDS = 1.0  # single process: read metrics (progress bar, NaN check) at least this often
 
 
 class Callback:
-    """Hooks called on the host with plain floats; override what you need. Raise StopTraining to stop.
+    """Hooks called on the host; override what you need. Raise StopTraining to stop.
 
     Example:
       >>> class PrintEvals(Callback):
@@ -53,7 +61,12 @@ class Callback:
     """
 
     def on_step_end(self, step: int, metrics: Mapping[str, float]) -> None:
-        """After every step (one step late, when its metrics are read back)."""
+        """After every step, in order, as soon as the loop sees it has finished (it looks after each
+        dispatch, so usually one step late).
+
+        ``metrics`` (the step's metrics, ``finite`` included) reads its floats from the devices on first
+        access: a callback that does not look at them adds no transfer.
+        """
 
     def on_eval_end(self, step: int, metrics: Mapping[str, float]) -> None:
         """After each evaluation, with the validation metrics."""
@@ -115,16 +128,17 @@ def evaluate(
 
 
 def _evaluate(step: Callable, state: TrainState, batches: Any, mesh) -> dict[str, float]:
-    """One pass of ``batches`` through a compiled eval step; fit keeps one step for every evaluation."""
-    sharding = batch_sharded(mesh)
+    """One pass of ``batches`` through a compiled eval step, read back once at the end."""
+    pending, transfer = PendingMetrics(on_cpu(mesh)), batch_transfer(mesh)
+    for index, batch in enumerate(batches.epoch(0)):
+        pending.add(index, step(state, transfer(batch) if transfer else batch))
     totals: dict[str, float] = {}
     count = 0.0
-    for batch in batches.epoch(0):
-        metrics = jax.device_get(step(state, shard_batch(host_slice(batch), sharding)))
-        n = float(metrics.pop("count"))
+    for _, metrics in pending.take(all_steps=True):
+        n = metrics.pop("count")
         count += n
         for name, value in metrics.items():
-            totals[name] = totals.get(name, 0.0) + float(value) * n
+            totals[name] = totals.get(name, 0.0) + value * n
     return {**{name: total / max(count, 1.0) for name, total in totals.items()}, "count": count}
 
 
@@ -174,11 +188,12 @@ def fit(
       model: the model; ``model.apply(params, state, *[batch[k] for k in inputs])``.
       loss_fn: per-example ``(outputs, batch) -> loss[B]`` or a dict with ``"loss"`` (see step.py).
       optimizer: an optax transformation (``funcnet.train.optim.make_optimizer(...).transform``).
-      train: a ``funcnet.train.data.Batches`` (or anything with ``iterate(position)``,
-        ``steps_per_epoch`` and ``batch_size``).
+      train: a ``funcnet.train.data.Batches`` (or anything with ``epoch(e)``, ``iterate(position)``
+        and ``steps_per_epoch``, which may be None when unknown: epochs are then counted by position).
       run_dir: checkpoints and logs go here.
       trainer: a ``TrainerConfig`` (epochs, max_steps, eval_every, log_every, checkpoint_every,
-        keep_checkpoints, keep_best, metric, mode, patience, seed, skip_nan_updates, prefetch, progress).
+        keep_checkpoints, keep_best, metric, mode, patience, seed, skip_nan_updates, log_grad_norm,
+        prefetch, progress).
       validation: batches to evaluate on (``epoch(0)`` is one pass), or None.
       learning_rate: ``step -> learning rate`` for the logs.
       inputs: batch keys fed to the model.
@@ -193,7 +208,7 @@ def fit(
       A FitResult.
     """
     mesh = mesh or data_mesh()
-    total = _total_steps(trainer, train.steps_per_epoch)
+    total = _total_steps(trainer, getattr(train, "steps_per_epoch", None))
     checkpointer = Checkpointer(
         os.path.join(os.fspath(run_dir), "checkpoints"),
         keep=trainer.keep_checkpoints,
@@ -220,9 +235,13 @@ def fit(
         mesh=mesh,
         inputs=inputs,
         skip_nan_updates=trainer.skip_nan_updates,
+        log_grad_norm=trainer.log_grad_norm,
         sparse_rows=sparse_rows,
     )
     eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
+    check_state = not trainer.skip_nan_updates  # without skipping, a NaN gradient can hide behind a finite loss
+    if check_state:
+        state_is_finite(state)  # compiles the check now, not at the first checkpoint
     logger = RunLogger(run_dir, resume_step=step if latest is not None else None)
     if config is not None and latest is None:
         logger.config(config)
@@ -231,83 +250,67 @@ def fit(
         progress.write(f"resuming from step {latest} ({checkpointer.directory}/{latest})")
     progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
 
-    sharding = batch_sharded(mesh)
-    stream = prefetch(
-        train.iterate(Position(**meta["position"])),
-        size=max(trainer.prefetch, 1),
-        transform=lambda batch: shard_batch(host_slice(batch), sharding),
-    )
-    window: dict[str, float] = {}
-    grad_norms: list[float] = []
-    window_start = time.perf_counter()
-    window_steps = 0
-    stop_reason = "done"
     position = Position(**meta["position"])
+    size = prefetch_size(trainer, train)
+    stream = prefetch(train.iterate(position), size=size, transform=batch_transfer(mesh))
+    single = jax.process_count() == 1  # several processes read at the same steps, so that all stop alike
+    pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=size > 0), poll=single)
+    train_log = TrainLog(trainer, logger, progress, checkpointer, learning_rate, items_per_example)
+    step_hooks = [c for c in callbacks if type(c).on_step_end is not Callback.on_step_end]
+    hooked = step  # on_step_end has been called for every step up to this one
+    last_read = time.perf_counter()
+    stop_reason = "done"
 
-    def read(pending) -> str | None:
-        """Reads a finished step's metrics; returns a stop reason or None."""
-        nonlocal window_start, window_steps
-        done_step, device_metrics = pending
-        metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        if metrics.pop("finite") == 0.0:
-            last = checkpointer.latest_step()
-            where = f"step {last} ({checkpointer.directory}/{last})" if last is not None else "none yet"
-            if not trainer.skip_nan_updates:
-                progress.write(
-                    f"loss or gradient is NaN/Inf at step {done_step}: stopping. Last good checkpoint: {where}. "
-                    "Fix: lower the learning rate, clip gradients (optimizer.grad_clip_norm), or set "
-                    "trainer.skip_nan_updates=true to skip such updates."
-                )
-                return "nan"
-            progress.write(f"step {done_step}: NaN/Inf loss or gradient, update skipped")
-            metrics["skipped"] = 1.0
-        count = metrics["count"]
-        grad_norms.append(metrics["grad_norm"])
-        for name, value in metrics.items():
-            weight = count if name not in ("count", "grad_norm", "skipped") else 1.0
-            window[name] = window.get(name, 0.0) + value * weight
-        window_steps += 1
-        progress.update(1, {"loss": metrics["loss"]}, examples=int(count) * items_per_example)
-        for callback in callbacks:
-            callback.on_step_end(done_step, metrics)
-        if done_step % trainer.log_every == 0:
-            elapsed = max(time.perf_counter() - window_start, 1e-9)
-            examples = window.pop("count", 0.0)
-            means = {k: v / max(examples, 1.0) for k, v in window.items() if k not in ("grad_norm", "skipped")}
-            means["grad_norm"] = window.get("grad_norm", 0.0) / max(window_steps, 1)
-            means["steps_per_second"] = window_steps / elapsed
-            means["examples_per_second"] = examples / elapsed
-            if learning_rate is not None:
-                means["learning_rate"] = float(learning_rate(done_step - 1))
-            logger.scalars("train", means, done_step)
-            window.clear()
-            window_start, window_steps = time.perf_counter(), 0
+    def hook(records: Sequence[tuple[int, Mapping[str, float]]]) -> str | None:
+        nonlocal hooked
+        for done_step, metrics in records:
+            if done_step <= hooked or stop_reason == "callback":  # no more calls once a callback stopped
+                continue
+            hooked = done_step
+            try:
+                for callback in step_hooks:
+                    callback.on_step_end(done_step, metrics)
+            except StopTraining as stop:
+                progress.write(f"stopped by a callback at step {done_step}: {stop}")
+                return "callback"
         return None
 
-    pending = None
     try:
         with _Signals() as signals:
-            while step < total and stop_reason == "done":
+            while stop_reason == "done" and not _finished(step, position, total, trainer):
                 batch = next(stream)
                 position = stream.position  # the next batch to train on: what a checkpoint records
                 state, metrics = train_step(state, batch)
                 step += 1
-                if pending is not None:
-                    stop_reason = read(pending) or stop_reason
-                pending = (step, metrics)
+                finished = pending.add(step, metrics)  # bounds the steps in flight: see funcnet.train.pending
+                if step_hooks and finished:
+                    stop_reason = hook(finished) or stop_reason
                 epoch_end = position.index == 0
                 due_eval = validation is not None and (
                     (trainer.eval_every and step % trainer.eval_every == 0) or (not trainer.eval_every and epoch_end)
                 )
-                due_save = (trainer.checkpoint_every and step % trainer.checkpoint_every == 0) or step == total
+                due_save = (trainer.checkpoint_every and step % trainer.checkpoint_every == 0) or _finished(
+                    step, position, total, trainer
+                )
                 preempted = signals.received is not None or (
                     jax.process_count() > 1 and checkpointer.reached_preemption(step)
                 )
                 if not (due_eval or due_save or preempted or stop_reason != "done"):
+                    now = time.perf_counter()
+                    logged = any(done % trainer.log_every == 0 for done, _ in finished)
+                    if logged or (single and now - last_read > _READ_EVERY_SECONDS):
+                        stop_reason = train_log(pending.take(all_steps=False)) or stop_reason
+                        last_read = now
                     continue
-                stop_reason = read(pending) or stop_reason
-                pending = None
+                for finished_step in pending.drain():  # every step up to this one, before saving it
+                    if step_hooks:
+                        stop_reason = hook([finished_step]) or stop_reason
+                stop_reason = train_log(pending.take(all_steps=True)) or stop_reason
+                last_read = time.perf_counter()
                 if stop_reason == "nan":
+                    break
+                if check_state and not state_is_finite(state):
+                    stop_reason = train_log.nan(step, " (the loss is finite; the updated parameters are not)")
                     break
                 eval_metrics = None
                 if due_eval:
@@ -315,8 +318,7 @@ def fit(
                     stop_reason = _record_eval(meta, eval_metrics, step, position, trainer, progress) or stop_reason
                     logger.scalars("validation", eval_metrics, step)
                     logger.histograms("params", state.params, step)
-                    logger.histograms("train/grad_norm", np.asarray(grad_norms), step)
-                    grad_norms.clear()
+                    train_log.grad_norm_histogram(step)
                     try:
                         for callback in callbacks:
                             callback.on_eval_end(step, eval_metrics)
@@ -329,11 +331,6 @@ def fit(
                     stop_reason = "signal"
                 meta.update(position=position._asdict(), epoch=position.epoch)
                 checkpointer.save(step, state, meta, metrics=_metric(eval_metrics, trainer.metric))
-    except StopTraining as stop:
-        progress.write(f"stopped by a callback at step {step}: {stop}")
-        stop_reason = "callback"
-        meta.update(position=position._asdict(), epoch=position.epoch)
-        checkpointer.save(step, state, meta)
     finally:
         stream.close()
         checkpointer.close()
@@ -354,11 +351,18 @@ def fit(
     return result
 
 
-def _total_steps(trainer: Any, steps_per_epoch: int) -> int:
+def _total_steps(trainer: Any, steps_per_epoch: int | None) -> int | None:
+    """The step budget, or None when only an epoch count of unknown length bounds the run."""
+    if trainer.epochs and steps_per_epoch is None:
+        return trainer.max_steps or None
     budgets = [b for b in (trainer.max_steps, trainer.epochs and trainer.epochs * steps_per_epoch) if b]
     if not budgets:
         raise ValueError("trainer: set epochs or max_steps (or both: training stops at the first reached)")
     return min(budgets)
+
+
+def _finished(step: int, position: Position, total: int | None, trainer: Any) -> bool:
+    return (total is not None and step >= total) or (trainer.epochs is not None and position.epoch >= trainer.epochs)
 
 
 def _metric(metrics: Mapping[str, float] | None, name: str) -> dict[str, float] | None:

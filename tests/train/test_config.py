@@ -361,3 +361,13 @@ def test_resolved_config_fills_trainer_defaults_and_round_trips(tmp_path, regist
     (tmp_path / "config.json").write_text(json.dumps(resolved))
     again = cfg.validate_config(cfg.load_config(tmp_path / "config.json"), registries=registries)
     assert again == run
+
+
+def test_trainer_grad_norm_is_opt_in_and_prefetch_0_means_no_thread():
+    trainer = TrainerConfig.from_dict({"epochs": 1})
+    assert (trainer.log_grad_norm, trainer.prefetch) == (False, None)  # None: fit picks (see its docs)
+    assert TrainerConfig.from_dict({"epochs": 1, "prefetch": 0, "log_grad_norm": True}).prefetch == 0
+    with pytest.raises(ConfigError, match=r"trainer\.prefetch: expected an int >= 0, got -1"):
+        TrainerConfig.from_dict({"epochs": 1, "prefetch": -1})
+    with pytest.raises(ConfigError, match=r"trainer\.log_grad_norm: expected"):
+        TrainerConfig.from_dict({"epochs": 1, "log_grad_norm": "yes"})

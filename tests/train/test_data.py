@@ -223,3 +223,29 @@ def test_shard_batch_in_one_process_is_device_put():
     assert set(on_device) == {"x", "mask"}
     assert on_device["x"].sharding == sharding
     np.testing.assert_array_equal(np.asarray(on_device["x"]), batch["x"], strict=True)
+
+
+def test_array_dataset_gathers_large_batches_into_aligned_buffers_like_numpy_indexing():
+    rng = np.random.default_rng(0)
+    arrays = {
+        "big": rng.standard_normal((300, 40)).astype(np.float32),  # 160 bytes a row: aligned from 103 rows on
+        "ids": np.arange(300, dtype=np.int64),
+        "text": np.array([f"row {i}" for i in range(300)], dtype=object),
+    }
+    data = ArrayDataset(**arrays)
+    indices = np.concatenate([rng.permutation(300)[:199], [-1]])  # a negative index counts from the end
+    batch = data[indices]
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(batch[name], array[indices], strict=True)
+    assert batch["big"].ctypes.data % 64 == 0 and batch["big"].flags.c_contiguous  # XLA's CPU client can share it
+    with pytest.raises(IndexError, match="index 300 is out of bounds for an ArrayDataset of 300 examples"):
+        data[np.array([0, 300])]
+    np.testing.assert_array_equal(data[np.array([True] * 3 + [False] * 297)]["ids"], [0, 1, 2])  # NumPy's own
+
+
+def test_generator_batches_check_a_declared_epoch_length():
+    batches = GeneratorBatches(epochs_of_varying_length, steps_per_epoch=2)
+    assert batches.steps_per_epoch == 2 and GeneratorBatches(epochs_of_varying_length).steps_per_epoch is None
+    assert len(list(batches.epoch(0))) == 2
+    with pytest.raises(ValueError, match=r"make_epoch\(1\) gave 3 batches, but GeneratorBatches was told"):
+        list(batches.epoch(1))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +16,12 @@ import pytest
 import funcnet as fn
 from funcnet.train.checkpoint import Checkpointer
 from funcnet.train.config import TrainerConfig
-from funcnet.train.data import ArrayDataset, Batches
+from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches
 from funcnet.train.log import read_events, read_scalars
 from funcnet.train.loop import Callback, StopTraining, evaluate, fit
+from funcnet.train.state import create_train_state
+from funcnet.train.step import make_train_step
+from tests.train.test_step import _nan_gradient_where
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((96, 4)).astype(np.float32)
@@ -131,11 +136,11 @@ def test_event_file_has_the_expected_tags(tmp_path):
     _fit(tmp_path, epochs=2, learning_rate=lambda step: 0.01)
     events = read_events(tmp_path / "logs")
     tags = {value.tag for event in events for value in event.summary.value}
-    expected = ["config/text_summary", "train/learning_rate", "train/loss", "train/grad_norm"]
+    expected = ["config/text_summary", "train/learning_rate", "train/loss"]
     expected += ["train/steps_per_second", "validation/loss", "params/dense_0/kernel"]
     for tag in expected:
         assert tag in tags, sorted(tags)
-    assert "train/grad_norm" in {v.tag for e in events for v in e.summary.value if v.HasField("histo")}
+    assert not any(tag.startswith("train/grad_norm") for tag in tags)  # opt-in: trainer.log_grad_norm
     assert [step for step, _ in read_scalars(tmp_path / "logs")["validation/loss"]] == [4, 8]
 
 
@@ -173,3 +178,112 @@ def test_fit_traces_the_train_and_eval_steps_once_for_all_evaluations(tmp_path):
     result = fit(MODEL, counted, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer, validation=valid)
     assert len(result.history) == 4
     assert len(traces) == 2, traces  # one train step, one eval step
+
+
+def _step_of_example(example: int) -> int:
+    """The (1-based) step of epoch 0 that trains on ``example`` in ``_data()``'s training batches."""
+    order = list(_data()[0].order(0))
+    return order.index(example) // 16 + 1
+
+
+def test_nan_is_reported_at_its_exact_step_although_metrics_are_read_late(tmp_path, capsys):
+    y = Y.copy()
+    y[40] = np.inf
+    nan_step = _step_of_example(40)
+    train, _ = _data(X, y)
+    # One read at the end at most: log_every beyond the run, no evaluation, a save only at the end.
+    trainer = TrainerConfig(max_steps=12, log_every=1000, progress=False)
+    result = fit(MODEL, mse, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer)
+    assert result.stop_reason == "nan" and result.step >= nan_step
+    assert f"loss or gradient is NaN/Inf at step {nan_step}: stopping. Last good checkpoint: none yet" in (
+        capsys.readouterr().out
+    )
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() is None  # nothing saved after the NaN
+
+
+def test_a_finite_loss_with_a_nan_gradient_is_never_checkpointed(tmp_path, capsys):
+    order = _data()[0].order(0)
+    poisoned = int(order[20])  # in the second batch of epoch 0
+    poison = np.zeros(len(X), np.float32)
+    poison[poisoned] = 1.0
+    train = Batches(ArrayDataset(x=X[:64], y=Y[:64], poison=poison[:64]), 16, seed=0, multiple_of=8)
+
+    def poisoned_mse(out, batch):
+        return mse(_nan_gradient_where(batch["poison"])(out), batch)
+
+    trainer = TrainerConfig(epochs=2, log_every=100, checkpoint_every=1, progress=False)
+    result = fit(MODEL, poisoned_mse, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer)
+    assert result.stop_reason == "nan"
+    assert "loss or gradient is NaN/Inf at step 2 (the loss is finite; the updated parameters are not)" in (
+        capsys.readouterr().out
+    )
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    assert checkpointer.latest_step() == 1
+    state, _ = checkpointer.restore(1, jax.tree.map(lambda a: a, result.state))
+    checkpointer.close()
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state))
+
+
+def _reference_metrics(steps, optimizer, **step_options):
+    """Per-step metrics of make_train_step over fit's batches, from fit's initial state (same seed)."""
+    train, _ = _data()
+    batches = train.iterate()
+    state = create_train_state(MODEL, optimizer, jax.random.key(0), next(train.epoch(0))["x"])
+    step = make_train_step(MODEL, mse, optimizer, **step_options)
+    history = []
+    for _ in range(steps):
+        state, metrics = step(state, next(batches))
+        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})  # one at a time: see DESIGN.md
+    return history
+
+
+@pytest.mark.parametrize("log_grad_norm", [False, True])
+def test_logged_train_metrics_equal_a_reference_loop_and_grad_norm_is_opt_in(tmp_path, log_grad_norm):
+    _fit(tmp_path, epochs=2, log_every=2, log_grad_norm=log_grad_norm)
+    scalars = read_scalars(tmp_path / "logs")
+    reference = _reference_metrics(8, optax.adam(1e-2), log_grad_norm=log_grad_norm)
+    # Every batch has 16 real examples, so a window's mean is the plain mean of its two steps.
+    # Tolerance: the event file stores float32.
+    expected_loss = [(s, (reference[s - 2]["loss"] + reference[s - 1]["loss"]) / 2) for s in (2, 4, 6, 8)]
+    np.testing.assert_allclose(scalars["train/loss"], expected_loss, rtol=1e-6)
+    histograms = {v.tag for e in read_events(tmp_path / "logs") for v in e.summary.value if v.HasField("histo")}
+    if log_grad_norm:
+        expected_norm = [(s, (reference[s - 2]["grad_norm"] + reference[s - 1]["grad_norm"]) / 2) for s in (2, 4, 6, 8)]
+        np.testing.assert_allclose(scalars["train/grad_norm"], expected_norm, rtol=1e-6)
+        assert "train/grad_norm" in histograms
+    else:
+        assert "train/grad_norm" not in scalars and "train/grad_norm" not in histograms
+        assert "grad_norm" not in reference[0]
+
+
+def test_prefetch_0_trains_without_a_thread_and_like_a_prefetching_run(tmp_path):
+    class PrefetchThreads(Callback):
+        def __init__(self):
+            self.before = {t.ident for t in threading.enumerate()}
+            self.seen = set()
+
+        def on_step_end(self, step, metrics):
+            self.seen |= {t.name for t in threading.enumerate() if t.ident not in self.before}
+
+    results = {}
+    for prefetch, threaded in ((0, False), (2, True), (None, False)):  # None: in-memory arrays need no thread
+        watcher = PrefetchThreads()
+        results[prefetch] = _fit(tmp_path / str(prefetch), callbacks=[watcher], epochs=2, prefetch=prefetch)
+        assert ("funcnet-prefetch" in watcher.seen) == threaded, (prefetch, watcher.seen)
+    chex.assert_trees_all_equal(results[0].state.params, results[2].state.params)  # the same batches, in order
+    assert results[0].history == results[2].history
+
+
+@pytest.mark.parametrize("steps_per_epoch", [None, 3])
+def test_fit_runs_epochs_of_a_generator_dataset(tmp_path, steps_per_epoch):
+    def make_epoch(epoch):
+        rows = np.random.default_rng(epoch).permutation(48)
+        for i in range(3):
+            take = rows[16 * i : 16 * (i + 1)]
+            yield {"x": X[take], "y": Y[take]}
+
+    train = GeneratorBatches(make_epoch, multiple_of=8, steps_per_epoch=steps_per_epoch)
+    trainer = TrainerConfig(epochs=2, log_every=2, progress=False)
+    result = fit(MODEL, mse, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer)
+    assert (result.stop_reason, result.step, result.epoch) == ("done", 6, 2)
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 6

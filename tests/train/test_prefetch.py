@@ -40,8 +40,8 @@ def test_prefetching_ahead_does_not_move_the_saved_position():
     with prefetch(source, size=3) as it:
         assert it.position == Position(0, 0)
         first = next(it)
-        # The thread fills the queue: the source is 1 consumed + 3 queued + 1 looked ahead at most.
-        wait_until(lambda: source.position >= Position(0, 4))
+        # The thread made 3 batches ahead of the consumer: 1 taken, 2 ready (it refills once 2 are taken).
+        wait_until(lambda: source.position >= Position(0, 3))
         assert it.position == Position(0, 1)
         saved = it.position._asdict()
         second = next(it)
@@ -98,7 +98,7 @@ def test_the_thread_stops_when_the_prefetcher_is_closed_or_dropped(how):
     it = prefetch(endless(), size=2)
     thread = it._thread
     next(it)
-    wait_until(lambda: it._queue.full())  # the producer now waits to put
+    wait_until(lambda: len(it._channel.items) == 2)  # the producer now waits for room
     if how == "close":
         it.close()
     elif how == "with":
@@ -140,3 +140,43 @@ def test_the_next_batch_is_produced_while_the_consumer_holds_the_current_one():
         assert int(next(batches)["x"][0]) == 0
         assert requested[1].wait(timeout=10) and requested[2].wait(timeout=10)  # timeouts only guard hangs
         assert [int(b["x"][0]) for b in batches] == [1, 2, 3]
+
+
+def test_size_0_pulls_each_batch_in_the_callers_thread():
+    batches = Batches(ids_dataset(10), 4, seed=3)
+    expected_iterator = batches.iterate()
+    expected = [(next(expected_iterator), expected_iterator.position) for _ in range(5)]
+    threads = threading.active_count()
+    made_in = []
+
+    def transform(batch):
+        made_in.append(threading.current_thread())
+        return batch
+
+    source = batches.iterate()
+    with prefetch(source, size=0, transform=transform) as it:
+        assert threading.active_count() == threads and it.position == Position(0, 0)
+        got = [(next(it), it.position) for _ in range(5)]
+        assert source.position == it.position  # nothing is read ahead
+    assert made_in == [threading.main_thread()] * 5
+    assert [p for _, p in got] == [p for _, p in expected]
+    assert_batches_equal([b for b, _ in got], [b for b, _ in expected])
+    with pytest.raises(StopIteration):
+        next(it)
+    assert [b["x"].tolist() for b in prefetch(iter([{"x": np.zeros(1)}]), size=0)] == [[0.0]]
+
+
+def test_the_thread_refills_once_half_of_the_ready_batches_are_taken():
+    batches = Batches(ids_dataset(40), 2, seed=0)
+    source = batches.iterate()
+    with prefetch(source, size=4) as it:
+        wait_until(lambda: len(it._channel.items) == 4)
+        taken = [next(it), next(it)]  # 2 of 4 taken: the thread wakes and makes 2 more
+        wait_until(lambda: len(it._channel.items) == 4)
+        taken += [next(it) for _ in range(6)]
+    assert_batches_equal(taken, take(batches.iterate(), 8))
+
+
+def test_prefetch_size_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match=r"prefetch size must be an int >= 0 \(0: no background thread\), got -1"):
+        prefetch(iter([]), size=-1)

@@ -159,3 +159,55 @@ def test_grouped_batches_average_over_every_real_example():
     grouped = {k: v.reshape(2, 4, *v.shape[1:]) for k, v in batch.items()}
     metrics = eval_step_fn(grouped_model, loss_fn)(state._replace(params={}), grouped)
     chex.assert_trees_all_close(metrics, flat, rtol=1e-6)
+
+
+def _nan_gradient_where(flag):
+    """Identity on ``out`` whose gradient is NaN for the rows where ``flag`` is 1: a finite loss, a NaN gradient."""
+
+    @jax.custom_jvp
+    def poison(out, flag):
+        return out
+
+    @poison.defjvp
+    def poison_jvp(primals, tangents):
+        out, flag = primals
+        return out, tangents[0] * jnp.where(flag[:, None] > 0, jnp.nan, 1.0)
+
+    return lambda out: poison(out, flag)
+
+
+def test_grad_norm_is_computed_only_when_asked_and_equals_the_reference():
+    model = fn.serial(fn.dense(8), fn.relu(), fn.dense(3))  # no dropout: the reference needs no key
+    batch = _batch(16)
+    state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"])
+    _, plain = jax.jit(train_step_fn(model, loss_fn, OPTIMIZER))(state, batch)
+    _, logged = jax.jit(train_step_fn(model, loss_fn, OPTIMIZER, log_grad_norm=True))(state, batch)
+    assert sorted(plain) == ["accuracy", "count", "finite", "loss"]
+    assert sorted(logged) == ["accuracy", "count", "finite", "grad_norm", "loss"]
+
+    def mean_loss(params):
+        logits, _ = model.apply(params, {}, batch["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+    grads = jax.grad(mean_loss)(state.params)
+    want = np.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(float(logged["grad_norm"]), want, rtol=1e-5)  # float32 sums in another order
+    chex.assert_trees_all_close({k: v for k, v in logged.items() if k != "grad_norm"}, plain, rtol=1e-6)
+
+
+def test_finite_checks_the_gradient_when_updates_are_skipped():
+    """``finite`` is the condition for applying an update: the loss, and with skipping the gradient too."""
+    model = fn.serial(fn.dense(8), fn.relu(), fn.dense(3))
+    batch = _batch(8)
+    batch["poison"] = np.eye(8, dtype=np.float32)[3]  # example 3: a finite loss, a NaN gradient
+
+    def poisoned_loss(logits, batch):
+        return loss_fn(_nan_gradient_where(batch["poison"])(logits), batch)
+
+    state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"])
+    applied, metrics = jax.jit(train_step_fn(model, poisoned_loss, OPTIMIZER))(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["finite"]) == 1.0  # only the loss is checked
+    assert np.isnan(np.asarray(applied.params["dense_0"]["kernel"])).any()
+    skipped, metrics = jax.jit(train_step_fn(model, poisoned_loss, OPTIMIZER, skip_nan_updates=True))(state, batch)
+    assert float(metrics["finite"]) == 0.0 and "grad_norm" not in metrics
+    chex.assert_trees_all_equal(skipped.params, state.params)

@@ -1,0 +1,85 @@
+"""How ``fit`` feeds the step: a prefetch thread or not, NumPy or device arrays, how many steps ahead.
+
+Measured on a 2-core CPU (``experiments/bench/fit.py``), where XLA's own threads keep both cores
+busy during a step, so every host microsecond counts:
+
+- ``jax.device_put`` costs ~100 us per batch in Python; a jitted step takes the same NumPy arrays
+  in C++ for a copy, and an aligned array (``ArrayDataset`` batches) without one.
+- Slicing an in-memory batch costs less than handing it over from another thread, so in-memory
+  arrays are made in the loop's thread; other sources (files, parsing) get a background thread.
+- Without a prefetch thread, a few steps in flight let the host fall behind for a moment without
+  starving the device (8 against 2: +16% steps/s on the mlp of fit.py, on 2 loaded cores). With
+  one, its ready batches do that, and two steps in flight keep ``on_step_end`` close to each step's
+  end. Two also where in-process CPU collectives run: they have stalled with more queued (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from .data import ArrayDataset, Batch, Batches, host_slice, shard_batch
+from .state import batch_sharded
+
+PREFETCH = 2  # batches a background thread keeps ready for sources that are not in-memory arrays
+MAX_IN_FLIGHT = 8  # steps dispatched ahead of the host's reads (two on multi-device CPU meshes)
+
+
+def on_cpu(mesh: Mesh) -> bool:
+    """Whether every device of ``mesh`` is a CPU device.
+
+    >>> from funcnet.train.state import data_mesh
+    >>> on_cpu(data_mesh())
+    True
+    """
+    return all(device.platform == "cpu" for device in mesh.devices.flat)
+
+
+def prefetch_size(trainer: Any, train: Any) -> int:
+    """``trainer.prefetch``; if None, 0 for ``Batches`` of an ``ArrayDataset`` and ``PREFETCH`` otherwise.
+
+    >>> import numpy as np
+    >>> from funcnet.train.config import TrainerConfig
+    >>> in_memory = Batches(ArrayDataset(x=np.zeros((8, 2))), 4)
+    >>> prefetch_size(TrainerConfig(epochs=1), in_memory), prefetch_size(TrainerConfig(epochs=1, prefetch=3), in_memory)
+    (0, 3)
+    """
+    if trainer.prefetch is not None:
+        return trainer.prefetch
+    in_memory = isinstance(train, Batches) and type(train.dataset) is ArrayDataset
+    return 0 if in_memory else PREFETCH
+
+
+def max_in_flight(mesh: Mesh, prefetching: bool) -> int:
+    """Steps ``fit`` lets run ahead of its reads: ``MAX_IN_FLIGHT`` when batches are made in the loop's
+    thread (the queued steps absorb a slow host moment), else 2: the batches a prefetch thread keeps
+    ready do that, and on a CPU mesh of several local devices collectives have stalled with more queued.
+
+    >>> import jax
+    >>> from funcnet.train.state import data_mesh
+    >>> one, two = data_mesh(jax.devices()[:1]), data_mesh(jax.devices()[:2])
+    >>> max_in_flight(one, prefetching=False), max_in_flight(one, prefetching=True), max_in_flight(two, False)
+    (8, 2, 2)
+    """
+    if prefetching or (on_cpu(mesh) and len(mesh.local_devices) > 1):
+        return 2
+    return MAX_IN_FLIGHT
+
+
+def batch_transfer(mesh: Mesh) -> Callable[[Batch], Any] | None:
+    """What turns a host batch into the step's input; None: the NumPy arrays go to the jitted step as they are.
+
+    One process on CPU: None (the step's C++ transfer is a copy at most). Elsewhere: ``shard_batch`` of
+    this process's rows, run in the prefetch thread when there is one, so the copy overlaps the step.
+
+    >>> from funcnet.train.state import data_mesh
+    >>> batch_transfer(data_mesh()) is None
+    True
+    """
+    if on_cpu(mesh) and jax.process_count() == 1:
+        return None
+    sharding = batch_sharded(mesh)
+    return lambda batch: shard_batch(host_slice(batch), sharding)
