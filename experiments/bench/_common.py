@@ -71,13 +71,19 @@ def parser(description: str, systems: Sequence[str], rounds: int) -> argparse.Ar
     return p
 
 
+def subset(p: argparse.ArgumentParser, flag: str, text: str, allowed: Sequence[str]) -> list[str]:
+    """The comma-separated names in ``text``; a parser error unless they are a non-empty subset of ``allowed``."""
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(allowed))
+    if unknown or not chosen:
+        p.error(f"{flag}: unknown {unknown}; choose from {','.join(allowed)}")
+    return chosen
+
+
 def parse(p: argparse.ArgumentParser, argv, systems: Sequence[str]) -> argparse.Namespace:
     """Parses and checks ``--systems``; drops optional peers that are not installed (said on stdout)."""
     args = p.parse_args(argv)
-    chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(systems))
-    if unknown or not chosen:
-        p.error(f"--systems: unknown {unknown}; choose from {','.join(systems)}")
+    chosen = subset(p, "--systems", args.systems, systems)
     args.skipped = {}
     for name in list(chosen):
         module = PEERS.get(name)

@@ -69,6 +69,12 @@ def shared(native, values, system: str):
     return jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), native, values), "shared"
 
 
+def system_builders(args, builders: dict[str, Callable], build_torch: Callable, *data) -> dict[str, Callable]:
+    """One zero-argument builder per chosen system: ``builders[name](*data)``, torch's with its device too."""
+    torch = partial(build_torch, *data, common.torch_device(args)) if "torch" in args.systems else None
+    return {name: torch if name == "torch" else partial(builders[name], *data) for name in args.systems}
+
+
 def funcnet_train(model, loss_fn, optimizer, example_x, weights, seed, system="funcnet"):
     """``(step, state, mesh, init)`` as a funcnet user builds them, on ONE device (the one every system
     uses), starting from ``weights`` (None: funcnet's own initialization)."""

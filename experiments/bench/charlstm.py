@@ -382,12 +382,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     malloc = common.start(args)
     batches, weights = make_data(args.seed)
-    builders = {}
-    for name in args.systems:
-        if name == "torch":
-            builders[name] = partial(build_torch, batches, weights, args.seed, common.torch_device(args))
-        else:
-            builders[name] = partial(BUILDERS[name], batches, weights, args.seed)
+    builders = peers.system_builders(args, BUILDERS, build_torch, batches, weights, args.seed)
     setup = {"vocab": VOCAB, "embed": EMBED, "hidden": HIDDEN, "sequence": SEQUENCE, "batch": BATCH}
     peers.run_workload(
         "charlstm",

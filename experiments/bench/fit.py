@@ -225,9 +225,7 @@ def parse_args(argv):
     p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=4)
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
     args = common.parse(p, argv, SYSTEMS)
-    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if not args.workloads or set(args.workloads) - set(WORKLOADS):
-        p.error(f"--workloads: choose from {WORKLOADS}, got {args.workloads}")
+    args.workloads = common.subset(p, "--workloads", args.workloads, WORKLOADS)
     args.rounds = args.rounds or (2 if args.quick else 4)
     return args
 

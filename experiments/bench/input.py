@@ -320,9 +320,7 @@ def parse_args(argv):
     p.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated subset of {SOURCES}")
     p.add_argument("--input-cost", type=float, default=1.0, help="input seconds per batch, in units of t_c")
     args = common.parse(p, argv, SYSTEMS)
-    args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    if not args.sources or set(args.sources) - set(SOURCES):
-        p.error(f"--sources: choose from {SOURCES}, got {args.sources}")
+    args.sources = common.subset(p, "--sources", args.sources, SOURCES)
     args.rounds = args.rounds or (2 if args.quick else 4)
     args.steps = args.steps or (8 if args.quick else 20)
     return args

@@ -277,12 +277,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     malloc = common.start(args)
     data, weights = make_data(args.seed)
-    builders = {}
-    for name in args.systems:
-        if name == "torch":
-            builders[name] = partial(build_torch, data, weights, args.seed, common.torch_device(args))
-        else:
-            builders[name] = partial(BUILDERS[name], data, weights, args.seed)
+    builders = peers.system_builders(args, BUILDERS, build_torch, data, weights, args.seed)
     setup = {"N": N, "D_in": D_IN, "H": H, "D_out": D_OUT, "loss": "mse", "optimizer": f"adam {LEARNING_RATE}"}
     peers.run_workload(
         "mlp",

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import subset  # beside this script
+
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("mlp", "charlstm", "fit", "input", "treelstm")
 
@@ -34,9 +36,7 @@ def parse_args(argv):
     p.add_argument("--only", default=",".join(SCRIPTS), help=f"comma-separated subset of {','.join(SCRIPTS)}")
     p.add_argument("--torch-threads", type=int, default=None, help="passed to mlp.py and charlstm.py")
     args = p.parse_args(argv)
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    if not args.only or set(args.only) - set(SCRIPTS):
-        p.error(f"--only: choose from {SCRIPTS}, got {args.only}")
+    args.only = subset(p, "--only", args.only, SCRIPTS)
     return args
 
 

@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from _common import cores, emit, tune_malloc  # beside this script
+from _common import cores, emit, subset, tune_malloc  # beside this script
 
 SYSTEMS = (
     "funcnet_level",
@@ -68,10 +68,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unroll", type=int, default=1, help="tree scan steps per loop iteration (fn.tree unroll)")
     args = parser.parse_args(argv)
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = sorted(set(args.systems) - set(SYSTEMS))
-    if unknown or not args.systems:
-        parser.error(f"--systems: unknown {unknown}; choose from {SYSTEMS}")
+    args.systems = subset(parser, "--systems", args.systems, SYSTEMS)
     if args.quick:
         args.rounds, args.batches_per_round = 3, 2
     return args

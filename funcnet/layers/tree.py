@@ -103,6 +103,19 @@ def _check_inputs(layer: str, cell: TreeCell, params: Any, state: Any, x: Any) -
             )
 
 
+def _init(layer: str, cell: TreeCell, index_rank: int, what: str) -> Callable[..., Any]:
+    """``init(key, x, schedule=None)``: checks ``x: [N, F]`` (and the schedule, if given), then ``cell.init``."""
+
+    def init(key, x, schedule=None):
+        check_rank(layer, x, 2, 2, what=what)
+        check_floating(layer, x)
+        if schedule is not None:
+            _check_schedule(layer, cell, schedule, x.shape[0], index_rank)
+        return cell.init(key, x)
+
+    return init
+
+
 def _zero_unless(keep: jax.Array, a: jax.Array, dtype: Any) -> jax.Array:
     """``a`` where ``keep: [n]`` is positive, exactly zero elsewhere (NaN-safe), cast to ``dtype``."""
     return jnp.where(keep[:, None] > 0, a, jnp.zeros_like(a)).astype(dtype)
@@ -112,25 +125,33 @@ def _step_rows(num_leaves: int, width: int, s: jax.Array) -> jax.Array:
     return num_leaves + s * width
 
 
-def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule):
-    """The scan over steps: each step gathers its children's rows and writes its ``W`` rows."""
-    children, child_mask, internal_mask = schedule
-    steps, width, _ = children.shape
+def _scan_steps(node, num_leaves: int, unroll: int | bool, buffers, children, internal_mask, per_step):
+    """The scan over steps: each step gathers its children's rows and writes its ``W`` rows.
+
+    ``node(kids, per_step[s]) -> (TreeCarry [W, H], y)``; returns the final buffers and the stacked ``y``.
+    """
+    steps, width = internal_mask.shape
     dtype = buffers[0].dtype
 
     def step(buffers, xs):
-        children, child_mask, internal_mask, s = xs
+        children, internal_mask, s, extra = xs
         kids = TreeCarry(*(jnp.take(buf, children, axis=0, mode="clip") for buf in buffers))
-        out = cell.node(params, kids, child_mask)
+        out, y = node(kids, extra)
         row = _step_rows(num_leaves, width, s)
         return tuple(
             lax.dynamic_update_slice(buf, _zero_unless(internal_mask, a, dtype), (row, 0))
             for buf, a in zip(buffers, out, strict=True)
-        ), None
+        ), y
 
-    xs = (children, child_mask, internal_mask, jnp.arange(steps))
-    buffers, _ = lax.scan(step, tuple(buffers), xs, unroll=unroll)
-    return buffers
+    xs = (children, internal_mask, jnp.arange(steps), per_step)
+    return lax.scan(step, tuple(buffers), xs, unroll=unroll)
+
+
+def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule):
+    """The steps through ``cell.node`` (plain autodiff differentiates this)."""
+    children, child_mask, internal_mask = schedule
+    node = lambda kids, mask: (cell.node(params, kids, mask), None)  # noqa: E731
+    return _scan_steps(node, num_leaves, unroll, buffers, children, internal_mask, child_mask)[0]
 
 
 def _present(children: jax.Array, child_mask: jax.Array, rows: int) -> jax.Array:
@@ -142,24 +163,16 @@ def _present(children: jax.Array, child_mask: jax.Array, rows: int) -> jax.Array
 
 
 def _fast_forward(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule):
-    """``_internal_nodes`` through ``cell.pre``/``cell.post``; also returns every step's ``z``, stacked."""
+    """The steps through ``cell.pre``/``cell.post``: the final buffers, every step's ``z`` and the child rows read."""
     children, child_mask, internal_mask = schedule
-    steps, width, _ = children.shape
-    dtype = buffers[0].dtype
     present = _present(children, child_mask, buffers[0].shape[0])
 
-    def step(buffers, xs):
-        children, internal_mask, s = xs
-        kids = TreeCarry(*(jnp.take(buf, children, axis=0, mode="clip") for buf in buffers))
+    def node(kids, _):
         z = cell.pre(params, kids)
-        out = cell.post(z, kids)
-        row = _step_rows(num_leaves, width, s)
-        return tuple(
-            lax.dynamic_update_slice(buf, _zero_unless(internal_mask, a, dtype), (row, 0))
-            for buf, a in zip(buffers, out, strict=True)
-        ), z
+        return cell.post(z, kids), z
 
-    return lax.scan(step, tuple(buffers), (present, internal_mask, jnp.arange(steps)), unroll=unroll)
+    out, zs = _scan_steps(node, num_leaves, unroll, buffers, present, internal_mask, None)
+    return out, zs, present
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -169,8 +182,9 @@ def _internal_custom_vjp(cell, num_leaves, unroll, params, buffers, schedule):
 
 
 def _internal_fwd(cell, num_leaves, unroll, params, buffers, schedule):
-    out, zs = _fast_forward(cell, num_leaves, unroll, params, buffers, schedule)
-    return out, (params, out, schedule, zs)  # the final buffers hold every child state the backward pass needs
+    out, zs, present = _fast_forward(cell, num_leaves, unroll, params, buffers, schedule)
+    _, child_mask, internal_mask = schedule
+    return out, (params, out, (present, child_mask, internal_mask), zs)  # the final buffers hold every child state
 
 
 def _internal_bwd(cell, num_leaves, unroll, residuals, cotangents):
@@ -188,11 +202,10 @@ def _internal_bwd(cell, num_leaves, unroll, residuals, cotangents):
     Padding rows get no cotangent (their outputs are constant zeros); absent children read the zero
     dummy row and their cotangents land in link rows nobody reads.
     """
-    params, (h, c), (children, child_mask, internal_mask), zs = residuals
-    steps, width, arity = children.shape
+    params, (h, c), (present, child_mask, internal_mask), zs = residuals
+    steps, width, arity = present.shape
     rows, hidden = h.shape
     slots, links = steps * width, steps * width * arity
-    present = _present(children, child_mask, rows)
     real_links = jnp.where(child_mask.reshape(-1) > 0, present.reshape(-1), rows)  # absent: dropped below
     parent_of = jnp.full((rows,), links, jnp.int32).at[real_links].set(jnp.arange(links, dtype=jnp.int32), mode="drop")
     internal = internal_mask.reshape(slots, 1) > 0
@@ -274,12 +287,7 @@ def tree(cell: TreeCell, *, unroll: int | bool = 1, custom_vjp: bool = True) -> 
     if not isinstance(cell, TreeCell):
         raise TypeError(f"tree: expected a TreeCell (e.g. binary_tree_lstm_cell(150)), got {type(cell).__name__}")
 
-    def init(key, leaf_x, batch=None):
-        check_rank("tree", leaf_x, 2, 2, what="[leaf slots, features]")
-        check_floating("tree", leaf_x)
-        if batch is not None:
-            _check_schedule("tree", cell, batch, leaf_x.shape[0], 3)
-        return cell.init(key, leaf_x)
+    init = _init("tree", cell, 3, "[leaf slots, features]")
 
     def apply(params, state, leaf_x, batch, *, key=None, train=False):
         del key, train
@@ -332,12 +340,7 @@ def node_scan(cell: TreeCell) -> Model:
     if not isinstance(cell, TreeCell):
         raise TypeError(f"node_scan: expected a TreeCell, got {type(cell).__name__}")
 
-    def init(key, x, order=None):
-        check_rank("node_scan", x, 2, 2, what="[nodes, features]")
-        check_floating("node_scan", x)
-        if order is not None:
-            _check_schedule("node_scan", cell, order, x.shape[0], 2)
-        return cell.init(key, x)
+    init = _init("node_scan", cell, 2, "[nodes, features]")
 
     def apply(params, state, x, order, *, key=None, train=False):
         del key, train

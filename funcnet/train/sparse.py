@@ -143,6 +143,6 @@ def scatter_rows(full: Any, compact: Any, used: Mapping[str, jax.Array], tables:
         owner = _owner(_path(key_path), tables, getattr(leaf, "shape", ()))
         if owner is None:
             return rows
-        return leaf.at[used[owner]].set(rows.astype(leaf.dtype), mode="drop", unique_indices=True)
+        return leaf.at[used[owner]].set(rows.astype(leaf.dtype), mode="drop")  # pads repeat V: not unique
 
     return jax.tree_util.tree_map_with_path(one, full, compact)
