@@ -212,9 +212,9 @@ def main(argv=None) -> int:
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     results = [run(name, args) for name in args.only]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(results, started))
-    jsonl = args.out.with_name(args.out.name + ".jsonl")
+    jsonl = args.out.with_name(args.out.name + ".jsonl")  # first: the raw figures survive a markdown error
     jsonl.write_text("".join(json.dumps({"script": r["name"], **rec}) + "\n" for r in results for rec in r["records"]))
+    args.out.write_text(markdown(results, started))
     total = sum(r["seconds"] for r in results)
     print(f"wrote {args.out} and {jsonl} ({total:.0f} s in all)", flush=True)
     return max(r["rc"] for r in results)
