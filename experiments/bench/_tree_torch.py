@@ -166,13 +166,17 @@ class LevelBatched(nn.Module):
         return F.cross_entropy(logits, batch.labels, reduction="sum") / batch.trees
 
 
-def make_step(model: nn.Module, learning_rate: float):
-    """``step(batch) -> loss``: forward, backward and one ``torch.optim.Adagrad`` update."""
+def make_step(model: nn.Module, learning_rate: float, autocast: bool = False):
+    """``step(batch) -> loss``: forward, backward and one ``torch.optim.Adagrad`` update.
+
+    ``autocast``: the forward under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (bfloat16 matmuls).
+    """
     optimizer = torch.optim.Adagrad(model.parameters(), lr=learning_rate)
 
     def step(batch) -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(batch)
         loss.backward()
         optimizer.step()
         return loss.detach()

@@ -20,6 +20,11 @@ Systems:
   torch_per_node      Python recursion over nodes, nn.Embedding, nn.Linear gates, torch.optim.Adagrad.
   torch_level         all nodes of one height across the batch in one cell call, index_select gathers.
   torch_level_sparse  the same with nn.Embedding(sparse=True) (Adagrad's sparse update).
+  funcnet_level_bf16  funcnet_level with mixed precision: the Tree-LSTM's matmuls on bfloat16 operands with
+                      float32 products (``model.compute_dtype = "bfloat16"``, ``funcnet.precision``); params,
+                      states, gradients and the update stay float32.
+  torch_level_sparse_bf16  torch_level_sparse under ``torch.autocast("cpu", dtype=torch.bfloat16)``, PyTorch's
+                      mixed precision: the same rounding of the matmul operands, for a fair comparison.
 
 Method: every system is warmed up (all its shapes compiled) before timing; then each round runs every
 system on the same batches, in an order rotated by one each round; a JAX segment that follows a
@@ -52,8 +57,10 @@ SYSTEMS = (
     "torch_per_node",
     "torch_level",
     "torch_level_sparse",
+    "funcnet_level_bf16",
+    "torch_level_sparse_bf16",
 )
-SPARSE_SYSTEMS = ("funcnet_level", "torch_level_sparse")  # row-sparse embedding updates
+SPARSE_SYSTEMS = ("funcnet_level", "torch_level_sparse", "funcnet_level_bf16", "torch_level_sparse_bf16")
 EMBED, HIDDEN, CLASSES, BATCH, LEARNING_RATE, WIDTH = 300, 150, 5, 25, 0.05, 24
 SST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sst" / "train.txt"
 
@@ -88,7 +95,7 @@ def load_trees(seed: int):
 # ---------------------------------------------------------------- funcnet systems
 
 
-def funcnet_level_system(vocab_size: int, seed: int, sparse: bool, unroll: int, example):
+def funcnet_level_system(vocab_size: int, seed: int, sparse: bool, unroll: int, example, compute_dtype: str = ""):
     """``(step, state, traces)``: the experiment's model and the engine's jitted train step (what ``fit`` runs).
 
     ``sentiment_model`` (fn.embed -> fn.tree(fn.binary_tree_lstm_cell) -> fn.dense, no dropout) over one group
@@ -116,7 +123,7 @@ def funcnet_level_system(vocab_size: int, seed: int, sparse: bool, unroll: int, 
     if sparse:
         config["sparse_rows"] = {"embed/embedding": "leaf_tokens"}
     optimizer = make_optimizer(config)
-    model = sentiment_model(vocab_size, EMBED, HIDDEN, dropout=0.0, unroll=unroll)
+    model = sentiment_model(vocab_size, EMBED, HIDDEN, dropout=0.0, unroll=unroll, compute_dtype=compute_dtype)
     mesh = data_mesh(jax.devices()[:1])
     state = create_train_state(
         model, optimizer.transform, jax.random.key(seed), *[example[f] for f in FIELDS], mesh=mesh
@@ -313,7 +320,8 @@ def make_runner(name, epoch, vocab, buckets, timed, seed, scheduled, unroll):
 
     if name.startswith("funcnet_level"):
         batches = {i: jax.device_put(as_group(b)) for i, b in scheduled.items()}
-        step, state, traces = funcnet_level_system(vocab.size, seed, name == "funcnet_level", unroll, batches[0])
+        sparse, mixed = name != "funcnet_level_dense", "bfloat16" if name.endswith("bf16") else ""
+        step, state, traces = funcnet_level_system(vocab.size, seed, sparse, unroll, batches[0], mixed)
         if name == "funcnet_level":  # the dense variant compiles the same programs
             state = count_compilations(name, step, state, batches, traces, buckets)
         return jax_runner(name, step, state, batches, partial(shape_of, batches))
@@ -335,7 +343,7 @@ def make_runner(name, epoch, vocab, buckets, timed, seed, scheduled, unroll):
     import _tree_torch as tt  # beside this script
 
     warnings.filterwarnings("ignore", message="Sparse invariant checks")  # from torch's sparse Adagrad update
-    cell = tt.TreeLSTMCell(vocab.size, EMBED, HIDDEN, CLASSES, sparse=name == "torch_level_sparse")
+    cell = tt.TreeLSTMCell(vocab.size, EMBED, HIDDEN, CLASSES, sparse=name.startswith("torch_level_sparse"))
     if name == "torch_per_node":
         model = tt.PerNode(cell)
         batches, ms = prepare(lambda i: tt.per_node_batch([tt.per_node_tree(t, vocab) for t in epoch[i]]), timed)
@@ -343,7 +351,7 @@ def make_runner(name, epoch, vocab, buckets, timed, seed, scheduled, unroll):
         model = tt.LevelBatched(cell)
         batches, ms = prepare(lambda i: tt.level_batch(epoch[i], vocab), timed)
     emit(figure="host_scheduling", system=name, ms_per_batch_median=ms)
-    return torch_runner(name, tt.make_step(model, LEARNING_RATE), batches)
+    return torch_runner(name, tt.make_step(model, LEARNING_RATE, autocast=name.endswith("bf16")), batches)
 
 
 def warm_up(runner, timed) -> None:
@@ -378,14 +386,15 @@ def report(results, rounds, malloc) -> None:
         ratio = "-" if row["ratio_to_torch_level"] is None else f"{row['ratio_to_torch_level']:.2f}x"
         print(f"{row['system']:<20} {row['trees_per_second']:>10,.1f} {ratio:>15}")
     print(f"malloc: {malloc}; host preparation done ahead (reported above)")
-    targets = {"torch_per_node": 30.0, "torch_level": 2.5, "torch_level_sparse": 1.5}  # issue 5's, for funcnet_level
-    if "funcnet_level" in results:
-        for other, threshold in targets.items():
-            if other in results:
-                pairs = zip(results["funcnet_level"], results[other], strict=True)
-                value = round(statistics.median(a / b for a, b in pairs), 3)
-                target("treelstm", f"funcnet_level/{other} trees/s", value, threshold)
-                print(f"funcnet_level / {other}: {value:.2f}x (target >= {threshold}x)")
+    targets = {"torch_per_node": 30.0, "torch_level": 2.5, "torch_level_sparse": 1.5}  # issue 5's
+    pairs = [("funcnet_level", other, threshold) for other, threshold in targets.items()]
+    pairs += [("funcnet_level_bf16", other, threshold) for other, threshold in targets.items()]
+    pairs += [("funcnet_level_bf16", "torch_level_sparse_bf16", 1.5)]  # both in mixed precision
+    for mine, other, threshold in pairs:
+        if mine in results and other in results:
+            value = round(statistics.median(a / b for a, b in zip(results[mine], results[other], strict=True)), 3)
+            target("treelstm", f"{mine}/{other} trees/s", value, threshold)
+            print(f"{mine} / {other}: {value:.2f}x (target >= {threshold}x)")
 
 
 def main(argv=None) -> int:

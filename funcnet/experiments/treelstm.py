@@ -31,6 +31,7 @@ import optax
 import funcnet as fn
 from funcnet.core import Model, apply_child, init_child
 from funcnet.datasets import sentiment_language
+from funcnet.precision import compute_dtype_of
 from funcnet.trees import Vocabulary, parse_tree, read_trees
 
 from ..train.checkpoint import restore_run
@@ -70,11 +71,16 @@ def data_options(
     """The ``data`` section: an SST-format folder ("" for the synthetic language), its sizes, the scan width."""
 
 
-def model_options(embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1) -> None:
-    """The ``model`` section: embedding and Tree-LSTM sizes, dropout on leaf inputs and node states, scan unroll."""
+def model_options(
+    embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1, compute_dtype: str = ""
+) -> None:
+    """The ``model`` section: embedding and Tree-LSTM sizes, dropout on leaf inputs and node states, scan unroll,
+    and the Tree-LSTM's matmul dtype (``"bfloat16"``: mixed precision, see ``funcnet.precision``; ``""``: float32)."""
 
 
-def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1) -> Model:
+def sentiment_model(
+    vocab_size: int, embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1, compute_dtype: str = ""
+) -> Model:
     """A Model over grouped tree batches: ``apply(params, state, *[batch[f] for f in FIELDS])`` -> logits [G, R, 5].
 
     >>> import jax
@@ -90,7 +96,7 @@ def sentiment_model(vocab_size: int, embed: int = 64, hidden: int = 64, dropout:
     """
     children = {
         "embed": fn.embed(vocab_size, embed),
-        "tree": fn.tree(fn.binary_tree_lstm_cell(hidden), unroll=unroll),
+        "tree": fn.tree(fn.binary_tree_lstm_cell(hidden, compute_dtype=compute_dtype or None), unroll=unroll),
         "drop": fn.dropout(dropout),
         "head": fn.dense(5),
     }
@@ -185,6 +191,10 @@ def resolve_config(preset: str = "default", overrides: list[str] = ()) -> dict[s
     config = apply_overrides(merge_configs(_BASE, PRESETS[preset]), overrides)
     check_arguments(data_options, config["data"], "data", "data")
     check_arguments(model_options, config["model"], "model", "model")
+    try:
+        compute_dtype_of("model", config["model"].get("compute_dtype") or None)
+    except TypeError as e:
+        raise ConfigError("model.compute_dtype", str(e).split(": ", 1)[1]) from None
     config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
     make_optimizer(config["optimizer"])
     return config

@@ -35,6 +35,7 @@ from jax import lax
 
 from ..core import Model
 from ..errors import DTypeError, ParamsError, ShapeError, check_array, check_floating, check_rank, describe
+from ..precision import round_weights
 from .tree_cells import TreeCarry, TreeCell
 
 
@@ -166,9 +167,10 @@ def _fast_forward(cell: TreeCell, num_leaves: int, unroll: int | bool, params, b
     """The steps through ``cell.pre``/``cell.post``: the final buffers, every step's ``z`` and the child rows read."""
     children, child_mask, internal_mask = schedule
     present = _present(children, child_mask, buffers[0].shape[0])
+    weights = round_weights(params, cell.compute_dtype)  # once: XLA would convert them in every step
 
     def node(kids, _):
-        z = cell.pre(params, kids)
+        z = cell.pre(weights, kids)
         return cell.post(z, kids), z
 
     out, zs = _scan_steps(node, num_leaves, unroll, buffers, present, internal_mask, None)
@@ -214,6 +216,7 @@ def _internal_bwd(cell, num_leaves, unroll, residuals, cotangents):
         for d in cotangents
     )
     link_of = parent_of[num_leaves : num_leaves + slots].reshape(steps, width)
+    weights = round_weights(params, cell.compute_dtype)
 
     def step(passed, xs):
         kids_of, own_h, own_c, link, s, z = xs
@@ -221,7 +224,7 @@ def _internal_bwd(cell, num_leaves, unroll, residuals, cotangents):
         kids = TreeCarry(*(jnp.take(a, kids_of, axis=0, mode="clip") for a in (h, c)))
         out, post_vjp = jax.vjp(cell.post, z, kids)
         d_z, d_kids = post_vjp(TreeCarry(*(d.astype(o.dtype) for d, o in zip(d_rows, out, strict=True))))
-        d_kids_h = jax.vjp(lambda k: cell.pre(params, k), kids)[1](d_z)[0].h  # linear: its forward is dead code
+        d_kids_h = jax.vjp(lambda k: cell.pre(weights, k), kids)[1](d_z)[0].h  # linear: its forward is dead code
         written = tuple(
             lax.dynamic_update_slice(p, d.reshape(width * arity, hidden).astype(p.dtype), (s * width * arity, 0))
             for p, d in zip(passed, (d_kids.h + d_kids_h, d_kids.c), strict=True)

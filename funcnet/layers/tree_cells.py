@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from .. import initializers
 from ..errors import ShapeError, check_floating, check_params, check_rank, describe
 from ..initializers import Initializer
+from ..precision import compute_dtype_of, matmul
 
 
 class TreeCarry(NamedTuple):
@@ -50,6 +51,8 @@ class TreeCell(NamedTuple):
         params for fixed kids; row-wise) and ``post(z, kids)`` the elementwise rest, without params.
         ``tree`` then saves ``z`` instead of recomputing it and computes the params' gradient in one
         batched call. The built-in cells provide them.
+      compute_dtype: the dtype of the cell's matmul operands (``None``: the params' own dtype);
+        ``tree`` rounds the weights to it once, before its loop (see ``funcnet.precision``).
 
     Example (a two-leaf tree by hand):
       >>> import jax, jax.numpy as jnp
@@ -69,6 +72,7 @@ class TreeCell(NamedTuple):
     name: str = "tree_cell"
     pre: Callable[..., Any] | None = None
     post: Callable[..., Any] | None = None
+    compute_dtype: Any = None
 
 
 def _blocks(initializer: Initializer, key: jax.Array, shape: tuple[int, ...], count: int, dtype: Any) -> jax.Array:
@@ -95,7 +99,7 @@ def _masked(children: TreeCarry, child_mask: jax.Array) -> TreeCarry:
     return TreeCarry(*(jnp.where(keep, a, jnp.zeros_like(a)) for a in children))
 
 
-def _make_cell(name, hidden, arity, shapes, init_params, leaf, pre, post, dtype) -> TreeCell:
+def _make_cell(name, hidden, arity, shapes, init_params, leaf, pre, post, dtype, compute_dtype) -> TreeCell:
     """Wraps the equations with input validation; ``shapes(F)`` gives every param's shape."""
     if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
         raise ValueError(f"{name}: hidden must be a positive int, got {hidden!r}")
@@ -128,7 +132,7 @@ def _make_cell(name, hidden, arity, shapes, init_params, leaf, pre, post, dtype)
         kids = _masked(children, child_mask)
         return post(pre(params, kids), kids)
 
-    return TreeCell(init, checked_leaf, checked_node, hidden, arity, name, pre, post)
+    return TreeCell(init, checked_leaf, checked_node, hidden, arity, name, pre, post, compute_dtype)
 
 
 def binary_tree_lstm_cell(
@@ -139,6 +143,7 @@ def binary_tree_lstm_cell(
     kernel_init: Initializer | None = None,
     recurrent_init: Initializer | None = None,
     dtype: Any = None,
+    compute_dtype: Any = None,
 ) -> TreeCell:
     """The N-ary (binary for ``arity=2``) Tree-LSTM of Tai et al. 2015 (eq. 9-14), children ordered.
 
@@ -161,6 +166,8 @@ def binary_tree_lstm_cell(
       kernel_init: initializer of ``w_leaf``'s blocks.
       recurrent_init: initializer of ``u``'s blocks.
       dtype: params dtype; defaults to the input's.
+      compute_dtype: matmul operand dtype, e.g. ``"bfloat16"`` (mixed precision: float32 products,
+        params, states and gradients; reverse mode only); ``None``: the params' dtype.
 
     Returns:
       A TreeCell named ``"binary_tree_lstm"`` with params ``w_leaf: [F, 3H]``, ``u: [K, H, (3+K)H]``
@@ -175,6 +182,7 @@ def binary_tree_lstm_cell(
     kernel_init = kernel_init or initializers.glorot_uniform()
     recurrent_init = recurrent_init or initializers.orthogonal()
     H, K = hidden, arity
+    cd = compute_dtype_of("binary_tree_lstm", compute_dtype)
 
     def shapes(f):
         return {"w_leaf": None if f is None else (f, 3 * H), "u": (K, H, (3 + K) * H), "b": ((3 + K) * H,)}
@@ -186,17 +194,22 @@ def binary_tree_lstm_cell(
         return {"w_leaf": _blocks(kernel_init, k_leaf, (f, H), 3, dt), "u": u, "b": b}
 
     def leaf(params, x):
-        return _lstm_out(x @ params["w_leaf"] + _row(params["b"][: 3 * H], x), None, None)
+        return _lstm_out(matmul(x, params["w_leaf"], cd) + _row(params["b"][: 3 * H], x), None, None)
 
     def pre(params, kids):
         flat = kids.h.reshape((*kids.h.shape[:-2], K * H))
-        return flat @ params["u"].reshape((K * H, -1)) + _row(params["b"], flat)
+        return matmul(flat, params["u"].reshape((K * H, -1)), cd) + _row(params["b"], flat)
 
     def post(z, kids):
-        f = _sigmoid(z[..., 3 * H :].reshape(kids.c.shape))
-        return _lstm_out(z[..., : 3 * H], f, kids.c)
+        # One split into the 3 + K gate blocks (its transpose is one concatenate, where slices would give
+        # a pad per block) and the forget terms added one child at a time (no reduction over K).
+        z_i, z_o, z_g, *z_f = jnp.split(z, 3 + K, axis=-1)
+        c = _sigmoid(z_i) * jnp.tanh(z_g)
+        for k, z_fk in enumerate(z_f):
+            c = c + _sigmoid(z_fk) * kids.c[..., k, :]
+        return TreeCarry(_sigmoid(z_o) * jnp.tanh(c), c)
 
-    return _make_cell("binary_tree_lstm", H, K, shapes, init_params, leaf, pre, post, dtype)
+    return _make_cell("binary_tree_lstm", H, K, shapes, init_params, leaf, pre, post, dtype, cd)
 
 
 def _lstm_out(z: jax.Array, f: jax.Array | None, c_kids: jax.Array | None) -> TreeCarry:
@@ -215,6 +228,7 @@ def child_sum_tree_lstm_cell(
     kernel_init: Initializer | None = None,
     recurrent_init: Initializer | None = None,
     dtype: Any = None,
+    compute_dtype: Any = None,
 ) -> TreeCell:
     """The child-sum Tree-LSTM of Tai et al. 2015 (eq. 2-7): any number of unordered children.
 
@@ -232,6 +246,8 @@ def child_sum_tree_lstm_cell(
       kernel_init: initializer of ``w_leaf``'s ``[F, H]`` blocks (Glorot uniform).
       recurrent_init: initializer of the ``[H, H]`` blocks of ``u`` and ``u_f`` (orthogonal).
       dtype: params dtype; defaults to the input's.
+      compute_dtype: matmul operand dtype, e.g. ``"bfloat16"`` (mixed precision: float32 products,
+        params, states and gradients; reverse mode only); ``None``: the params' dtype.
 
     Returns:
       A TreeCell named ``"child_sum_tree_lstm"`` (``arity=None``) with params ``w_leaf: [F, 3H]``,
@@ -248,6 +264,7 @@ def child_sum_tree_lstm_cell(
     kernel_init = kernel_init or initializers.glorot_uniform()
     recurrent_init = recurrent_init or initializers.orthogonal()
     H = hidden
+    cd = compute_dtype_of("child_sum_tree_lstm", compute_dtype)
 
     def shapes(f):
         return {"w_leaf": None if f is None else (f, 3 * H), "u": (H, 3 * H), "u_f": (H, H), "b": (4 * H,)}
@@ -262,18 +279,18 @@ def child_sum_tree_lstm_cell(
         }
 
     def leaf(params, x):
-        return _lstm_out(x @ params["w_leaf"] + _row(params["b"][: 3 * H], x), None, None)
+        return _lstm_out(matmul(x, params["w_leaf"], cd) + _row(params["b"][: 3 * H], x), None, None)
 
     def pre(params, kids):
         h_sum = kids.h.sum(-2)
-        z = h_sum @ params["u"] + _row(params["b"][: 3 * H], h_sum)
-        return z, kids.h @ params["u_f"] + _row(params["b"][3 * H :], kids.h)
+        z = matmul(h_sum, params["u"], cd) + _row(params["b"][: 3 * H], h_sum)
+        return z, matmul(kids.h, params["u_f"], cd) + _row(params["b"][3 * H :], kids.h)
 
     def post(z, kids):
         z, z_f = z
         return _lstm_out(z, _sigmoid(z_f), kids.c)  # absent children have c_k = 0, so their f_k drops out
 
-    return _make_cell("child_sum_tree_lstm", H, None, shapes, init_params, leaf, pre, post, dtype)
+    return _make_cell("child_sum_tree_lstm", H, None, shapes, init_params, leaf, pre, post, dtype, cd)
 
 
 def tree_rnn_cell(
@@ -284,6 +301,7 @@ def tree_rnn_cell(
     kernel_init: Initializer | None = None,
     recurrent_init: Initializer | None = None,
     dtype: Any = None,
+    compute_dtype: Any = None,
 ) -> TreeCell:
     """The plain recursive network (Socher et al. 2011): ``h = act(x @ w_leaf + sum_k h_k @ u[k] + b)``.
 
@@ -296,6 +314,8 @@ def tree_rnn_cell(
       kernel_init: initializer of ``w_leaf: [F, H]`` (Glorot uniform).
       recurrent_init: initializer of each ``u[k]: [H, H]`` (orthogonal).
       dtype: params dtype; defaults to the input's.
+      compute_dtype: matmul operand dtype, e.g. ``"bfloat16"`` (mixed precision: float32 products,
+        params, states and gradients; reverse mode only); ``None``: the params' dtype.
 
     Returns:
       A TreeCell named ``"tree_rnn"`` with params ``w_leaf: [F, H]``, ``u: [K, H, H]``, ``b: [H]``.
@@ -311,6 +331,7 @@ def tree_rnn_cell(
     kernel_init = kernel_init or initializers.glorot_uniform()
     recurrent_init = recurrent_init or initializers.orthogonal()
     H, K = hidden, arity
+    cd = compute_dtype_of("tree_rnn", compute_dtype)
 
     def shapes(f):
         return {"w_leaf": None if f is None else (f, H), "u": (K, H, H), "b": (H,)}
@@ -321,16 +342,16 @@ def tree_rnn_cell(
         return {"w_leaf": _blocks(kernel_init, k_leaf, (f, H), 1, dt), "u": u, "b": jnp.zeros((H,), dt)}
 
     def leaf(params, x):
-        h = activation(x @ params["w_leaf"] + _row(params["b"], x))
+        h = activation(matmul(x, params["w_leaf"], cd) + _row(params["b"], x))
         return TreeCarry(h, jnp.zeros_like(h))
 
     def pre(params, kids):
         flat = kids.h.reshape((*kids.h.shape[:-2], K * H))
-        return flat @ params["u"].reshape((K * H, H)) + _row(params["b"], flat)
+        return matmul(flat, params["u"].reshape((K * H, H)), cd) + _row(params["b"], flat)
 
     def post(z, kids):
         del kids
         h = activation(z)
         return TreeCarry(h, jnp.zeros_like(h))
 
-    return _make_cell("tree_rnn", H, K, shapes, init_params, leaf, pre, post, dtype)
+    return _make_cell("tree_rnn", H, K, shapes, init_params, leaf, pre, post, dtype, cd)
