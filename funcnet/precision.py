@@ -52,12 +52,13 @@ def matmul(a: jax.Array, w: jax.Array, compute_dtype: Any = None) -> jax.Array:
     Args:
       a: ``[..., F]``, floating.
       w: ``[F, N]``, floating (may already be in ``compute_dtype``: see ``round_weights``).
-      compute_dtype: the operands' dtype for the product (e.g. ``jnp.bfloat16``), or ``None`` for ``a @ w``.
+      compute_dtype: the operands' dtype for the product (e.g. ``jnp.bfloat16``); ``None``, or the dtype
+        both operands already have, gives ``a @ w``.
 
     Returns:
       ``[..., N]`` in ``a``'s dtype. Reverse-mode differentiable (``jax.grad``, ``jax.vjp``): the
       cotangent is rounded to ``compute_dtype`` and both gradient products accumulate in float32.
-      Forward mode (``jax.jvp``) needs ``compute_dtype=None``.
+      Forward mode (``jax.jvp``) needs plain products (``compute_dtype=None``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -65,8 +66,8 @@ def matmul(a: jax.Array, w: jax.Array, compute_dtype: Any = None) -> jax.Array:
       >>> jax.grad(lambda w: matmul(a, w, jnp.bfloat16).sum())(w).dtype  # float32 gradients
       dtype('float32')
     """
-    if compute_dtype is None:
-        return a @ w
+    if compute_dtype is None or jnp.dtype(compute_dtype) == jnp.result_type(a, w):
+        return a @ w  # nothing to round: the plain product, differentiable in both modes
     return _mixed(a, w, jnp.dtype(compute_dtype))
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
-PEERS = {"flax": "flax", "haiku": "haiku", "equinox": "equinox", "torch": "torch"}  # system -> module it needs
+# system -> the module it needs
+PEERS = {"flax": "flax", "haiku": "haiku", "equinox": "equinox", "torch": "torch", "torch_bf16": "torch"}
 INSTALL_HINT = "pip install -e '.[bench]'"
 SETTLE_SECONDS = 0.05
 

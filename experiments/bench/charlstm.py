@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     python experiments/bench/charlstm.py            # 2.5 min measured at load 4 on 2 cores
-    python experiments/bench/charlstm.py --quick    # ~25 s at load 1.5, noisy
+    python experiments/bench/charlstm.py --quick    # ~26 s at load 0.6 (8 systems), noisy
     python experiments/bench/charlstm.py --systems funcnet,jax,torch --rounds 10
 
 Workload: vocabulary 65, embedding 64, one LSTM layer of 256, sequences of 100, batch 32, next-character
@@ -25,6 +25,16 @@ Systems, each written the way that library's users write it:
            eqx.filter_value_and_grad, eqx.filter_jit(donate="all-except-first") with the batch first
   torch    nn.Embedding, nn.LSTM(batch_first=True) (oneDNN's fused LSTM on CPU), nn.Linear,
            F.cross_entropy, torch.optim.Adam; threads = cores
+  funcnet_bf16  funcnet's model with mixed precision: fn.lstm_cell(256, compute_dtype="bfloat16") and
+           fn.dense(65, compute_dtype="bfloat16") (funcnet.precision: matmul operands rounded to bfloat16,
+           float32 products); params, states, gradients, loss and Adam stay float32
+  torch_bf16  the torch system under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's mixed precision
+           (its LSTM and Linear take bfloat16 operands; the loss and Adam stay float32): the fair peer of
+           funcnet_bf16. Mixed systems start from the same weights; their losses differ from float32 by
+           bfloat16 rounding (~1e-6 relative at this near-uniform start), checked to 1e-2.
+
+Targets (issue 6): funcnet/jax >= 1.35 and funcnet/torch >= 0.8 tokens/s; the same two for funcnet_bf16,
+and funcnet_bf16/torch_bf16 >= 0.8 (both mixed).
 
 Every JAX system donates its training state to the step. Method: see _common.py.
 """
@@ -38,10 +48,17 @@ from functools import partial
 import _common as common
 import _peers as peers
 
-SYSTEMS = ("funcnet", "jax", "flax", "haiku", "equinox", "torch")
+SYSTEMS = ("funcnet", "jax", "flax", "haiku", "equinox", "torch", "funcnet_bf16", "torch_bf16")
 VOCAB, EMBED, HIDDEN, SEQUENCE, BATCH, LEARNING_RATE = 65, 64, 256, 100, 32, 2e-3
 NUM_BATCHES = 8
 LOSS_AFTER = 3  # every system's loss is also reported after this many steps (same data, same init)
+TARGETS = (  # issue 6: (system, other, threshold on system/other tokens/s)
+    ("funcnet", "jax", 1.35),
+    ("funcnet", "torch", 0.8),
+    ("funcnet_bf16", "jax", 1.35),
+    ("funcnet_bf16", "torch", 0.8),
+    ("funcnet_bf16", "torch_bf16", 0.8),
+)
 
 
 def make_data(seed: int, num_batches: int = NUM_BATCHES):
@@ -83,10 +100,14 @@ def gates(w, order: str):
 # ---------------------------------------------------------------- systems
 
 
-def funcnet_model():
+def funcnet_model(compute_dtype=None):
     import funcnet as fn
 
-    return fn.serial(embed=fn.embed(VOCAB, EMBED), lstm=fn.rnn(fn.lstm_cell(HIDDEN)), head=fn.dense(VOCAB))
+    return fn.serial(
+        embed=fn.embed(VOCAB, EMBED),
+        lstm=fn.rnn(fn.lstm_cell(HIDDEN, compute_dtype=compute_dtype)),
+        head=fn.dense(VOCAB, compute_dtype=compute_dtype),
+    )
 
 
 def funcnet_loss(logits, batch):
@@ -104,24 +125,23 @@ def funcnet_params(w):
     }
 
 
-def build_funcnet(batches, weights, seed):
+def build_funcnet(batches, weights, seed, compute_dtype=None):
     import jax
     import numpy as np
     import optax
 
     from funcnet.train.state import batch_sharded
 
+    name = "funcnet" if compute_dtype is None else "funcnet_bf16"
     optimizer = optax.adam(LEARNING_RATE)
-    model = funcnet_model()
+    model = funcnet_model(compute_dtype)
     step, state, mesh, init = peers.funcnet_train(
-        model, funcnet_loss, optimizer, batches[0][0], funcnet_params(weights), seed
+        model, funcnet_loss, optimizer, batches[0][0], funcnet_params(weights), seed, name
     )
     sharding = batch_sharded(mesh)
     data = [jax.device_put({"x": x, "y": y, "mask": np.ones(BATCH, np.float32)}, sharding) for x, y in batches]
-    system = peers.jax_system(
-        "funcnet", step, state, data, cache_size=step.jitted._cache_size, loss_of=lambda m: m["loss"]
-    )
-    return system, init
+    system = peers.jax_system(name, step, state, data, cache_size=step.jitted._cache_size, loss_of=lambda m: m["loss"])
+    return system, (init if compute_dtype is None or init != "shared" else "shared, bf16")
 
 
 def jax_step(weights):
@@ -314,7 +334,9 @@ def build_equinox(batches, weights, seed):
     return peers.jax_system("equinox", step, state, data, cache_size=update._cached._cache_size), init
 
 
-def build_torch(batches, weights, seed, device):
+def build_torch(batches, weights, seed, device, autocast=False):
+    import contextlib
+
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -346,19 +368,26 @@ def build_torch(batches, weights, seed, device):
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in values.items()})
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
+    def mixed():  # PyTorch's mixed precision: bfloat16 operands for the LSTM and Linear, float32 weights
+        return torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+        with mixed():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1))
         loss.backward()
         optimizer.step()
         return loss
 
     data = [tuple(torch.from_numpy(a).long().to(device) for a in batch) for batch in batches]
-    return peers.torch_system("torch", step, data, device), "shared"
+    name = "torch_bf16" if autocast else "torch"
+    return peers.torch_system(name, step, data, device), ("shared, bf16" if autocast else "shared")
 
 
 BUILDERS = {
     "funcnet": build_funcnet,
+    "funcnet_bf16": partial(build_funcnet, compute_dtype="bfloat16"),
     "jax": build_jax,
     "flax": build_flax,
     "haiku": build_haiku,
@@ -397,6 +426,7 @@ def main(argv=None) -> int:
         steps_range=(2, 200),
         per_step=BATCH * SEQUENCE,
         unit="tokens/s",
+        ratio_targets=TARGETS,
     )
     return 0
 

@@ -40,7 +40,13 @@ class CharLM(NamedTuple):
 
 
 def char_lm(
-    vocab_size: int, embed: int = 64, hidden: int = 256, layers: int = 1, dropout: float = 0.0, unroll: int = 1
+    vocab_size: int,
+    embed: int = 64,
+    hidden: int = 256,
+    layers: int = 1,
+    dropout: float = 0.0,
+    unroll: int = 1,
+    compute_dtype: Any = None,
 ) -> CharLM:
     """Builds the language model.
 
@@ -51,6 +57,8 @@ def char_lm(
       layers: stacked LSTM layers.
       dropout: drop probability between layers and before the output layer (training only).
       unroll: ``lax.scan`` unroll of the time loop.
+      compute_dtype: the LSTMs' and the output layer's matmul operand dtype (``"bfloat16"``: mixed
+        precision, see ``funcnet.precision``; ``None`` or ``""``: float32 throughout).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -60,12 +68,12 @@ def char_lm(
       >>> logits.shape, state["carry"][0].h.shape
       ((2, 5, 10), (2, 8))
     """
-    cells = [fn.lstm_cell(hidden) for _ in range(layers)]
+    cells = [fn.lstm_cell(hidden, compute_dtype=compute_dtype) for _ in range(layers)]
     children = {
         "embed": fn.embed(vocab_size, embed),
         "rnn": fn.stacked_rnn(cells, dropout=dropout, return_carry=True, unroll=unroll),
         "drop": fn.dropout(dropout),
-        "head": fn.dense(vocab_size),
+        "head": fn.dense(vocab_size, compute_dtype=compute_dtype),
     }
 
     def initial_carry(batch_size: int):

@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 
+from funcnet.precision import compute_dtype_of
 from funcnet.train.checkpoint import restore_run
 from funcnet.train.cli import write_json
 from funcnet.train.components import ConfigError, check_arguments
@@ -88,8 +89,11 @@ def data_options(path: str = "", seq_len: int = 64, eval_seq_len: int = 256) -> 
     """The ``data`` section: a text file or folder ("" for the default corpus) and chunk lengths."""
 
 
-def model_options(embed: int = 64, hidden: int = 256, layers: int = 1, dropout: float = 0.0, unroll: int = 1) -> None:
-    """The ``model`` section: the arguments of ``charlm.char_lm`` (the vocabulary size comes from the data)."""
+def model_options(
+    embed: int = 64, hidden: int = 256, layers: int = 1, dropout: float = 0.0, unroll: int = 1, compute_dtype: str = ""
+) -> None:
+    """The ``model`` section: the arguments of ``charlm.char_lm`` (the vocabulary size comes from the data);
+    ``compute_dtype = "bfloat16"`` runs the matmuls in mixed precision (``funcnet.precision``), ``""`` in float32."""
 
 
 def sample_options(length: int = 400, temperature: float = 0.8, prime: str = "", seed: int = 0) -> None:
@@ -113,6 +117,10 @@ def resolve_config(preset: str = "default", file: str | None = None, overrides: 
         raise ConfigError(unknown[0], f"unknown section; the sections are {sorted(_BASE)}")
     for section, options in (("data", data_options), ("model", model_options), ("sample", sample_options)):
         check_arguments(options, config[section], section, section)
+    try:
+        compute_dtype_of("model", config["model"].get("compute_dtype") or None)
+    except TypeError as e:
+        raise ConfigError("model.compute_dtype", str(e).split(": ", 1)[1]) from None
     config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
     if config["trainer"]["shuffle"]:
         raise ConfigError("trainer.shuffle", "must be false: batches continue each text stream (TBPTT)")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from .. import initializers
 from ..errors import ParamsError, ShapeError, check_floating, check_last_axis, check_params, check_rank, describe
 from ..initializers import Initializer
+from ..precision import compute_dtype_of, matmul
 from .lstm_scan import lstm_scan
 
 
@@ -236,6 +237,7 @@ def lstm_cell(
     kernel_init: Initializer | None = None,
     recurrent_init: Initializer | None = None,
     dtype: Any = None,
+    compute_dtype: Any = None,
 ) -> Cell:
     """The LSTM cell (Hochreiter & Schmidhuber 1997, with a forget gate), gates in the order i, f, g, o.
 
@@ -257,11 +259,17 @@ def lstm_cell(
       kernel_init: initializer of each gate's ``[features, hidden]`` block of ``w_ih`` (Glorot uniform).
       recurrent_init: initializer of each gate's ``[hidden, hidden]`` block of ``w_hh`` (orthogonal).
       dtype: params dtype; defaults to the input's dtype.
+      compute_dtype: the matmuls' operand dtype, e.g. ``"bfloat16"``: mixed precision, products,
+        states, params and gradients in the params' dtype (``funcnet.precision``; reverse-mode
+        derivatives only). ``None``: plain matmuls in the params' dtype.
 
     Returns:
       A Cell named ``"lstm"`` with params ``w_ih: [features, 4H]``, ``w_hh: [H, 4H]``, ``b: [4H]``
       and carry ``LSTMCarry(h, c)``. Its ``scan`` is ``funcnet.layers.lstm_scan.lstm_scan``: ``rnn``
       runs the whole sequence with it, whose gradient is much cheaper than autodiff of the scanned step.
+
+    Raises:
+      TypeError: ``compute_dtype`` is not a floating dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -271,9 +279,11 @@ def lstm_cell(
       ((5, 12), (3, 12), [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     """
 
+    cd = compute_dtype_of("lstm", compute_dtype)
+
     def step(params, carry, x):
         h, c = carry
-        z = x @ params["w_ih"] + h @ params["w_hh"]
+        z = matmul(x, params["w_ih"], cd) + matmul(h, params["w_hh"], cd)
         if use_bias:
             z = z + _bias(params["b"], z)
         z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
@@ -286,7 +296,7 @@ def lstm_cell(
         return {"b": jnp.concatenate([zeros, jnp.full((hidden,), forget_bias, dt), zeros, zeros])}
 
     def sequence(params, xs, carry, lengths, reverse, unroll):
-        ys, (h, c) = lstm_scan(params, xs, tuple(carry), lengths, reverse=reverse, unroll=unroll)
+        ys, (h, c) = lstm_scan(params, xs, tuple(carry), lengths, reverse=reverse, unroll=unroll, compute_dtype=cd)
         return LSTMCarry(h, c), ys
 
     return _gated_cell(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -9,6 +11,7 @@ from .. import initializers
 from ..core import Model
 from ..errors import ParamsError, check_floating, check_last_axis, check_params, check_rank, describe
 from ..initializers import Initializer
+from ..precision import compute_dtype_of, matmul
 
 
 def dense(
@@ -18,6 +21,7 @@ def dense(
     kernel_init: Initializer | None = None,
     bias_init: Initializer | None = None,
     dtype: jnp.dtype | None = None,
+    compute_dtype: Any = None,
 ) -> Model:
     """A dense layer mapping ``[..., in]`` to ``[..., features]``; ``in`` is inferred at init.
 
@@ -28,6 +32,9 @@ def dense(
         use ``initializers.he_normal()`` before a ReLU).
       bias_init: initializer of the bias (zeros by default).
       dtype: params dtype; defaults to the input's dtype.
+      compute_dtype: the matmul's operand dtype, e.g. ``"bfloat16"``: mixed precision, the product
+        accumulated and returned in the input's dtype, params and gradients in their own
+        (``funcnet.precision``; reverse-mode derivatives only). ``None``: ``x @ kernel`` as is.
 
     Returns:
       A Model with params ``{"kernel": [in, features], "bias": [features]}``.
@@ -35,6 +42,7 @@ def dense(
     Raises:
       ShapeError: the input is a scalar, or its last axis differs from the kernel's.
       DTypeError: the input is not floating point (token ids need ``embed`` first).
+      TypeError: ``compute_dtype`` is not a floating dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp, funcnet as fn
@@ -47,6 +55,7 @@ def dense(
         raise ValueError(f"dense: features must be a positive int, got {features!r}")
     kernel_init = kernel_init or initializers.glorot_uniform()
     bias_init = bias_init or initializers.zeros()
+    cd = compute_dtype_of("dense", compute_dtype)
 
     def init(key, x):
         check_rank("dense", x, 1)
@@ -70,7 +79,7 @@ def dense(
             )
         check_floating("dense", x)
         check_last_axis("dense", x, kernel.shape[0])
-        y = jnp.matmul(x, kernel)
+        y = matmul(x, kernel, cd)
         if use_bias:
             y = y + params["bias"].reshape((1,) * (y.ndim - 1) + (-1,))
         return y, state

@@ -21,11 +21,29 @@ whose only per-step matmul is ``dz_t @ w_hh^T``, then the whole-sequence weight 
 mode (``jax.jvp``, ``jax.jacfwd``, forward-over-reverse Hessians) keeps working, which a
 ``custom_vjp`` would forbid. Higher derivatives differentiate the rule itself (correct, not fast).
 
+Mixed precision (``compute_dtype``, e.g. bfloat16; see ``funcnet.precision``) takes another route,
+a ``jax.custom_vjp`` (reverse mode only). Every matmul, in the loops and over the whole sequence,
+runs on operands rounded to ``compute_dtype`` (the weights once, before the loops) with products in
+the working dtype (float32); states, gates and gradients stay in it. On CPUs with AMX such matmuls
+run 2-7x faster, which makes the rest of the step count, so this path also saves work around them:
+
+- The forward loop saves, instead of the gates, the factors that the backward step multiplies
+  (``dz_t = [gc, gc, gc, gh] * factors_t``, see ``_mixed_backward``): the backward step is one
+  multiply, one matmul and a few adds.
+- The forward loop writes ``factors_t`` over ``zx_t`` (the input projection, already read), and
+  the backward loop writes ``dz_t`` over ``factors_t``: no ``[T, B, 4H]`` buffer is zero-filled.
+- The forward loop writes ``h_{t-1}`` transposed into ``[H, T, B]``, so the recurrent-weight
+  gradient after the loop is a bfloat16 matmul on the row-major operands the CPU kernels take.
+- No bfloat16 array is written one step at a time (XLA's CPU backend would convert the whole
+  ``[T, ...]`` buffer to float32 and back at every step): the saved arrays are rounded after the loops.
+
 Shapes: ``B`` batch, ``T`` time, ``F`` input features, ``H`` hidden units. The loops run over
-time; the whole-sequence matmuls use batch-major ``[B * T, .]`` rows (a reshape of ``[B, T, .]``),
-so a batch sharded over devices stays sharded (merging a sharded batch axis under the time axis
-would gather it), and the loops read and write those batch-major arrays in place, one time
-slice per step, so the derivative needs no transpose of a ``[T, B, 4H]`` array either.
+time. The plain path's whole-sequence matmuls use batch-major ``[B * T, .]`` rows (a reshape of
+``[B, T, .]``), so a batch sharded over devices stays sharded (merging a sharded batch axis under
+the time axis would gather it), and its loops read and write those batch-major arrays in place, one
+time slice per step, so the derivative needs no transpose of a ``[T, B, 4H]`` array either. The
+mixed path works time-major and contracts the ``(T, B)`` axes in ``dot_general`` without a reshape,
+which keeps a sharded batch sharded too.
 """
 
 from __future__ import annotations
@@ -37,6 +55,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+
+from ..precision import compute_dtype_of
 
 
 class _Saved(NamedTuple):
@@ -57,6 +77,20 @@ def _gate_affine(hidden: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
     return jnp.concatenate([half, half, one, half])[None], jnp.concatenate([half, half, zero, half])[None]
 
 
+def _update(pre, h, c, v, scale, shift):
+    """One step from its pre-activations ``pre: [B, 4H]``: the gates ``(i, f, g, o)``, ``c'``, ``tanh(c')``
+    and ``h'``; where ``v`` (``[B]`` or None) is False the state is frozen (past a sequence's end)."""
+    a = jnp.tanh(pre * scale) * scale + shift  # [B, 4H]: i, f, g, o
+    i, f, g, o = jnp.split(a, 4, axis=1)
+    c_new = f * c + i * g
+    tanh_c = jnp.tanh(c_new)
+    h_new = o * tanh_c
+    if v is not None:
+        h_new = jnp.where(v[:, None], h_new, h)
+        c_new = jnp.where(v[:, None], c_new, c)
+    return (i, f, g, o), c_new, tanh_c, h_new
+
+
 def _forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, save):
     """The recurrence on ``xs: [B, T, F]``; returns ``ys [B, T, H]``, the final ``h, c`` and ``_Saved`` or None."""
     batch, time, features = xs.shape
@@ -69,14 +103,7 @@ def _forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, save):
         h, c = carry
         t, v = inputs if valid is not None else (inputs, None)
         z = lax.dynamic_index_in_dim(zx, t, axis=1, keepdims=False)  # [B, 4H]
-        a = jnp.tanh((z + h @ w_hh + bias) * scale) * scale + shift  # [B, 4H]: i, f, g, o
-        i, f, g, o = jnp.split(a, 4, axis=1)
-        c_new = f * c + i * g
-        tanh_c = jnp.tanh(c_new)
-        h_new = o * tanh_c
-        if v is not None:  # frozen past the end
-            h_new = jnp.where(v[:, None], h_new, h)
-            c_new = jnp.where(v[:, None], c_new, c)
+        (i, f, g, o), c_new, tanh_c, h_new = _update(z + h @ w_hh + bias, h, c, v, scale, shift)
         return (h_new, c_new), (_Saved(h_new, c_new, i, f, g, o, tanh_c) if save else h_new)
 
     steps = jnp.arange(time)
@@ -175,6 +202,118 @@ def _recurrence_jvp(reverse, unroll, primals, tangents):
 
 _recurrence.defjvp(_recurrence_jvp, symbolic_zeros=True)
 
+# ---------------------------------------------------------------- mixed precision: a custom VJP
+
+
+class _MixedSaved(NamedTuple):
+    """What the mixed forward loop keeps for the backward loop, in the working dtype.
+
+    Past a sequence's end the step is the identity: zero factors and ``k``, ``f`` one.
+    """
+
+    factors: jax.Array  # [T, B, 4H]: g i(1-i), c f(1-f), i(1-g^2), tanh(c') o(1-o); zero past the end
+    k: jax.Array  # [T, B, H]: o (1 - tanh(c')^2) = d h' / d c' at fixed o; zero past the end
+    f: jax.Array  # [T, B, H]: forget gate = d c' / d c; one past the end
+    h_prev_t: jax.Array  # [H, T, B]: the carry h before each step, transposed
+
+
+def _low_dot(a: jax.Array, w: jax.Array, contracting: tuple, dtype: Any, out: Any) -> jax.Array:
+    """``dot_general`` on ``a`` and ``w`` rounded to ``dtype`` (no-ops if already), products in ``out``."""
+    dims = (contracting, ((), ()))
+    return lax.dot_general(a.astype(dtype), w.astype(dtype), dims, preferred_element_type=out)
+
+
+def _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save):
+    """``_forward`` with matmuls on ``dtype`` operands; returns ``ys, h, c`` and ``_MixedSaved`` or None."""
+    batch, time, _ = xs.shape
+    hidden, work = w_hh.shape[0], xs.dtype
+    w_hh_low = w_hh.astype(dtype)  # once, outside the loop: XLA would convert it in every step
+    zx = _low_dot(jnp.swapaxes(xs, 0, 1), w_ih, ((2,), (0,)), dtype, work)  # [T, B, 4H]
+    scale, shift = _gate_affine(hidden, work)
+    bias = b[None]
+
+    def step(carry, inputs):
+        h, c, *buffers = carry
+        t, v = inputs if valid is not None else (inputs, None)
+        # Saving, step t overwrites zx[t] (read just here) with its factors, so no [T, B, 4H] buffer
+        # is zero-filled for them, and writes h_{t-1} into column t of h_prev_t.
+        z = lax.dynamic_index_in_dim(buffers[0] if save else zx, t, keepdims=False)
+        pre = z + _low_dot(h, w_hh_low, ((1,), (0,)), dtype, work) + bias
+        (i, f, g, o), c_new, tanh_c, h_new = _update(pre, h, c, v, scale, shift)
+        if not save:
+            return (h_new, c_new), h_new
+        factors = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 1)
+        k = o * (1 - tanh_c * tanh_c)
+        if v is not None:  # the backward step past the end passes dh and dc through: dz = 0, f = 1
+            factors = jnp.where(v[:, None], factors, jnp.zeros_like(factors))
+            k = jnp.where(v[:, None], k, jnp.zeros_like(k))
+            f = jnp.where(v[:, None], f, jnp.ones_like(f))
+        factors_buffer = lax.dynamic_update_index_in_dim(buffers[0], factors, t, 0)
+        h_prev_t = lax.dynamic_update_slice_in_dim(buffers[1], h.T[:, None, :], t, axis=1)
+        return (h_new, c_new, factors_buffer, h_prev_t), (h_new, k, f)
+
+    inputs = jnp.arange(time) if valid is None else (jnp.arange(time), valid)
+    init = (h0, c0, zx, jnp.zeros((hidden, time, batch), work)) if save else (h0, c0)
+    final, out = lax.scan(step, init, inputs, reverse=reverse, unroll=unroll)
+    hs = out[0] if save else out  # [T, B, H]
+    if valid is not None:
+        hs = jnp.where(valid[..., None], hs, jnp.zeros_like(hs))  # outputs exactly zero past the end
+    saved = _MixedSaved(final[2], *out[1:], final[3]) if save else None
+    return jnp.swapaxes(hs, 0, 1), final[0], final[1], saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _mixed_recurrence(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
+    ys, h, c, _ = _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=False)
+    return ys, h, c
+
+
+def _mixed_recurrence_fwd(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
+    ys, h, c, saved = _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=True)
+    low = (jnp.swapaxes(xs, 0, 1).astype(dtype), w_ih.astype(dtype), w_hh.astype(dtype))
+    return (ys, h, c), (saved, low, valid)
+
+
+def _mixed_backward(reverse, unroll, dtype, residuals, cotangents):
+    """The backward loop gives ``dz_t`` (and ``dh, dc``); the weight gradients are matmuls after it.
+
+    With ``gh = dh + dy_t`` the cotangent of ``h_t`` and ``gc = dc + gh k_t`` that of ``c_t``, the
+    pre-activation cotangent is ``dz_t = [gc, gc, gc, gh] * factors_t`` (gates i, f, g, o), and the
+    carry's is ``(dz_t @ w_hh^T, gc f_t)``.
+    """
+    saved, (xs_low, w_ih_low, w_hh_low), valid = residuals
+    dys, dh, dc = cotangents
+    work = dys.dtype
+    w_hh_t = lax.optimization_barrier(w_hh_low.T)  # [4H, H] row-major: the loop's matmul reads it as stored
+
+    def step(carry, inputs):
+        dh, dc, buffer = carry
+        t, dy, k, f, v = inputs if valid is not None else (*inputs, None)
+        gh = dh + dy  # past the end dz = 0 (zero factors), dc passes (k = 0, f = 1), dh passes, dy is dropped
+        gc = dc + gh * k
+        # dz_t overwrites factors_t in place, and the matmul reads it back from the buffer (so that
+        # the buffer's only other reader runs after the write: XLA then copies nothing).
+        dz = jnp.concatenate([gc, gc, gc, gh], 1) * lax.dynamic_index_in_dim(buffer, t, keepdims=False)
+        buffer = lax.dynamic_update_index_in_dim(buffer, dz, t, 0)
+        dz = lax.dynamic_index_in_dim(buffer, t, keepdims=False)
+        dh_new = _low_dot(dz, w_hh_t, ((1,), (0,)), dtype, work)
+        if v is not None:
+            dh_new = jnp.where(v[:, None], dh_new, dh)
+        return (dh_new, gc * f, buffer), None
+
+    inputs = (jnp.arange(dys.shape[1]), jnp.swapaxes(dys, 0, 1), saved.k, saved.f)
+    inputs = inputs if valid is None else (*inputs, valid)
+    (dh0, dc0, dz), _ = lax.scan(step, (dh, dc, saved.factors), inputs, reverse=not reverse, unroll=unroll)
+    # Contractions over (T, B); dz is rounded once, here.
+    dz_low = dz.astype(dtype)
+    d_w_hh = _low_dot(saved.h_prev_t, dz_low, ((1, 2), (0, 1)), dtype, work)
+    d_w_ih = _low_dot(xs_low, dz_low, ((0, 1), (0, 1)), dtype, work)
+    d_xs = _low_dot(dz_low, w_ih_low, ((2,), (1,)), dtype, work)  # [T, B, F]
+    return d_w_ih, d_w_hh, jnp.sum(dz, (0, 1)), jnp.swapaxes(d_xs, 0, 1), dh0, dc0, None
+
+
+_mixed_recurrence.defvjp(_mixed_recurrence_fwd, _mixed_backward)
+
 
 def lstm_scan(
     params: dict[str, jax.Array],
@@ -184,6 +323,7 @@ def lstm_scan(
     *,
     reverse: bool = False,
     unroll: int = 1,
+    compute_dtype: Any = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """``lstm_cell``'s equations over ``xs: [B, T, F]`` in one recurrence with a fast derivative.
 
@@ -199,9 +339,15 @@ def lstm_scan(
       lengths: optional ``int [B]``.
       reverse: process time backwards.
       unroll: steps per loop iteration of both loops (forward and derivative).
+      compute_dtype: the matmul operands' dtype (e.g. ``"bfloat16"``: mixed precision, products and
+        everything else in ``xs``'s dtype; reverse mode only). ``None`` or ``xs``'s own dtype: the
+        plain path above.
 
     Returns:
       ``(ys [B, T, H], (h, c))``: the outputs and the final carry.
+
+    Raises:
+      TypeError: ``compute_dtype`` is not a floating dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -210,6 +356,7 @@ def lstm_scan(
       >>> ys.shape, bool((ys[:, -1] == h).all())
       ((4, 5, 2), True)
     """
+    dtype = compute_dtype_of("lstm", compute_dtype)
     h0, c0 = carry
     batch, time = xs.shape[:2]
     if time == 0:
@@ -217,5 +364,9 @@ def lstm_scan(
     b = params.get("b")
     b = jnp.zeros((params["w_hh"].shape[1],), xs.dtype) if b is None else b
     valid = None if lengths is None else jnp.arange(time)[:, None] < lengths[None, :]  # [T, B]
-    ys, h, c = _recurrence(params["w_ih"], params["w_hh"], b, xs, h0, c0, valid, reverse, unroll)
+    args = (params["w_ih"], params["w_hh"], b, xs, h0, c0, valid, reverse, unroll)
+    if dtype is None or dtype == xs.dtype:
+        ys, h, c = _recurrence(*args)
+    else:
+        ys, h, c = _mixed_recurrence(*args, dtype)
     return ys, (h, c)

@@ -62,3 +62,42 @@ def test_dense_errors():
         layer.apply(params, state, jnp.ones((2, 3), jnp.int32))
     with pytest.raises(fn.ParamsError, match=r"expected keys \['bias', 'kernel'\], got \['embedding'\]"):
         layer.apply({"embedding": jnp.ones((3, 4))}, state, jnp.ones((2, 3)))
+
+
+def test_bfloat16_compute_dtype_rounds_the_matmul_operands_only():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 7, 16)), jnp.float32)
+    layer, plain = fn.dense(5, compute_dtype="bfloat16"), fn.dense(5)
+    params, state = layer.init(jax.random.key(0), x)
+    params["bias"] = jnp.arange(5.0)
+    assert params["kernel"].dtype == jnp.float32  # params stay float32
+
+    def rounded(a):
+        return np.asarray(a.astype(jnp.bfloat16), np.float64)
+
+    def pulled_back(model):
+        out, vjp = jax.vjp(lambda p, x: model.apply(p, state, x)[0], params, x)
+        return out, vjp(jnp.ones_like(out))
+
+    (out, (d_params, d_x)), (out32, (d_params32, d_x32)) = pulled_back(layer), pulled_back(plain)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((out, d_params, d_x)))
+    # float32 sums of 16 exact products of bfloat16 values: float32 accumulation error only (<= 1e-6 relative).
+    want = np.einsum("bti,io->bto", rounded(x), rounded(params["kernel"])) + np.arange(5.0)
+    chex.assert_trees_all_close(out, want, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(d_params["kernel"], rounded(x).sum((0, 1))[:, None].repeat(5, 1), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(d_params["bias"], d_params32["bias"])  # the bias is added in float32
+    # Against float32: operands off by <= 2^-9 relative each; observed ~2e-3 relative, bounded by 1e-2.
+    for got, full in ((out, out32), (d_params["kernel"], d_params32["kernel"]), (d_x, d_x32)):
+        assert 1e-5 < float(jnp.linalg.norm(got - full) / jnp.linalg.norm(full)) < 1e-2
+
+
+def test_compute_dtype_none_is_the_plain_product_and_bad_ones_are_type_errors():
+    x = jnp.ones((3, 4))
+    params, state = fn.dense(2).init(jax.random.key(0), x)
+    plain = jax.make_jaxpr(lambda p: fn.dense(2).apply(p, state, x))(params)
+    for compute_dtype in (None, "", "float32"):
+        same = jax.make_jaxpr(lambda p, c=compute_dtype: fn.dense(2, compute_dtype=c).apply(p, state, x))(params)
+        assert str(same) == str(plain)
+    with pytest.raises(
+        TypeError, match=r"dense: compute_dtype must be a floating dtype such as 'bfloat16', got 'int8'"
+    ):
+        fn.dense(2, compute_dtype="int8")

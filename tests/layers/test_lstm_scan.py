@@ -244,3 +244,108 @@ def test_lstm_scan_directly_and_cell_scan_checks():
         cell.scan(params, {}, xs[0], carry)
     with pytest.raises(fn.ShapeError, match=r"at lstm: expected last axis 3, got \(8, 2\) float32"):
         cell.scan(params, {}, xs[..., :2], carry)
+
+
+# ---------------------------------------------------------------- mixed precision (compute_dtype)
+
+
+def relative_error(got, want) -> float:
+    """``|got - want| / |want|`` over all leaves together (Frobenius norms)."""
+    got, want = (jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(t)]) for t in (got, want))
+    return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+
+
+# Mixed against float32: bfloat16 keeps 8 significant bits, so each rounded operand is off by up to
+# 2^-9 (0.2%) relative; a product sums F or H such terms whose errors partly cancel, and 7 steps of
+# recurrence carry them on. Observed over 6 seeds x 4 cases: <= 3.1e-3 (values) and <= 3.3e-3
+# (gradients) relative. 1e-2 keeps a 3x margin; a swapped gate, a missing mask or an unrounded
+# operand is off by far more (or, for the last, by ~1e-7: hence the lower bound).
+MIXED_VS_FLOAT32 = 1e-2
+# Mixed fast path against autodiff of the mixed step (rnn scanning lstm_cell.apply, which calls
+# funcnet.precision.matmul): both round the same operands (inputs, h, the weights, the cotangents
+# dz), and the backward products run on the same bfloat16 values, so they differ by float32 rounding
+# order only (and, for a value within a float32 ulp of a bfloat16 rounding boundary, by one bfloat16
+# ulp: the sigmoid is computed as a tanh). Observed <= 3e-6 absolute on gradients up to ~10.
+MIXED_TOL = {"rtol": 2e-5, "atol": 2e-5}
+
+
+def mixed(**kwargs):
+    return lstm_cell(H, compute_dtype="bfloat16", **kwargs)
+
+
+@pytest.mark.parametrize(("reverse", "lengths"), CASES, ids=IDS)
+def test_mixed_precision_equals_autodiff_of_the_mixed_step_and_stays_close_to_float32(reverse, lengths):
+    cell, params, xs, carry = setup(seed=9)
+    lengths = None if lengths is None else jnp.asarray(lengths)
+    fast = run(mixed(), reverse=reverse, lengths=lengths)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(fast)(params, xs, carry))
+    values = jax.jit(fast)(params, xs, carry)
+    got = jax.jit(lambda *a: grads(fast, *a))(params, xs, carry)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(got)) and values[0].dtype == jnp.float32
+
+    autodiff = run(generic(mixed()), reverse=reverse, lengths=lengths)
+    chex.assert_trees_all_close(values, autodiff(params, xs, carry), **MIXED_TOL)
+    chex.assert_trees_all_close(got, grads(autodiff, params, xs, carry), **MIXED_TOL)
+
+    float32 = run(generic(cell), reverse=reverse, lengths=lengths)
+    assert 1e-5 < relative_error(values, float32(params, xs, carry)) < MIXED_VS_FLOAT32
+    assert 1e-5 < relative_error(got, grads(float32, params, xs, carry)) < MIXED_VS_FLOAT32
+    if lengths is not None:  # exactly zero past the end, in the outputs and in d loss / d xs
+        for b, n in enumerate(LENGTHS):
+            np.testing.assert_array_equal(values[0][b, n:], 0.0)
+            np.testing.assert_array_equal(got[1][b, n:], 0.0)
+        empty = int(np.flatnonzero(LENGTHS == 0)[0])  # the empty sequence keeps its carry
+        chex.assert_trees_all_equal(
+            jax.tree.map(lambda c: c[empty], values[1]), jax.tree.map(lambda c: c[empty], carry)
+        )
+
+
+def test_compute_dtype_none_or_the_params_dtype_is_the_plain_path_bit_for_bit():
+    cell, params, xs, carry = setup(seed=10)
+    lengths = jnp.asarray(LENGTHS)
+    want = jax.make_jaxpr(lambda *a: grads(run(cell, lengths=lengths), *a))(params, xs, carry)
+    for compute_dtype in (None, "", "float32", jnp.float32):
+        same = lstm_cell(H, compute_dtype=compute_dtype)
+        got = jax.make_jaxpr(lambda *a, c=same: grads(run(c, lengths=lengths), *a))(params, xs, carry)
+        assert str(got) == str(want), compute_dtype  # the very same program: the same bits
+        value = str(jax.make_jaxpr(run(same))(params, xs, carry))
+        assert "custom_jvp_call" in value and "custom_vjp_call" not in value
+    step = jax.make_jaxpr(lambda p, c, x: lstm_cell(H).apply(p, {}, c, x))(params, carry, xs[:, 0])
+    plain = jax.make_jaxpr(lambda p, c, x: lstm_cell(H, compute_dtype=None).apply(p, {}, c, x))(params, carry, xs[:, 0])
+    assert str(step) == str(plain)
+
+
+def test_mixed_precision_without_bias_and_on_eight_devices():
+    _, params, xs, carry = setup(seed=11, use_bias=False)
+    fast, autodiff = run(mixed(use_bias=False)), run(generic(mixed(use_bias=False)))
+    chex.assert_trees_all_close(
+        jax.jit(lambda *a: grads(fast, *a))(params, xs, carry), grads(autodiff, params, xs, carry), **MIXED_TOL
+    )
+    mesh = Mesh(jax.devices(), ("data",))
+    rows, same = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    _, params, xs, carry = setup(seed=12)
+    lengths = jnp.asarray(LENGTHS)
+
+    def values_and_grads(params, xs, carry, lengths):
+        f = run(mixed(), reverse=True, lengths=lengths)
+        return f(params, xs, carry), grads(f, params, xs, carry)
+
+    step = jax.jit(values_and_grads, in_shardings=(same, rows, rows, rows))
+    got = step(params, xs, carry, lengths)
+    chex.assert_trees_all_close(got, jax.jit(values_and_grads)(params, xs, carry, lengths), **MIXED_TOL)
+    assert got[0][0].sharding.is_equivalent_to(rows, 3)  # the outputs stay split over the batch
+    hlo = step.lower(params, xs, carry, lengths).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo  # weight gradients summed, no rows gathered
+
+
+def test_mixed_precision_is_reverse_mode_only_and_bad_compute_dtypes_are_type_errors():
+    _, params, xs, carry = setup(seed=13)
+    tangents = jax.tree.map(jnp.ones_like, (params, xs, carry))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(run(mixed()), (params, xs, carry), tangents)
+    with pytest.raises(TypeError, match=r"lstm: compute_dtype must be a floating dtype such as 'bfloat16', got 'int8'"):
+        lstm_cell(H, compute_dtype="int8")
+    with pytest.raises(TypeError, match=r"lstm: compute_dtype must be a floating dtype .*got 'bfloat17'"):
+        lstm_cell(H, compute_dtype="bfloat17")
+    with pytest.raises(TypeError, match=r"lstm: compute_dtype must be a floating dtype .*got 'int32'"):
+        lstm_scan(params, xs, tuple(carry), compute_dtype="int32")
