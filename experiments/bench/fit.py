@@ -10,8 +10,9 @@ sequences, 20 batches of 32), shuffled each epoch by ``funcnet.train.data.Batche
 
 Systems (all train with the same ``funcnet.train.step.make_train_step`` step on one device):
   fit        ``fit(model, loss, optimizer, Batches(...), trainer=TrainerConfig(log_every=50,
-             progress=True))`` with its default prefetch (inline for in-memory data):
-             metrics read lazily, tensorboardX scalars every 50 steps, the
+             progress=True))`` with its defaults: the in-memory arrays copied to the device once and
+             each step gathering its batch there (``funcnet.train.resident``; the host sends the
+             indices), metrics read lazily, tensorboardX scalars every 50 steps, the
              progress bar (written to /dev/null); no evaluation,
              checkpoints only at the end of the run (outside the timed window)
   fit_ckpt   the same with ``checkpoint_every`` = half the timed window: two Orbax saves inside it

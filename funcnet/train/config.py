@@ -180,6 +180,10 @@ class TrainerConfig:
         thread, each batch is made when the step needs it. None (the default): 0 for in-memory arrays
         (``Batches`` of an ``ArrayDataset``: slicing a batch costs less than handing it over between
         threads), 2 for any other source.
+      device_data_mib: in-memory training arrays (``Batches`` of an ``ArrayDataset``) of up to this
+        many MiB in all are copied to every device once, and each step gathers its batch's rows
+        there, so the host sends only the examples' indices (``funcnet.train.resident``); 0: off,
+        batches are sliced on the host. Single-process runs only.
       progress: show a progress bar (moved when metrics are read: at log steps, and at least every second).
 
     Example:
@@ -206,6 +210,7 @@ class TrainerConfig:
     skip_nan_updates: bool = False
     log_grad_norm: bool = False
     prefetch: int | None = None
+    device_data_mib: int = 256
     progress: bool = True
 
     def __post_init__(self):
@@ -239,7 +244,7 @@ class TrainerConfig:
 
 
 _MINIMUM = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "eval_every": 1, "log_every": 1}
-_MINIMUM.update(checkpoint_every=1, keep_checkpoints=1, keep_best=1, patience=0, seed=0, prefetch=0)
+_MINIMUM.update(checkpoint_every=1, keep_checkpoints=1, keep_best=1, patience=0, seed=0, prefetch=0, device_data_mib=0)
 
 
 def _check_trainer(values: Mapping[str, Any], path: str) -> None:

@@ -6,7 +6,8 @@ stays outside the jitted step, and the host does as little as it can per step: e
 stay on the devices (``funcnet.train.pending``) and are read back many steps at a time: at log steps
 (and at least every second in a single-process run), before each evaluation and checkpoint, and at
 the end; waiting for steps to finish (no transfer) bounds the steps in flight. How batches reach the
-step (a prefetch thread or not, NumPy or device arrays) is ``funcnet.train.feed``. A checkpoint is
+step (a prefetch thread or not, NumPy or device arrays) is ``funcnet.train.feed``; small in-memory
+training arrays stay on the devices and each step gathers its own batch (``funcnet.train.resident``). A checkpoint is
 written only after every step up to it has been read and found finite, and (without
 ``skip_nan_updates``) the state itself has been checked, so a NaN is never saved; a NaN is reported
 with its exact step.
@@ -44,6 +45,7 @@ from .feed import batch_transfer, max_in_flight, on_cpu, prefetch_size
 from .log import Progress, RunLogger
 from .pending import PendingMetrics
 from .prefetch import prefetch
+from .resident import index_batches, resident_arrays
 from .state import TrainState, abstract_train_state, create_train_state, data_mesh
 from .step import LossFn, make_eval_step, make_train_step
 from .train_log import TrainLog, state_is_finite
@@ -193,7 +195,7 @@ def fit(
       run_dir: checkpoints and logs go here.
       trainer: a ``TrainerConfig`` (epochs, max_steps, eval_every, log_every, checkpoint_every,
         keep_checkpoints, keep_best, metric, mode, patience, seed, skip_nan_updates, log_grad_norm,
-        prefetch, progress).
+        prefetch, device_data_mib, progress).
       validation: batches to evaluate on (``epoch(0)`` is one pass), or None.
       learning_rate: ``step -> learning rate`` for the logs.
       inputs: batch keys fed to the model.
@@ -228,6 +230,7 @@ def fit(
         abstract = abstract_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
         state, meta = checkpointer.restore(latest, abstract)
     step = int(state.step)
+    resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
     train_step = make_train_step(
         model,
         loss_fn,
@@ -237,6 +240,7 @@ def fit(
         skip_nan_updates=trainer.skip_nan_updates,
         log_grad_norm=trainer.log_grad_norm,
         sparse_rows=sparse_rows,
+        resident=resident,
     )
     eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
     check_state = not trainer.skip_nan_updates  # without skipping, a NaN gradient can hide behind a finite loss
@@ -251,8 +255,9 @@ def fit(
     progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
 
     position = Position(**meta["position"])
-    size = prefetch_size(trainer, train)
-    stream = prefetch(train.iterate(position), size=size, transform=batch_transfer(mesh))
+    source = train if resident is None else index_batches(train)  # the same batches, positions and padding
+    size = prefetch_size(trainer, source)
+    stream = prefetch(source.iterate(position), size=size, transform=batch_transfer(mesh))
     single = jax.process_count() == 1  # several processes read at the same steps, so that all stop alike
     pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=size > 0), poll=single)
     train_log = TrainLog(trainer, logger, progress, checkpointer, learning_rate, items_per_example)

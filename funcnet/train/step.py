@@ -34,6 +34,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from ..core import Model
+from .resident import gather_batch
 from .sparse import SparseRows, gather_rows, scatter_rows, unwrap
 from .state import TrainState, batch_sharded, data_mesh, replicated, step_key
 
@@ -196,11 +197,15 @@ def make_train_step(
     skip_nan_updates: bool = False,
     log_grad_norm: bool = False,
     sparse_rows: SparseRows | None = None,
+    resident: Mapping[str, jax.Array] | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """The train step, jit-compiled with the state donated and data-parallel over ``mesh``.
 
     The batch is sharded along its first axis over the mesh's ``"data"`` axis; the state stays
-    replicated. On one device this is a plain jitted step. See ``train_step_fn`` for the arguments.
+    replicated. On one device this is a plain jitted step. See ``train_step_fn`` for the arguments;
+    ``resident``: the training arrays, already replicated on the devices
+    (``funcnet.train.resident``); the step then takes index batches ``{"index", "mask"}`` and
+    gathers each batch's rows itself, inside the compiled step.
 
     Raises:
       ValueError: the batch size is not a multiple of the number of devices.
@@ -217,24 +222,31 @@ def make_train_step(
       1
     """
     mesh = mesh or data_mesh()
-    step = jax.jit(
-        train_step_fn(
-            model,
-            loss_fn,
-            optimizer,
-            inputs=inputs,
-            skip_nan_updates=skip_nan_updates,
-            log_grad_norm=log_grad_norm,
-            sparse_rows=sparse_rows,
-        ),
-        in_shardings=(replicated(mesh), batch_sharded(mesh)),
-        out_shardings=replicated(mesh),
-        donate_argnums=0,
+    pure = train_step_fn(
+        model,
+        loss_fn,
+        optimizer,
+        inputs=inputs,
+        skip_nan_updates=skip_nan_updates,
+        log_grad_norm=log_grad_norm,
+        sparse_rows=sparse_rows,
     )
+    shardings = (replicated(mesh), batch_sharded(mesh))
+    if resident is None:
+        step = jax.jit(pure, in_shardings=shardings, out_shardings=replicated(mesh), donate_argnums=0)
+        arrays = ()
+    else:  # the arrays are arguments, not constants baked into the compiled step
+        step = jax.jit(
+            lambda state, indexed, arrays: pure(state, gather_batch(arrays, indexed)),
+            in_shardings=(*shardings, replicated(mesh)),
+            out_shardings=replicated(mesh),
+            donate_argnums=0,
+        )
+        arrays = (resident,)
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         _check_divisible(batch, mesh)
-        return step(state, batch)
+        return step(state, batch, *arrays)
 
     checked.jitted = step  # for inspection: .lower(), ._cache_size()
     return checked
