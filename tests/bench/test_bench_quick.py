@@ -90,6 +90,21 @@ def test_input_reports_epoch_times_against_input_and_compute():
     assert [t["name"] for t in records["target"]] == ["funcnet epoch / max(input, compute)"]
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pinned reference needs 2 cores or more")
+def test_input_parse_source_also_measures_the_step_on_one_core_fewer():
+    records = run_script(
+        "input", "--workload", "mlp", "--sources", "parse", "--systems", "funcnet", "--rounds", "1", "--steps", "3"
+    )
+    epochs = by_system(records["epoch"])
+    assert set(epochs) == {"input", "compute_jax", "compute_funcnet", "compute_funcnet_pinned", "funcnet"}
+    assert epochs["compute_funcnet_pinned"]["compiles_in_timed"] == 0
+    funcnet = epochs["funcnet"]
+    pinned, input_ = epochs["compute_funcnet_pinned"]["epoch_seconds"], epochs["input"]["epoch_seconds"]
+    assert funcnet["vs_max_input_compute_one_core_fewer"] == pytest.approx(
+        funcnet["epoch_seconds"] / max(pinned, input_), rel=1e-2
+    )
+
+
 def test_charlstm_funcnet_computes_the_naive_cell_loss():
     """funcnet's LSTM (whatever fast path rnn(lstm_cell) takes) from the same weights: the naive cell's loss."""
     records = run_script("charlstm", *"--systems funcnet,jax --rounds 1 --steps 1 --first-step-repeats 1".split())
