@@ -145,10 +145,14 @@ def sections(result) -> list[str]:
                     r["epoch_seconds"],
                     r.get("vs_max_input_compute"),
                     r.get("vs_sum_input_compute"),
+                    r.get("vs_max_input_compute_one_core_fewer"),
                     r["compiles_in_timed"],
                 ]
                 for r in _by(mine, "epoch")
             ]
+            header = ["system", "epoch s", "/ max(input, compute)", "/ (input + compute)"]
+            header += ["/ max(input, compute on a core fewer)", "compiles in timed"]
+            keep = [i for i in range(len(header)) if i != 4 or any(row[i] is not None for row in rows)]
             source = next((r for r in _by(mine, "input_source")), {})
             reps = f" (the batch's text parsed {source['parse_reps']} times)" if source.get("parse_reps") else ""
             out += heading
@@ -157,9 +161,7 @@ def sections(result) -> list[str]:
                 f" per batch{reps}.",
                 "",
             ]
-            out += _table(
-                ["system", "epoch s", "/ max(input, compute)", "/ (input + compute)", "compiles in timed"], rows
-            )
+            out += _table([header[i] for i in keep], [[row[i] for i in keep] for row in rows])
     trees = [r for r in records if "trees_per_second" in r]
     if trees:
         out += _table(
