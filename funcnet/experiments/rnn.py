@@ -27,10 +27,9 @@ from typing import Any
 
 import jax
 
-from funcnet.precision import compute_dtype_of
 from funcnet.train.checkpoint import restore_run
 from funcnet.train.cli import write_json
-from funcnet.train.components import ConfigError, check_arguments
+from funcnet.train.components import ConfigError, check_arguments, check_compute_dtype
 from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
 from funcnet.train.data import Batches
 from funcnet.train.loop import fit
@@ -117,10 +116,7 @@ def resolve_config(preset: str = "default", file: str | None = None, overrides: 
         raise ConfigError(unknown[0], f"unknown section; the sections are {sorted(_BASE)}")
     for section, options in (("data", data_options), ("model", model_options), ("sample", sample_options)):
         check_arguments(options, config[section], section, section)
-    try:
-        compute_dtype_of("model", config["model"].get("compute_dtype") or None)
-    except TypeError as e:
-        raise ConfigError("model.compute_dtype", str(e).split(": ", 1)[1]) from None
+    check_compute_dtype(config["model"].get("compute_dtype"), "model.compute_dtype")
     config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
     if config["trainer"]["shuffle"]:
         raise ConfigError("trainer.shuffle", "must be false: batches continue each text stream (TBPTT)")

@@ -31,12 +31,11 @@ import optax
 import funcnet as fn
 from funcnet.core import Model, apply_child, init_child
 from funcnet.datasets import sentiment_language
-from funcnet.precision import compute_dtype_of
 from funcnet.trees import Vocabulary, parse_tree, read_trees
 
 from ..train.checkpoint import restore_run
 from ..train.cli import write_json
-from ..train.components import ConfigError, check_arguments
+from ..train.components import ConfigError, check_arguments, check_compute_dtype
 from ..train.config import TrainerConfig, apply_overrides, merge_configs
 from ..train.loop import evaluate, fit
 from ..train.optim import make_optimizer
@@ -191,10 +190,7 @@ def resolve_config(preset: str = "default", overrides: list[str] = ()) -> dict[s
     config = apply_overrides(merge_configs(_BASE, PRESETS[preset]), overrides)
     check_arguments(data_options, config["data"], "data", "data")
     check_arguments(model_options, config["model"], "model", "model")
-    try:
-        compute_dtype_of("model", config["model"].get("compute_dtype") or None)
-    except TypeError as e:
-        raise ConfigError("model.compute_dtype", str(e).split(": ", 1)[1]) from None
+    check_compute_dtype(config["model"].get("compute_dtype"), "model.compute_dtype")
     config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
     make_optimizer(config["optimizer"])
     return config

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from ..precision import compute_dtype_of
+from ..precision import compute_dtype_of, rounded_dot
 
 
 class _Saved(NamedTuple):
@@ -217,18 +217,12 @@ class _MixedSaved(NamedTuple):
     h_prev_t: jax.Array  # [H, T, B]: the carry h before each step, transposed
 
 
-def _low_dot(a: jax.Array, w: jax.Array, contracting: tuple, dtype: Any, out: Any) -> jax.Array:
-    """``dot_general`` on ``a`` and ``w`` rounded to ``dtype`` (no-ops if already), products in ``out``."""
-    dims = (contracting, ((), ()))
-    return lax.dot_general(a.astype(dtype), w.astype(dtype), dims, preferred_element_type=out)
-
-
 def _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save):
     """``_forward`` with matmuls on ``dtype`` operands; returns ``ys, h, c`` and ``_MixedSaved`` or None."""
     batch, time, _ = xs.shape
     hidden, work = w_hh.shape[0], xs.dtype
     w_hh_low = w_hh.astype(dtype)  # once, outside the loop: XLA would convert it in every step
-    zx = _low_dot(jnp.swapaxes(xs, 0, 1), w_ih, ((2,), (0,)), dtype, work)  # [T, B, 4H]
+    zx = rounded_dot(jnp.swapaxes(xs, 0, 1), w_ih, ((2,), (0,)), dtype, work)  # [T, B, 4H]
     scale, shift = _gate_affine(hidden, work)
     bias = b[None]
 
@@ -238,7 +232,7 @@ def _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, sav
         # Saving, step t overwrites zx[t] (read just here) with its factors, so no [T, B, 4H] buffer
         # is zero-filled for them, and writes h_{t-1} into column t of h_prev_t.
         z = lax.dynamic_index_in_dim(buffers[0] if save else zx, t, keepdims=False)
-        pre = z + _low_dot(h, w_hh_low, ((1,), (0,)), dtype, work) + bias
+        pre = z + rounded_dot(h, w_hh_low, ((1,), (0,)), dtype, work) + bias
         (i, f, g, o), c_new, tanh_c, h_new = _update(pre, h, c, v, scale, shift)
         if not save:
             return (h_new, c_new), h_new
@@ -296,7 +290,7 @@ def _mixed_backward(reverse, unroll, dtype, residuals, cotangents):
         dz = jnp.concatenate([gc, gc, gc, gh], 1) * lax.dynamic_index_in_dim(buffer, t, keepdims=False)
         buffer = lax.dynamic_update_index_in_dim(buffer, dz, t, 0)
         dz = lax.dynamic_index_in_dim(buffer, t, keepdims=False)
-        dh_new = _low_dot(dz, w_hh_t, ((1,), (0,)), dtype, work)
+        dh_new = rounded_dot(dz, w_hh_t, ((1,), (0,)), dtype, work)
         if v is not None:
             dh_new = jnp.where(v[:, None], dh_new, dh)
         return (dh_new, gc * f, buffer), None
@@ -306,9 +300,9 @@ def _mixed_backward(reverse, unroll, dtype, residuals, cotangents):
     (dh0, dc0, dz), _ = lax.scan(step, (dh, dc, saved.factors), inputs, reverse=not reverse, unroll=unroll)
     # Contractions over (T, B); dz is rounded once, here.
     dz_low = dz.astype(dtype)
-    d_w_hh = _low_dot(saved.h_prev_t, dz_low, ((1, 2), (0, 1)), dtype, work)
-    d_w_ih = _low_dot(xs_low, dz_low, ((0, 1), (0, 1)), dtype, work)
-    d_xs = _low_dot(dz_low, w_ih_low, ((2,), (1,)), dtype, work)  # [T, B, F]
+    d_w_hh = rounded_dot(saved.h_prev_t, dz_low, ((1, 2), (0, 1)), dtype, work)
+    d_w_ih = rounded_dot(xs_low, dz_low, ((0, 1), (0, 1)), dtype, work)
+    d_xs = rounded_dot(dz_low, w_ih_low, ((2,), (1,)), dtype, work)  # [T, B, F]
     return d_w_ih, d_w_hh, jnp.sum(dz, (0, 1)), jnp.swapaxes(d_xs, 0, 1), dh0, dc0, None
 
 

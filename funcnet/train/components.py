@@ -20,6 +20,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Union
 
+from ..precision import compute_dtype_of
 from .registry import Registry
 
 
@@ -221,6 +222,22 @@ def check_arguments(
     if missing:
         raise ConfigError(_join(path, missing[0]), f"missing; {what} requires {', '.join(map(repr, missing))}.")
     return kwargs
+
+
+def check_compute_dtype(value: Any, path: str) -> None:
+    """A config's ``compute_dtype``: ``""`` (float32) or a floating dtype name; ConfigError otherwise.
+
+    >>> check_compute_dtype("int8", "model.compute_dtype")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    funcnet.train.components.ConfigError: model.compute_dtype: compute_dtype must be a floating dtype ...
+    """
+    try:
+        compute_dtype_of(path, value or None)
+    except TypeError:
+        raise ConfigError(
+            path, f"compute_dtype must be a floating dtype such as 'bfloat16' (or \"\" for float32), got {value!r}"
+        ) from None
 
 
 def require(ok: Any, key: str, expected: str, got: Any) -> None:

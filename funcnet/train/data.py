@@ -432,6 +432,15 @@ class GeneratorBatches:
         return BatchIterator(self.epoch, _start(position))
 
 
+def in_memory(train: Any) -> bool:
+    """Whether ``train`` is ``Batches`` of an ``ArrayDataset`` (plain in-memory arrays, not a subclass).
+
+    >>> in_memory(Batches(ArrayDataset(x=np.zeros(4)), 2)), in_memory(GeneratorBatches(lambda e: iter([])))
+    (True, False)
+    """
+    return isinstance(train, Batches) and type(train.dataset) is ArrayDataset
+
+
 def make_batches(
     data: Any,
     batch_size: int,

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from .data import ArrayDataset, Batch, Batches, host_slice, shard_batch
+from .data import Batch, host_slice, in_memory, shard_batch
 from .state import batch_sharded
 
 PREFETCH = 2  # batches a background thread keeps ready for sources that are not in-memory arrays
@@ -43,14 +43,14 @@ def prefetch_size(trainer: Any, train: Any) -> int:
 
     >>> import numpy as np
     >>> from funcnet.train.config import TrainerConfig
-    >>> in_memory = Batches(ArrayDataset(x=np.zeros((8, 2))), 4)
-    >>> prefetch_size(TrainerConfig(epochs=1), in_memory), prefetch_size(TrainerConfig(epochs=1, prefetch=3), in_memory)
+    >>> from funcnet.train.data import ArrayDataset, Batches
+    >>> arrays = Batches(ArrayDataset(x=np.zeros((8, 2))), 4)
+    >>> prefetch_size(TrainerConfig(epochs=1), arrays), prefetch_size(TrainerConfig(epochs=1, prefetch=3), arrays)
     (0, 3)
     """
     if trainer.prefetch is not None:
         return trainer.prefetch
-    in_memory = isinstance(train, Batches) and type(train.dataset) is ArrayDataset
-    return 0 if in_memory else PREFETCH
+    return 0 if in_memory(train) else PREFETCH
 
 
 def max_in_flight(mesh: Mesh, prefetching: bool) -> int:

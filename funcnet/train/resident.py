@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from .data import ArrayDataset, Batches
+from .data import ArrayDataset, Batches, in_memory
 from .state import replicated
 
 INDEX = "index"  # the key of the example numbers in an index batch
@@ -39,7 +39,7 @@ def resident_arrays(train: Any, mesh: Mesh, max_mib: float) -> dict[str, jax.Arr
     >>> sorted(resident_arrays(train, data_mesh(), 1.0)), resident_arrays(train, data_mesh(), 0)
     (['x'], None)
     """
-    if not (isinstance(train, Batches) and type(train.dataset) is ArrayDataset) or jax.process_count() > 1:
+    if not in_memory(train) or jax.process_count() > 1:
         return None
     arrays = train.dataset.arrays
     if any(a.dtype.kind not in "biuf" for a in arrays.values()):  # objects, strings, complex: host only

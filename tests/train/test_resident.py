@@ -11,6 +11,7 @@ import pytest
 
 import funcnet as fn
 import funcnet.train.loop as loop
+from funcnet.train.components import ConfigError
 from funcnet.train.config import TrainerConfig
 from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches
 from funcnet.train.resident import gather_batch, index_batches, resident_arrays
@@ -90,5 +91,5 @@ def test_other_sources_stay_on_the_host(train, why):
 
 
 def test_device_data_mib_must_not_be_negative():
-    with pytest.raises(Exception, match="device_data_mib"):
+    with pytest.raises(ConfigError, match="device_data_mib"):
         TrainerConfig.from_dict({"epochs": 1, "device_data_mib": -1})
