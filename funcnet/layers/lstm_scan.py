@@ -1,4 +1,4 @@
-"""The LSTM run over a whole sequence at once, with a custom JVP that makes its gradient fast.
+"""The LSTM run over a whole sequence at once, with a custom derivative that makes its gradient fast.
 
 ``rnn(lstm_cell(H))`` uses this instead of scanning the one-step cell; the result is the same
 function (to float rounding), with the same params. Why it is faster, on CPU:
@@ -8,42 +8,49 @@ function (to float rounding), with the same params. Why it is faster, on CPU:
   produces the pre-activation gradients ``dz_t: [batch, 4H]``; the weight gradients are then ONE
   large matmul each over all ``time * batch`` rows (``h_{t-1}^T dz`` and ``x^T dz``), after the loop.
 - The input projection ``x @ w_ih`` is one matmul over the whole sequence before the loop.
-- The forward loop saves the gate activations, so the backward loop recomputes no transcendental.
+- The forward loop saves what the backward loop multiplies, so it recomputes no transcendental.
 - ``sigmoid(z) = (1 + tanh(z / 2)) / 2``: all four gates are one ``tanh`` over ``[batch, 4H]``
   (XLA's CPU ``tanh`` is ~3x cheaper than its ``exp``-and-divide logistic). The identity is exact;
   in float32 the two forms differ by about one ulp of the gate value.
 
-The derivative is a ``jax.custom_jvp`` rather than a ``custom_vjp``: the JVP rule is the tangent
-recurrence written so that it is LINEAR in the tangents, with every coefficient a value saved by
-the forward loop, and with the weight terms (``x dw_ih + h_{t-1} dw_hh + db``) computed for the
-whole sequence before the loop. Reverse mode is JAX's transpose of that rule: a backward loop
-whose only per-step matmul is ``dz_t @ w_hh^T``, then the whole-sequence weight matmuls. Forward
-mode (``jax.jvp``, ``jax.jacfwd``, forward-over-reverse Hessians) keeps working, which a
-``custom_vjp`` would forbid. Higher derivatives differentiate the rule itself (correct, not fast).
+Two derivatives, one function:
 
-Mixed precision (``compute_dtype``, e.g. bfloat16; see ``funcnet.precision``) takes another route,
-a ``jax.custom_vjp`` (reverse mode only). Every matmul, in the loops and over the whole sequence,
-runs on operands rounded to ``compute_dtype`` (the weights once, before the loops) with products in
-the working dtype (float32); states, gates and gradients stay in it. On CPUs with AMX such matmuls
-run 2-7x faster, which makes the rest of the step count, so this path also saves work around them:
+- The default is a ``jax.custom_vjp`` (reverse mode: ``jax.grad``, ``jax.vjp``, and grad of grad),
+  written out by hand, ``_vjp_backward``. With ``compute_dtype`` (e.g. bfloat16, see
+  ``funcnet.precision``) every matmul, in the loops and over the whole sequence, runs on operands
+  rounded to ``compute_dtype`` (the weights once, before the loops) with products in the working
+  dtype (float32); states, gates and gradients stay in it. Without it the same code runs its
+  matmuls in the working dtype. Details that count on a 2-core CPU:
 
-- The forward loop saves, instead of the gates, the factors that the backward step multiplies
-  (``dz_t = [gc, gc, gc, gh] * factors_t``, see ``_mixed_backward``): the backward step is one
-  multiply, one matmul and a few adds.
-- The forward loop writes ``factors_t`` over ``zx_t`` (the input projection, already read), and
-  the backward loop writes ``dz_t`` over ``factors_t``: no ``[T, B, 4H]`` buffer is zero-filled.
-- The forward loop writes ``h_{t-1}`` transposed into ``[H, T, B]``, so the recurrent-weight
-  gradient after the loop is a bfloat16 matmul on the row-major operands the CPU kernels take.
-- No bfloat16 array is written one step at a time (XLA's CPU backend would convert the whole
-  ``[T, ...]`` buffer to float32 and back at every step): the saved arrays are rounded after the loops.
+  - The forward loop saves, instead of the gates, the factors that the backward step multiplies
+    (``dz_t = [gc, gc, gc, gh] * factors_t``, see ``_vjp_backward``): the backward step is one
+    multiply, one matmul and a few adds.
+  - The forward loop writes ``factors_t`` over ``zx_t`` (the input projection, already read), and
+    the backward loop writes ``dz_t`` over ``factors_t``: no ``[T, B, 4H]`` buffer is zero-filled.
+  - The forward loop writes ``h_{t-1}`` transposed into ``[H, T, B]``, so the recurrent-weight
+    gradient after the loop is ``h_prev [H, T * B] @ dz [T * B, 4H]`` on the row-major operands the
+    CPU kernels take. (JAX's transpose of a matmul always puts the cotangent first, ``dz^T h_prev``,
+    and XLA then copies ``dz`` transposed: measured 10.5 ms against 5.0 ms for this product alone in
+    the char-LSTM benchmark's shapes. That, more than the loops, is why the custom JVP below trains
+    ~15% slower.)
+  - No bfloat16 array is written one step at a time (XLA's CPU backend would convert the whole
+    ``[T, ...]`` buffer to float32 and back at every step): the saved arrays are rounded after the loops.
+
+- ``forward_mode=True`` takes a ``jax.custom_jvp`` instead (``_recurrence``), for ``jax.jvp``,
+  ``jax.jacfwd``, ``jax.hessian`` and forward-over-reverse products, which a ``custom_vjp``
+  forbids. Its rule is the tangent recurrence written so that it is LINEAR in the tangents, with
+  every coefficient a value saved by the forward loop, and the weight terms (``x dw_ih + h_{t-1}
+  dw_hh + db``) computed for the whole sequence before the loop. Reverse mode is JAX's transpose of
+  that rule: a backward loop whose only per-step matmul is ``dz_t @ w_hh^T``, then the
+  whole-sequence weight matmuls. Higher derivatives differentiate the rule itself (correct, not
+  fast). No ``compute_dtype`` there.
 
 Shapes: ``B`` batch, ``T`` time, ``F`` input features, ``H`` hidden units. The loops run over
-time. The plain path's whole-sequence matmuls use batch-major ``[B * T, .]`` rows (a reshape of
-``[B, T, .]``), so a batch sharded over devices stays sharded (merging a sharded batch axis under
-the time axis would gather it), and its loops read and write those batch-major arrays in place, one
-time slice per step, so the derivative needs no transpose of a ``[T, B, 4H]`` array either. The
-mixed path works time-major and contracts the ``(T, B)`` axes in ``dot_general`` without a reshape,
-which keeps a sharded batch sharded too.
+time. The custom VJP works time-major and contracts the ``(T, B)`` axes in ``dot_general`` without
+a reshape, so a batch sharded over devices stays sharded. The custom JVP's whole-sequence matmuls
+use batch-major ``[B * T, .]`` rows (a reshape of ``[B, T, .]``; merging a sharded batch axis under
+the time axis would gather it), and its loops read and write those arrays in place, one time slice
+per step.
 """
 
 from __future__ import annotations
@@ -202,11 +209,11 @@ def _recurrence_jvp(reverse, unroll, primals, tangents):
 
 _recurrence.defjvp(_recurrence_jvp, symbolic_zeros=True)
 
-# ---------------------------------------------------------------- mixed precision: a custom VJP
+# ---------------------------------------------------------------- the default: a custom VJP
 
 
-class _MixedSaved(NamedTuple):
-    """What the mixed forward loop keeps for the backward loop, in the working dtype.
+class _VjpSaved(NamedTuple):
+    """What the forward loop keeps for the backward loop, in the working dtype.
 
     Past a sequence's end the step is the identity: zero factors and ``k``, ``f`` one.
     """
@@ -217,8 +224,8 @@ class _MixedSaved(NamedTuple):
     h_prev_t: jax.Array  # [H, T, B]: the carry h before each step, transposed
 
 
-def _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save):
-    """``_forward`` with matmuls on ``dtype`` operands; returns ``ys, h, c`` and ``_MixedSaved`` or None."""
+def _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save):
+    """``_forward`` with matmuls on ``dtype`` operands; returns ``ys, h, c`` and ``_VjpSaved`` or None."""
     batch, time, _ = xs.shape
     hidden, work = w_hh.shape[0], xs.dtype
     w_hh_low = w_hh.astype(dtype)  # once, outside the loop: XLA would convert it in every step
@@ -252,23 +259,23 @@ def _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, sav
     hs = out[0] if save else out  # [T, B, H]
     if valid is not None:
         hs = jnp.where(valid[..., None], hs, jnp.zeros_like(hs))  # outputs exactly zero past the end
-    saved = _MixedSaved(final[2], *out[1:], final[3]) if save else None
+    saved = _VjpSaved(final[2], *out[1:], final[3]) if save else None
     return jnp.swapaxes(hs, 0, 1), final[0], final[1], saved
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _mixed_recurrence(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
-    ys, h, c, _ = _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=False)
+def _vjp_recurrence(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
+    ys, h, c, _ = _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=False)
     return ys, h, c
 
 
-def _mixed_recurrence_fwd(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
-    ys, h, c, saved = _mixed_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=True)
+def _vjp_recurrence_fwd(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
+    ys, h, c, saved = _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=True)
     low = (jnp.swapaxes(xs, 0, 1).astype(dtype), w_ih.astype(dtype), w_hh.astype(dtype))
     return (ys, h, c), (saved, low, valid)
 
 
-def _mixed_backward(reverse, unroll, dtype, residuals, cotangents):
+def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
     """The backward loop gives ``dz_t`` (and ``dh, dc``); the weight gradients are matmuls after it.
 
     With ``gh = dh + dy_t`` the cotangent of ``h_t`` and ``gc = dc + gh k_t`` that of ``c_t``, the
@@ -306,7 +313,7 @@ def _mixed_backward(reverse, unroll, dtype, residuals, cotangents):
     return d_w_ih, d_w_hh, jnp.sum(dz, (0, 1)), jnp.swapaxes(d_xs, 0, 1), dh0, dc0, None
 
 
-_mixed_recurrence.defvjp(_mixed_recurrence_fwd, _mixed_backward)
+_vjp_recurrence.defvjp(_vjp_recurrence_fwd, _vjp_backward)
 
 
 def lstm_scan(
@@ -318,6 +325,7 @@ def lstm_scan(
     reverse: bool = False,
     unroll: int = 1,
     compute_dtype: Any = None,
+    forward_mode: bool = False,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """``lstm_cell``'s equations over ``xs: [B, T, F]`` in one recurrence with a fast derivative.
 
@@ -334,14 +342,17 @@ def lstm_scan(
       reverse: process time backwards.
       unroll: steps per loop iteration of both loops (forward and derivative).
       compute_dtype: the matmul operands' dtype (e.g. ``"bfloat16"``: mixed precision, products and
-        everything else in ``xs``'s dtype; reverse mode only). ``None`` or ``xs``'s own dtype: the
-        plain path above.
+        everything else in ``xs``'s dtype). ``None``: ``xs``'s own dtype.
+      forward_mode: False (default): the custom VJP, reverse-mode derivatives only (the fastest
+        gradient). True: the custom JVP, which forward mode (``jax.jvp``, ``jax.jacfwd``,
+        ``jax.hessian``) differentiates too; its gradient is ~15% slower on CPU.
 
     Returns:
       ``(ys [B, T, H], (h, c))``: the outputs and the final carry.
 
     Raises:
       TypeError: ``compute_dtype`` is not a floating dtype.
+      ValueError: ``forward_mode`` with a ``compute_dtype`` other than ``xs``'s dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -351,6 +362,7 @@ def lstm_scan(
       ((4, 5, 2), True)
     """
     dtype = compute_dtype_of("lstm", compute_dtype)
+    check_forward_mode(dtype, forward_mode, xs.dtype)
     h0, c0 = carry
     batch, time = xs.shape[:2]
     if time == 0:
@@ -359,8 +371,18 @@ def lstm_scan(
     b = jnp.zeros((params["w_hh"].shape[1],), xs.dtype) if b is None else b
     valid = None if lengths is None else jnp.arange(time)[:, None] < lengths[None, :]  # [T, B]
     args = (params["w_ih"], params["w_hh"], b, xs, h0, c0, valid, reverse, unroll)
-    if dtype is None or dtype == xs.dtype:
+    if forward_mode:
         ys, h, c = _recurrence(*args)
     else:
-        ys, h, c = _mixed_recurrence(*args, dtype)
+        ys, h, c = _vjp_recurrence(*args, xs.dtype if dtype is None else dtype)
     return ys, (h, c)
+
+
+def check_forward_mode(compute_dtype: Any, forward_mode: bool, dtype: Any = None) -> None:
+    """Raises ValueError if ``forward_mode`` is asked for with mixed precision (a ``compute_dtype``
+    other than ``dtype``, the params' dtype where known), which only the custom VJP implements."""
+    if forward_mode and compute_dtype is not None and compute_dtype != dtype:
+        raise ValueError(
+            f"lstm: forward_mode=True has no mixed precision (compute_dtype={jnp.dtype(compute_dtype).name}); "
+            "its custom JVP runs the matmuls in the params' dtype. Drop one of the two."
+        )

@@ -2,7 +2,8 @@
 
 The reference is the generic path of ``rnn``: ``lax.scan`` of ``lstm_cell(H).apply`` differentiated by
 plain autodiff (the same cell with its ``scan`` removed), itself tested against a Python loop in
-test_recurrent.py.
+test_recurrent.py. Both derivatives are tested: the default custom VJP (reverse mode) and the
+custom JVP of ``forward_mode=True`` (forward and reverse mode).
 """
 
 from __future__ import annotations
@@ -78,20 +79,25 @@ def grads(f, params, xs, carry):
 
 CASES = [(False, None), (True, None), (False, LENGTHS), (True, LENGTHS)]
 IDS = ["forward", "reverse", "forward-lengths", "reverse-lengths"]
+MODES = pytest.mark.parametrize("forward_mode", [False, True], ids=["vjp", "jvp"])
+CUSTOM = {False: "custom_vjp_call", True: "custom_jvp_call"}  # the derivative each forward_mode takes
 
 
 def test_rnn_of_an_lstm_takes_the_whole_sequence_path():
     cell, params, xs, carry = setup()
     assert cell.scan is not None
     assert all(make(H).scan is None for make in (gru_cell, simple_rnn_cell))  # other cells: the generic scan
-    fast = str(jax.make_jaxpr(run(cell))(params, xs, carry))
     slow = str(jax.make_jaxpr(run(generic(cell)))(params, xs, carry))
-    assert "custom_jvp_call" in fast and "custom_jvp_call" not in slow
+    assert not any(name in slow for name in CUSTOM.values())
+    for forward_mode, name in CUSTOM.items():
+        fast = str(jax.make_jaxpr(run(lstm_cell(H, forward_mode=forward_mode)))(params, xs, carry))
+        assert name in fast and CUSTOM[not forward_mode] not in fast
 
 
+@MODES
 @pytest.mark.parametrize(("reverse", "lengths"), CASES, ids=IDS)
-def test_values_and_gradients_equal_the_scanned_cell(reverse, lengths):
-    cell, params, xs, carry = setup(seed=1)
+def test_values_and_gradients_equal_the_scanned_cell(reverse, lengths, forward_mode):
+    cell, params, xs, carry = setup(seed=1, forward_mode=forward_mode)
     lengths = None if lengths is None else jnp.asarray(lengths)
     fast, slow = run(cell, reverse=reverse, lengths=lengths), run(generic(cell), reverse=reverse, lengths=lengths)
     (ys, final) = jax.jit(fast)(params, xs, carry)
@@ -109,7 +115,7 @@ def test_values_and_gradients_equal_the_scanned_cell(reverse, lengths):
 
 @pytest.mark.parametrize(("reverse", "lengths"), CASES, ids=IDS)
 def test_forward_mode_equals_the_scanned_cell(reverse, lengths):
-    cell, params, xs, carry = setup(seed=2)
+    cell, params, xs, carry = setup(seed=2, forward_mode=True)
     lengths = None if lengths is None else jnp.asarray(lengths)
     primals = (params, xs, carry)
     tangents = jax.tree.map(lambda a: normal(int(a.size), a.shape), primals)
@@ -118,11 +124,26 @@ def test_forward_mode_equals_the_scanned_cell(reverse, lengths):
     chex.assert_trees_all_close(got, want, **TOL)
 
 
-def test_eight_devices_batch_sharded_under_jit():
+def test_the_default_is_reverse_mode_only_and_forward_mode_has_no_mixed_precision():
+    cell, params, xs, carry = setup(seed=2)
+    tangents = jax.tree.map(jnp.ones_like, (params, xs, carry))
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff \\(jvp\\) to a custom_vjp function"):
+        jax.jvp(run(cell), (params, xs, carry), tangents)
+    with pytest.raises(ValueError, match="lstm: forward_mode=True has no mixed precision \\(compute_dtype=bfloat16\\)"):
+        lstm_cell(H, compute_dtype="bfloat16", forward_mode=True, dtype="float32")
+    bad = lstm_cell(H, compute_dtype="bfloat16", forward_mode=True)  # the params' dtype is known at apply time
+    with pytest.raises(ValueError, match="lstm: forward_mode=True has no mixed precision"):
+        run(bad)(params, xs, carry)
+    same = lstm_cell(H, compute_dtype="float32", forward_mode=True)  # the params' own dtype: no mixed precision
+    chex.assert_trees_all_close(run(same)(params, xs, carry), run(generic(cell))(params, xs, carry), **TOL)
+
+
+@MODES
+def test_eight_devices_batch_sharded_under_jit(forward_mode):
     assert jax.device_count() == 8
     mesh = Mesh(jax.devices(), ("data",))
     rows, same = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    cell, params, xs, carry = setup(seed=3)
+    cell, params, xs, carry = setup(seed=3, forward_mode=forward_mode)
     lengths = jnp.asarray(LENGTHS)
     for reverse in (False, True):
 
@@ -141,9 +162,10 @@ def test_eight_devices_batch_sharded_under_jit():
         assert "all-gather" not in hlo and "all-reduce" in hlo
 
 
-def test_tbptt_gradient_flows_through_the_handed_over_carry():
+@MODES
+def test_tbptt_gradient_flows_through_the_handed_over_carry(forward_mode):
     """Two chunks, the second starting from the first's final carry; the loss sees only the last carry."""
-    cell, params, xs, carry = setup(seed=4)
+    cell, params, xs, carry = setup(seed=4, forward_mode=forward_mode)
 
     def two_chunks(c):
         first, second = run(c, lengths=jnp.asarray(LENGTHS)), run(c)
@@ -160,16 +182,21 @@ def test_tbptt_gradient_flows_through_the_handed_over_carry():
     assert float(jnp.abs(got[2].h).sum()) > 0 and float(jnp.abs(got[2].c).sum()) > 0  # reaches the initial carry
 
 
-def test_second_order_and_per_example_gradients_equal_the_scanned_cell():
-    cell, params, xs, carry = setup(seed=5)
+@MODES
+def test_second_order_and_per_example_gradients_equal_the_scanned_cell(forward_mode):
+    cell, params, xs, carry = setup(seed=5, forward_mode=forward_mode)
     lengths = jnp.asarray(LENGTHS)
     v = jax.tree.map(lambda p: normal(7, p.shape), params)
 
-    def hvp(c):  # forward-over-reverse Hessian-vector product w.r.t. the params
+    def hvp(c, forward_over_reverse):  # a Hessian-vector product w.r.t. the params
         loss = loss_of(run(c, lengths=lengths))
-        return jax.jvp(lambda p: jax.grad(loss)(p, xs, carry), (params,), (v,))[1]
+        if forward_over_reverse:
+            return jax.jvp(lambda p: jax.grad(loss)(p, xs, carry), (params,), (v,))[1]
+        return jax.grad(lambda p: tree_vdot(jax.grad(loss)(p, xs, carry), v))(params)  # reverse over reverse
 
-    chex.assert_trees_all_close(jax.jit(lambda: hvp(cell))(), hvp(generic(cell)), **TOL)
+    for forward_over_reverse in {False, forward_mode}:  # the custom VJP: reverse over reverse only
+        got = jax.jit(lambda f=forward_over_reverse: hvp(cell, f))()
+        chex.assert_trees_all_close(got, hvp(generic(cell), forward_over_reverse), **TOL)
 
     def per_example(c):
         def one(x, n, h, cc):
@@ -181,18 +208,20 @@ def test_second_order_and_per_example_gradients_equal_the_scanned_cell():
     chex.assert_trees_all_close(jax.jit(lambda: per_example(cell))(), per_example(generic(cell)), **TOL)
 
 
+@MODES
 @pytest.mark.parametrize("reverse", [False, True])
-def test_check_grads_float64(reverse):
+def test_check_grads_float64(reverse, forward_mode):
     with jax.enable_x64(True):
-        cell = lstm_cell(2)
+        cell = lstm_cell(2, forward_mode=forward_mode)
         xs = normal(8, (2, 3, 2), jnp.float64)
         params, _ = rnn(cell).init(jax.random.key(0), xs)
         carry = LSTMCarry(normal(9, (2, 2), jnp.float64), normal(10, (2, 2), jnp.float64))
         f = jax.jit(run(cell, reverse=reverse, lengths=jnp.array([3, 2])))
-        assert "custom_jvp_call" in str(jax.make_jaxpr(f)(params, xs, carry))
+        assert CUSTOM[forward_mode] in str(jax.make_jaxpr(f)(params, xs, carry))
         # float64 central differences of a smooth function: check_grads' default tolerances hold.
-        # Order 2 also differentiates the custom rule itself (forward and reverse).
-        check_grads(f, (params, xs, carry), order=2, modes=["fwd", "rev"])
+        # Order 2 also differentiates the custom rule itself (the custom VJP: reverse over reverse).
+        modes = ["fwd", "rev"] if forward_mode else ["rev"]
+        check_grads(f, (params, xs, carry), order=2, modes=modes)
 
 
 def test_without_bias_stacked_and_empty_time():
@@ -217,10 +246,10 @@ def test_without_bias_stacked_and_empty_time():
 def test_other_dtypes_take_the_generic_path_and_bfloat16_runs_whole():
     cell, params, xs, carry = setup(seed=7)
     half = LSTMCarry(*(c.astype(jnp.bfloat16) for c in carry))  # a carry of another dtype keeps its dtype per step
-    assert "custom_jvp_call" not in str(jax.make_jaxpr(run(cell))(params, xs, half))
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(run(cell))(params, xs, half))
     chex.assert_trees_all_equal(run(cell)(params, xs, half), run(generic(cell))(params, xs, half))
     as16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), (params, xs, carry))
-    assert "custom_jvp_call" in str(jax.make_jaxpr(run(cell))(*as16))
+    assert "custom_vjp_call" in str(jax.make_jaxpr(run(cell))(*as16))
     ys, _ = run(cell)(*as16)
     want, _ = run(generic(cell))(*as16)
     assert ys.dtype == jnp.bfloat16
@@ -247,6 +276,11 @@ def test_lstm_scan_directly_and_cell_scan_checks():
 
 
 # ---------------------------------------------------------------- mixed precision (compute_dtype)
+
+
+def tree_vdot(a, b) -> jax.Array:
+    """The inner product of two pytrees of one structure."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def relative_error(got, want) -> float:
@@ -309,7 +343,7 @@ def test_compute_dtype_none_or_the_params_dtype_is_the_plain_path_bit_for_bit():
         got = jax.make_jaxpr(lambda *a, c=same: grads(run(c, lengths=lengths), *a))(params, xs, carry)
         assert str(got) == str(want), compute_dtype  # the very same program: the same bits
         value = str(jax.make_jaxpr(run(same))(params, xs, carry))
-        assert "custom_jvp_call" in value and "custom_vjp_call" not in value
+        assert "custom_vjp_call" in value and "custom_jvp_call" not in value
     step = jax.make_jaxpr(lambda p, c, x: lstm_cell(H).apply(p, {}, c, x))(params, carry, xs[:, 0])
     plain = jax.make_jaxpr(lambda p, c, x: lstm_cell(H, compute_dtype=None).apply(p, {}, c, x))(params, carry, xs[:, 0])
     assert str(step) == str(plain)
