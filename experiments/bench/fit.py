@@ -12,7 +12,7 @@ Systems (all train with the same ``funcnet.train.step.make_train_step`` step on 
   fit        ``fit(model, loss, optimizer, Batches(...), trainer=TrainerConfig(log_every=50,
              progress=True))`` with its defaults: the in-memory arrays copied to the device once and
              each step gathering its batch there (``funcnet.train.resident``; the host sends the
-             indices), metrics read lazily, tensorboardX scalars every 50 steps, the
+             example numbers of many epochs at once), metrics read lazily, tensorboardX scalars every 50 steps, the
              progress bar (written to /dev/null); no evaluation,
              checkpoints only at the end of the run (outside the timed window)
   fit_ckpt   the same with ``checkpoint_every`` = half the timed window: two Orbax saves inside it

@@ -179,11 +179,11 @@ class TrainerConfig:
         when half are taken), so that slow input (files, parsing) overlaps the running step; 0: no
         thread, each batch is made when the step needs it. None (the default): 0 for in-memory arrays
         (``Batches`` of an ``ArrayDataset``: slicing a batch costs less than handing it over between
-        threads), 2 for any other source.
+        threads), 2 for any other source. Unused for arrays kept on the devices (``device_data_mib``).
       device_data_mib: in-memory training arrays (``Batches`` of an ``ArrayDataset``) of up to this
         many MiB in all are copied to every device once, and each step gathers its batch's rows
-        there, so the host sends only the examples' indices (``funcnet.train.resident``); 0: off,
-        batches are sliced on the host. Single-process runs only.
+        there, so the host sends only the examples' indices, once per epoch
+        (``funcnet.train.resident``); 0: off, batches are sliced on the host. Single-process runs only.
       progress: show a progress bar (moved when metrics are read: at log steps, and at least every second).
 
     Example:

@@ -45,7 +45,7 @@ from .feed import batch_transfer, max_in_flight, on_cpu, prefetch_size
 from .log import Progress, RunLogger
 from .pending import PendingMetrics
 from .prefetch import prefetch
-from .resident import index_batches, resident_arrays
+from .resident import EpochPlans, resident_arrays
 from .state import TrainState, abstract_train_state, create_train_state, data_mesh
 from .step import LossFn, make_eval_step, make_train_step
 from .train_log import TrainLog, state_is_finite
@@ -255,9 +255,11 @@ def fit(
     progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
 
     position = Position(**meta["position"])
-    source = train if resident is None else index_batches(train)  # the same batches, positions and padding
-    size = prefetch_size(trainer, source)
-    stream = prefetch(source.iterate(position), size=size, transform=batch_transfer(mesh))
+    if resident is None:
+        size = prefetch_size(trainer, train)
+        stream = prefetch(train.iterate(position), size=size, transform=batch_transfer(mesh))
+    else:  # the same batches, positions and padding; the step finds its batch from its step count
+        size, stream = 0, EpochPlans(train, position, step, mesh)
     single = jax.process_count() == 1  # several processes read at the same steps, so that all stop alike
     pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=size > 0), poll=single)
     train_log = TrainLog(trainer, logger, progress, checkpointer, learning_rate, items_per_example)

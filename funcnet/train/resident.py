@@ -3,11 +3,16 @@
 ``fit`` over ``Batches`` of an ``ArrayDataset`` would otherwise slice every batch on the host and
 hand it to the step: on a small model that costs as much as a tenth of the step (the mlp of
 ``experiments/bench/fit.py``: ~50 us of a ~420 us step on 2 CPU cores). When the arrays are small
-enough (``TrainerConfig.device_data_mib``), ``fit`` instead copies them to every device ONCE and
-feeds the step INDEX batches, ``{"index": int32[B], "mask": [B]}``, made by ``index_batches``: the
-same ``Batches`` (seed, shuffle, padding, positions) over the example numbers. The step gathers the
-rows on the device (``gather_batch``), so a batch is exactly the one the host would have sliced,
-a checkpoint's position resumes the same way, and the host sends 8 bytes per example per step.
+enough (``TrainerConfig.device_data_mib``), ``fit`` instead copies them to every device ONCE, and
+then epochs' PLANS (``epoch_plan``, ``EpochPlans``): the example numbers of every batch,
+``{"index": int32[S, B], "mask": [S, B]}`` for ``S`` steps of ``B`` examples, made as ``Batches``
+makes its batches (seed, shuffle, padding), many epochs in one upload. The step picks its row of
+the plan from its own step count (``state.step - offset``, ``batch_of_step``) and gathers the rows
+on the device, so a batch is exactly the one the host would have sliced, a checkpoint's position
+resumes the same way, and the host sends nothing per step: every step gets the same plan object.
+
+An index batch sent every step instead costs a host-to-device transfer per step, which on that
+mlp was a few percent of the step rate.
 
 Only single-process runs use it: with several processes each one holds its own rows of a batch.
 """
@@ -20,12 +25,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .data import ArrayDataset, Batches, in_memory
+from .data import Batches, Position, in_memory
 from .state import replicated
 
 INDEX = "index"  # the key of the example numbers in an index batch
+PLAN_STEPS = 2048  # an EpochPlans plan spans this many steps, in whole epochs (at least one) ...
+PLAN_BYTES = 4 << 20  # ... and at most this many bytes per device (or one epoch)
 
 
 def resident_arrays(train: Any, mesh: Mesh, max_mib: float) -> dict[str, jax.Array] | None:
@@ -34,6 +42,7 @@ def resident_arrays(train: Any, mesh: Mesh, max_mib: float) -> dict[str, jax.Arr
     They move to the devices when ``train`` is ``Batches`` of an ``ArrayDataset`` of plain numbers
     whose arrays take at most ``max_mib`` MiB together (one copy per device), in a single-process run.
 
+    >>> from funcnet.train.data import ArrayDataset
     >>> from funcnet.train.state import data_mesh
     >>> train = Batches(ArrayDataset(x=np.zeros((8, 2), np.float32)), 4)
     >>> sorted(resident_arrays(train, data_mesh(), 1.0)), resident_arrays(train, data_mesh(), 0)
@@ -49,22 +58,113 @@ def resident_arrays(train: Any, mesh: Mesh, max_mib: float) -> dict[str, jax.Arr
     return jax.device_put(dict(arrays), replicated(mesh))
 
 
-def index_batches(train: Batches) -> Batches:
-    """``train``'s batching over the example numbers: batch for batch, ``{"index", "mask"}`` of ``train``'s.
+def epoch_plan(train: Batches, epoch: int) -> dict[str, np.ndarray]:
+    """The example numbers of ``train``'s batches in ``epoch``: ``{"index": int32[S, B], "mask": float32[S, B]}``.
 
+    Row ``i`` is batch ``i`` of ``train.epoch(epoch)``: its examples, the padded last batch repeating
+    its own examples with mask 0 (a ``"mask"`` array of the dataset is applied by ``gather_batch``).
+
+    >>> from funcnet.train.data import ArrayDataset
     >>> train = Batches(ArrayDataset(x=np.arange(10, 15)), 2, seed=3)
-    >>> [b["x"].tolist() for b in train.epoch(0)] == [(b["index"] + 10).tolist() for b in index_batches(train).epoch(0)]
-    True
+    >>> plan = epoch_plan(train, 0)
+    >>> [b["x"].tolist() for b in train.epoch(0)] == (plan["index"] + 10).tolist(), plan["mask"][-1].tolist()
+    (True, [1.0, 0.0])
     """
-    numbers = ArrayDataset(**{INDEX: np.arange(train.num_examples, dtype=np.int32)})
-    return Batches(
-        numbers,
-        train.batch_size,
-        shuffle=train.shuffle,
-        seed=train.seed,
-        drop_remainder=train.drop_remainder,
-        multiple_of=train.multiple_of,
-    )
+    steps, size = train.steps_per_epoch, train.batch_size
+    order = train.order(epoch).astype(np.int32)
+    index = np.empty((steps, size), np.int32)
+    mask = np.ones((steps, size), np.float32)
+    full = min(steps, len(order) // size)
+    index[:full] = order[: full * size].reshape(full, size)
+    if full < steps:  # the last partial batch, padded as Batches pads it
+        rest = order[full * size :]
+        index[full] = np.resize(rest, size)
+        mask[full, len(rest) :] = 0.0
+    return {INDEX: index, "mask": mask}
+
+
+class EpochPlans:
+    """What ``fit`` hands its resident step, step by step from ``position``: plans of whole epochs.
+
+    ``next()`` returns a plan on the devices, ``{"index", "mask", "offset"}``: the rows of
+    ``epoch_plan`` for a run of consecutive epochs, and ``offset = state.step - row`` (the step trains
+    on row ``state.step - offset``); it moves ``position`` on, as ``Batches.iterate`` does. ``step``
+    is the step count of the state the first plan goes to. Every step gets the same object until the
+    plan's epochs run out; then the next run of epochs is uploaded (each plan spans about
+    ``PLAN_STEPS`` steps, and at most ``PLAN_BYTES`` bytes: on the mlp of fit.py, 50 steps an
+    epoch, uploading one epoch at a time cost 4% of the step rate).
+
+    >>> from funcnet.train.data import ArrayDataset
+    >>> from funcnet.train.state import data_mesh
+    >>> train = Batches(ArrayDataset(x=np.arange(24)), 8, shuffle=False)  # 3 steps an epoch
+    >>> plans = EpochPlans(train, Position(0, 2), 7, data_mesh())
+    >>> plan = next(plans)  # row 2 (the last of epoch 0) at step 7, then epoch 1's rows
+    >>> plan["index"][2:4, :3].tolist(), int(plan["offset"]), plans.position
+    ([[16, 17, 18], [0, 1, 2]], 5, Position(epoch=1, index=0))
+    """
+
+    def __init__(self, train: Batches, position: Position, step: int, mesh: Mesh):
+        self._train, self._mesh, self._step = train, mesh, step
+        if train.batch_size % mesh.size:
+            raise ValueError(
+                f"a batch of {train.batch_size} examples cannot be split evenly over {mesh.size} devices. Fix: "
+                f"make the batch size a multiple of {mesh.size} (Batches(..., multiple_of={mesh.size}) checks it)."
+            )
+        epoch, index = position
+        if index > train.steps_per_epoch:
+            raise ValueError(
+                f"position.index: expected at most {train.steps_per_epoch} (batches per epoch), got {index}. "
+                "Was the checkpoint written with another dataset or batch_size?"
+            )
+        if index == train.steps_per_epoch:
+            epoch, index = epoch + 1, 0
+        self._position = Position(epoch, index)
+        self._plan: dict[str, jax.Array] | None = None
+        self._plan_end = epoch  # the first epoch after the current plan's
+
+    @property
+    def position(self) -> Position:
+        """The position of the next batch: save it, restart with ``EpochPlans(train, position, step, mesh)``."""
+        return self._position
+
+    def __iter__(self) -> EpochPlans:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        epoch, index = self._position
+        if self._plan is None or epoch == self._plan_end:
+            self._plan = self._upload(epoch, offset=self._step - index)
+        plan = self._plan
+        self._step += 1
+        index += 1
+        if index == self._train.steps_per_epoch:
+            epoch, index = epoch + 1, 0
+        self._position = Position(epoch, index)
+        return plan
+
+    def _upload(self, epoch: int, offset: int) -> dict[str, jax.Array]:
+        """The plan of epochs ``epoch`` to ``self._plan_end - 1`` on the devices, row 0 at step ``offset``."""
+        train = self._train
+        epoch_bytes = train.steps_per_epoch * train.batch_size * 8  # int32 index and float32 mask
+        count = max(1, min(PLAN_STEPS // train.steps_per_epoch, PLAN_BYTES // epoch_bytes))
+        self._plan_end = epoch + count
+        plans = [epoch_plan(train, e) for e in range(epoch, self._plan_end)]
+        plan = {k: np.concatenate([p[k] for p in plans]) for k in (INDEX, "mask")}
+        plan["offset"] = np.int32(offset)
+        rows = NamedSharding(self._mesh, PartitionSpec(None, "data"))
+        return jax.device_put(plan, {INDEX: rows, "mask": rows, "offset": replicated(self._mesh)})
+
+    def close(self) -> None:
+        """Nothing to release (the same interface as ``funcnet.train.prefetch.Prefetcher``)."""
+
+
+def batch_of_step(
+    arrays: Mapping[str, jax.Array], plan: Mapping[str, jax.Array], step: jax.Array
+) -> dict[str, jax.Array]:
+    """Inside the step: the batch of row ``step - plan["offset"]`` of an ``EpochPlans`` plan (``gather_batch``)."""
+    row = step - plan["offset"]
+    indexed = {k: lax.dynamic_index_in_dim(plan[k], row, 0, keepdims=False) for k in (INDEX, "mask")}
+    return gather_batch(arrays, indexed)
 
 
 def gather_batch(arrays: Mapping[str, jax.Array], indexed: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

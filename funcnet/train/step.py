@@ -34,7 +34,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from ..core import Model
-from .resident import gather_batch
+from .resident import batch_of_step
 from .sparse import SparseRows, gather_rows, scatter_rows, unwrap
 from .state import TrainState, batch_sharded, data_mesh, replicated, step_key
 
@@ -204,8 +204,8 @@ def make_train_step(
     The batch is sharded along its first axis over the mesh's ``"data"`` axis; the state stays
     replicated. On one device this is a plain jitted step. See ``train_step_fn`` for the arguments;
     ``resident``: the training arrays, already replicated on the devices
-    (``funcnet.train.resident``); the step then takes index batches ``{"index", "mask"}`` and
-    gathers each batch's rows itself, inside the compiled step.
+    (``funcnet.train.resident``); the step then takes, instead of a batch, an epoch's plan
+    (``funcnet.train.resident.EpochPlans``) and gathers its own batch inside the compiled step.
 
     Raises:
       ValueError: the batch size is not a multiple of the number of devices.
@@ -237,15 +237,16 @@ def make_train_step(
         arrays = ()
     else:  # the arrays are arguments, not constants baked into the compiled step
         step = jax.jit(
-            lambda state, indexed, arrays: pure(state, gather_batch(arrays, indexed)),
-            in_shardings=(*shardings, replicated(mesh)),
+            lambda state, plan, arrays: pure(state, batch_of_step(arrays, plan, state.step)),
+            in_shardings=(replicated(mesh), None, replicated(mesh)),  # the plan comes placed (EpochPlans)
             out_shardings=replicated(mesh),
             donate_argnums=0,
         )
         arrays = (resident,)
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        _check_divisible(batch, mesh)
+        if resident is None:  # a plan's batch axis was checked when it was made
+            _check_divisible(batch, mesh)
         return step(state, batch, *arrays)
 
     checked.jitted = step  # for inspection: .lower(), ._cache_size()

@@ -266,10 +266,14 @@ def test_prefetch_0_trains_without_a_thread_and_like_a_prefetching_run(tmp_path)
             self.seen |= {t.name for t in threading.enumerate() if t.ident not in self.before}
 
     results = {}
-    for prefetch, threaded in ((0, False), (2, True), (None, False)):  # None: in-memory arrays need no thread
+    # Batches sliced on the host (device_data_mib=0); None: in-memory arrays need no thread. Arrays
+    # kept on the devices (the default) never need one: the host sends one plan per epoch.
+    for prefetch, threaded, mib in ((0, False, 0), (2, True, 0), (None, False, 0), (2, False, 256)):
         watcher = PrefetchThreads()
-        results[prefetch] = _fit(tmp_path / str(prefetch), callbacks=[watcher], epochs=2, prefetch=prefetch)
-        assert ("funcnet-prefetch" in watcher.seen) == threaded, (prefetch, watcher.seen)
+        run_dir = tmp_path / f"{prefetch}-{mib}"
+        results[prefetch, mib] = _fit(run_dir, callbacks=[watcher], epochs=2, prefetch=prefetch, device_data_mib=mib)
+        assert ("funcnet-prefetch" in watcher.seen) == threaded, (prefetch, mib, watcher.seen)
+    results = {prefetch: results[prefetch, 0] for prefetch in (0, 2)}
     chex.assert_trees_all_equal(results[0].state.params, results[2].state.params)  # the same batches, in order
     assert results[0].history == results[2].history
 

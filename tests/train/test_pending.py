@@ -27,17 +27,18 @@ class FakeOutput:
         return np.asarray(self.value, dtype)
 
 
-def test_adding_steps_waits_for_the_oldest_to_keep_the_bound_and_reads_nothing():
-    for bound in (2, 4):
+def test_adding_steps_waits_down_to_half_the_bound_in_one_wait_and_reads_nothing():
+    # (bound, steps waited for, steps reported finished) over steps 1..6
+    for bound, waited, done in ((2, [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]), (4, [2, 4], [1, 2, 3, 4]), (5, [3], [1, 2, 3])):
         log = []
         pending = PendingMetrics(on_cpu=True, max_in_flight=bound)
         finished = []
         for step in range(1, 7):
-            finished += [done for done, _ in pending.add(step, {"loss": FakeOutput(step, log)})]
-        # Before the next dispatch fewer than `bound` steps may be unfinished: the oldest are waited for.
-        waited = list(range(1, 6 - bound + 2))  # after step 6: steps 7 - bound .. 6 still run
+            finished += [s for s, _ in pending.add(step, {"loss": FakeOutput(step, log)})]
+            assert step - len(finished) < bound  # the next dispatch finds room
+        # At the bound, one wait for the step that leaves half of it (at least one) in flight.
         assert log == [("wait", step) for step in waited], (bound, log)
-        assert finished == waited and len(pending) == 6
+        assert finished == done and len(pending) == 6
 
 
 def test_steps_seen_finished_are_reported_without_waiting():
@@ -97,4 +98,4 @@ def test_without_polling_the_finished_steps_depend_on_the_step_count_only():
     for output in outputs:
         output.ready = True  # all done already: a polling loop would see them at once
     finished = [[done for done, _ in pending.add(step, {"loss": out})] for step, out in enumerate(outputs, 1)]
-    assert finished == [[], [], [1], [2], [3]]  # what every process of a multi-host run sees alike
+    assert finished == [[], [], [1, 2], [], [3, 4]]  # what every process of a multi-host run sees alike

@@ -11,10 +11,11 @@ import pytest
 
 import funcnet as fn
 import funcnet.train.loop as loop
+import funcnet.train.resident as resident
 from funcnet.train.components import ConfigError
 from funcnet.train.config import TrainerConfig
-from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches
-from funcnet.train.resident import gather_batch, index_batches, resident_arrays
+from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches, Position
+from funcnet.train.resident import EpochPlans, batch_of_step, epoch_plan, resident_arrays
 from funcnet.train.state import create_train_state, data_mesh
 from funcnet.train.step import make_train_step
 
@@ -33,19 +34,54 @@ def _train(**extra):
     return Batches(ArrayDataset(x=X, y=Y, mask=WEIGHT, **extra), 16, seed=3, multiple_of=8)
 
 
-def test_index_batches_gather_exactly_the_host_batches():
+def _gathered(arrays, plans, step):
+    """The batch the resident step trains on at ``step``, from the next plan of ``plans``."""
+    return jax.device_get(jax.jit(batch_of_step)(arrays, next(plans), jnp.int32(step)))
+
+
+@pytest.mark.parametrize("plan_steps", [2048, 5, 11])  # 5 steps an epoch: all epochs in one plan, 1 or 2 a plan
+def test_epoch_plans_gather_exactly_the_host_batches_at_the_same_positions(plan_steps, monkeypatch):
+    monkeypatch.setattr(resident, "PLAN_STEPS", plan_steps)
+    uploads, upload = [], EpochPlans._upload
+    monkeypatch.setattr(
+        EpochPlans, "_upload", lambda self, epoch, offset: uploads.append(epoch) or upload(self, epoch, offset)
+    )
     train = _train(ids=np.arange(70, dtype=np.int64) * 3)
     arrays = resident_arrays(train, data_mesh(), 1)
     assert arrays is not None
-    for epoch in (0, 1):
-        host, indexed = list(train.epoch(epoch)), list(index_batches(train).epoch(epoch))
-        assert len(host) == len(indexed) == 5
-        for want, got in zip(host, indexed, strict=True):
-            got = jax.device_get(jax.jit(gather_batch)(arrays, got))
-            assert sorted(got) == sorted(want)
-            for key in want:
-                np.testing.assert_array_equal(got[key], want[key].astype(got[key].dtype), err_msg=key)
-    assert index_batches(train).steps_per_epoch == train.steps_per_epoch
+    host, plans = train.iterate(), EpochPlans(train, Position(0, 0), 0, data_mesh())
+    for step in range(3 * train.steps_per_epoch + 2):  # three epochs and into the fourth
+        want, got = next(host), _gathered(arrays, plans, step)
+        assert plans.position == host.position
+        assert sorted(got) == sorted(want)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key].astype(got[key].dtype), err_msg=f"{key} at {step}")
+    assert uploads == {2048: [0], 5: [0, 1, 2, 3], 11: [0, 2]}[plan_steps]
+    # Resumed mid-epoch from a saved position and step count: the batches the host would give next.
+    host, plans = train.iterate(Position(1, 3)), EpochPlans(train, Position(1, 3), 41, data_mesh())
+    for step in range(41, 45):
+        want, got = next(host), _gathered(arrays, plans, step)
+        np.testing.assert_array_equal(got["x"], want["x"])
+        assert plans.position == host.position
+    # A saved position at an epoch's end is the next epoch's start.
+    assert EpochPlans(train, Position(2, 5), 0, data_mesh()).position == Position(3, 0)
+
+
+def test_epoch_plans_reject_a_wrong_position_or_an_uneven_batch():
+    with pytest.raises(ValueError, match=r"position.index: expected at most 5 \(batches per epoch\), got 6"):
+        EpochPlans(_train(), Position(0, 6), 0, data_mesh())
+    with pytest.raises(ValueError, match="a batch of 6 examples cannot be split evenly over 8 devices"):
+        EpochPlans(Batches(ArrayDataset(x=X), 6), Position(), 0, data_mesh())
+
+
+def test_epoch_plan_rows_are_the_batches_with_or_without_the_remainder():
+    for drop in (False, True):
+        train = Batches(ArrayDataset(x=np.arange(70)), 16, seed=4, drop_remainder=drop)
+        plan = epoch_plan(train, 2)
+        host = list(train.epoch(2))
+        assert plan["index"].shape == (len(host), 16) and plan["index"].dtype == np.int32
+        np.testing.assert_array_equal(plan["index"], np.stack([b["x"] for b in host]))
+        np.testing.assert_array_equal(plan["mask"], np.stack([b["mask"] for b in host]))
 
 
 def test_resident_step_equals_the_host_step_on_eight_devices():
@@ -57,21 +93,22 @@ def test_resident_step_equals_the_host_step_on_eight_devices():
     host_step = make_train_step(MODEL, mse, optimizer, mesh=mesh)
     device_step = make_train_step(MODEL, mse, optimizer, mesh=mesh, resident=resident_arrays(train, mesh, 1))
     copy = jax.tree.map(jnp.copy, state)
-    for batch, indexed in zip(train.epoch(0), index_batches(train).epoch(0), strict=True):
+    plans = EpochPlans(train, Position(), 0, mesh)
+    for batch in train.epoch(0):
         state, want = host_step(state, batch)
-        copy, got = device_step(copy, indexed)
+        copy, got = device_step(copy, next(plans))
         chex.assert_trees_all_close(got, want, rtol=1e-6)
     chex.assert_trees_all_close(copy.params, state.params, rtol=1e-6, atol=1e-7)
 
 
 def test_fit_keeps_small_arrays_on_the_devices_and_trains_as_the_host_path(tmp_path, monkeypatch):
     used = []
-    monkeypatch.setattr(loop, "index_batches", lambda train: used.append(train) or index_batches(train))
+    monkeypatch.setattr(loop, "EpochPlans", lambda train, *a: used.append(train) or EpochPlans(train, *a))
     results = {}
     for mib in (256, 0):
         trainer = TrainerConfig(epochs=2, log_every=2, progress=False, device_data_mib=mib)
         results[mib] = loop.fit(MODEL, mse, optax.adam(1e-2), _train(), run_dir=tmp_path / str(mib), trainer=trainer)
-        assert len(used) == 1  # only the default run went through index batches
+        assert len(used) == 1  # only the default run went through epoch plans
     assert results[256].step == results[0].step == 10
     chex.assert_trees_all_close(results[256].state.params, results[0].state.params, rtol=1e-5, atol=1e-6)
 
