@@ -21,9 +21,10 @@ Systems (all train with the same ``funcnet.train.step.make_train_step`` step on 
 
 Each ``fit`` call is a fresh run (new run directory, so no resume): it compiles its own step, so its
 figure is a window of steady-state steps measured by a callback, from the end of step w to the end of
-step w + K (K = the steps every system runs in the round); the compile, the first steps and the final
-save fall outside the window. Figures: steps/s and, per round, the ratio to ``bare``; for fit_ckpt the
-cost of one checkpoint. Target: fit >= 0.95 x bare. Method: see _common.py.
+step w + K (K = the steps every system runs in the round, a multiple of 4); the compile, the first
+steps, 8 steps after the window and the final save fall outside it. Figures: steps/s and, per round,
+the ratio to ``bare``; for fit_ckpt the cost of one checkpoint. Target: fit >= 0.95 x bare. Method: see
+_common.py.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ import _peers as peers
 
 SYSTEMS = ("fit", "fit_ckpt", "bare", "bare_host")
 WORKLOADS = ("mlp", "charlstm")
-WARM_STEPS = 5  # fit steps before its timed window (the first compiles)
+WARM_STEPS = 8  # fit steps before its timed window (the first compiles)
+# fit reports finished steps to on_step_end in bursts: with up to MAX_IN_FLIGHT steps in flight (8
+# here) it waits for steps 4, 8, 12, ..., so a step is seen when the next multiple of 4 is done. The
+# window's two ends are seen alike when both are in steady state (TAIL_STEPS more steps follow the
+# window, so its end is not the run's last step, which is seen at once) and in the same phase
+# (WARM_STEPS and the steps per round are multiples of PHASE).
+TAIL_STEPS = 8
+PHASE = 4
 LOG_EVERY = 50
 
 
@@ -93,7 +101,7 @@ class Window:
 
 
 def fit_system(name, spec, seed, root, checkpoint_every=None) -> tuple[common.System, list[float]]:
-    """A system whose ``run(K)`` is one fresh ``fit`` of WARM_STEPS + K steps, timed over the last K;
+    """A system whose ``run(K)`` is one fresh ``fit`` of WARM_STEPS + K + TAIL_STEPS steps, timed over K;
     and the list that collects each whole fit call's seconds."""
     import jax
 
@@ -109,7 +117,7 @@ def fit_system(name, spec, seed, root, checkpoint_every=None) -> tuple[common.Sy
         window = Window(WARM_STEPS, WARM_STEPS + steps)
         every = checkpoint_every(steps) if checkpoint_every else None
         trainer = TrainerConfig(
-            max_steps=WARM_STEPS + steps,
+            max_steps=WARM_STEPS + steps + TAIL_STEPS,
             batch_size=batch_size,
             log_every=LOG_EVERY,
             checkpoint_every=every,
@@ -184,6 +192,7 @@ def half(steps: int) -> int:
 def bench_workload(name, args, root) -> dict:
     spec = workload(name, args.seed)
     steps = args.steps or spec[5][1 if args.quick else 0]
+    steps = -(-steps // PHASE) * PHASE  # a multiple of PHASE (see TAIL_STEPS)
     systems, walls = {}, {}
     bare = bare_systems(spec, args.seed) if {"bare", "bare_host"} & set(args.systems) else {}
     for system in args.systems:
@@ -201,7 +210,7 @@ def bench_workload(name, args, root) -> dict:
             figure="fit_call",
             workload=f"fit/{name}",
             system=system,
-            steps=WARM_STEPS + steps,
+            steps=WARM_STEPS + steps + TAIL_STEPS,
             seconds_median=round(common.median(values), 3),
             note="whole fit call: state, compile, warm steps, window, final save, close",
         )
