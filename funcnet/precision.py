@@ -118,8 +118,9 @@ def _mixed_bwd(dtype, residuals, g):
     low_a, low_w, (a_like, w_like) = residuals
     low_g = g.astype(dtype)
     d_a = rounded_dot(low_g, low_w, ((g.ndim - 1,), (1,)), dtype, jnp.float32)
-    # Contracted over a leading unit axis too: XLA's CPU backend runs a 2-D [M, F]^T @ [M, N] bfloat16
-    # product ~4x slower than the same product written with a 3-D [1, M, F] operand (measured, jax 0.10.2).
+    # Contracted over a leading unit axis too: XLA's CPU backend ran a 2-D [M, F]^T @ [M, N] bfloat16
+    # product several times slower than the same product with a 3-D [1, M, F] operand (a one-off probe,
+    # jax 0.10.2; see experiments/results/treelstm.md).
     flat_a, flat_g = low_a.reshape(1, -1, low_a.shape[-1]), low_g.reshape(1, -1, low_g.shape[-1])
     d_w = rounded_dot(flat_a, flat_g, ((0, 1), (0, 1)), dtype, jnp.float32)
     return d_a.astype(a_like.dtype), d_w.astype(w_like.dtype)

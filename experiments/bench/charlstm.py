@@ -32,6 +32,8 @@ Systems, each written the way that library's users write it:
            (its LSTM and Linear take bfloat16 operands; the loss and Adam stay float32): the fair peer of
            funcnet_bf16. Mixed systems start from the same weights; their losses differ from float32 by
            bfloat16 rounding (~1e-6 relative at this near-uniform start), checked to 1e-2.
+  funcnet_jvp  funcnet's model with fn.lstm_cell(256, forward_mode=True): the LSTM's custom JVP (which
+           forward mode also differentiates) instead of its default custom VJP; the price of forward mode
 
 Targets (issue 6): funcnet/jax >= 1.35 and funcnet/torch >= 0.8 tokens/s; the same two for funcnet_bf16,
 and funcnet_bf16/torch_bf16 >= 0.8 (both mixed).
@@ -48,7 +50,7 @@ from functools import partial
 import _common as common
 import _peers as peers
 
-SYSTEMS = ("funcnet", "jax", "flax", "haiku", "equinox", "torch", "funcnet_bf16", "torch_bf16")
+SYSTEMS = ("funcnet", "jax", "flax", "haiku", "equinox", "torch", "funcnet_bf16", "torch_bf16", "funcnet_jvp")
 VOCAB, EMBED, HIDDEN, SEQUENCE, BATCH, LEARNING_RATE = 65, 64, 256, 100, 32, 2e-3
 NUM_BATCHES = 8
 LOSS_AFTER = 3  # every system's loss is also reported after this many steps (same data, same init)
@@ -100,12 +102,12 @@ def gates(w, order: str):
 # ---------------------------------------------------------------- systems
 
 
-def funcnet_model(compute_dtype=None):
+def funcnet_model(compute_dtype=None, forward_mode=False):
     import funcnet as fn
 
     return fn.serial(
         embed=fn.embed(VOCAB, EMBED),
-        lstm=fn.rnn(fn.lstm_cell(HIDDEN, compute_dtype=compute_dtype)),
+        lstm=fn.rnn(fn.lstm_cell(HIDDEN, compute_dtype=compute_dtype, forward_mode=forward_mode)),
         head=fn.dense(VOCAB, compute_dtype=compute_dtype),
     )
 
@@ -125,16 +127,16 @@ def funcnet_params(w):
     }
 
 
-def build_funcnet(batches, weights, seed, compute_dtype=None):
+def build_funcnet(batches, weights, seed, compute_dtype=None, forward_mode=False):
     import jax
     import numpy as np
     import optax
 
     from funcnet.train.state import batch_sharded
 
-    name = "funcnet" if compute_dtype is None else "funcnet_bf16"
+    name = "funcnet_bf16" if compute_dtype else "funcnet_jvp" if forward_mode else "funcnet"
     optimizer = optax.adam(LEARNING_RATE)
-    model = funcnet_model(compute_dtype)
+    model = funcnet_model(compute_dtype, forward_mode)
     step, state, mesh, init = peers.funcnet_train(
         model, funcnet_loss, optimizer, batches[0][0], funcnet_params(weights), seed, name
     )
@@ -388,6 +390,7 @@ def build_torch(batches, weights, seed, device, autocast=False):
 BUILDERS = {
     "funcnet": build_funcnet,
     "funcnet_bf16": partial(build_funcnet, compute_dtype="bfloat16"),
+    "funcnet_jvp": partial(build_funcnet, forward_mode=True),
     "jax": build_jax,
     "flax": build_flax,
     "haiku": build_haiku,

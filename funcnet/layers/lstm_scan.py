@@ -30,9 +30,8 @@ Two derivatives, one function:
   - The forward loop writes ``h_{t-1}`` transposed into ``[H, T, B]``, so the recurrent-weight
     gradient after the loop is ``h_prev [H, T * B] @ dz [T * B, 4H]`` on the row-major operands the
     CPU kernels take. (JAX's transpose of a matmul always puts the cotangent first, ``dz^T h_prev``,
-    and XLA then copies ``dz`` transposed: measured 10.5 ms against 5.0 ms for this product alone in
-    the char-LSTM benchmark's shapes. That, more than the loops, is why the custom JVP below trains
-    ~15% slower.)
+    and XLA then copies ``dz`` transposed first: the main reason found why the custom JVP below
+    trains slower. ``experiments/bench/charlstm.py`` measures both, ``funcnet`` and ``funcnet_jvp``.)
   - No bfloat16 array is written one step at a time (XLA's CPU backend would convert the whole
     ``[T, ...]`` buffer to float32 and back at every step): the saved arrays are rounded after the loops.
 
@@ -222,14 +221,18 @@ class _VjpSaved(NamedTuple):
     k: jax.Array  # [T, B, H]: o (1 - tanh(c')^2) = d h' / d c' at fixed o; zero past the end
     f: jax.Array  # [T, B, H]: forget gate = d c' / d c; one past the end
     h_prev_t: jax.Array  # [H, T, B]: the carry h before each step, transposed
+    xs_low: jax.Array  # [T, B, F]: the inputs, time-major, rounded to the matmuls' dtype
+    w_ih_low: jax.Array  # [F, 4H], rounded
+    w_hh_low: jax.Array  # [H, 4H], rounded
 
 
 def _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save):
     """``_forward`` with matmuls on ``dtype`` operands; returns ``ys, h, c`` and ``_VjpSaved`` or None."""
     batch, time, _ = xs.shape
     hidden, work = w_hh.shape[0], xs.dtype
-    w_hh_low = w_hh.astype(dtype)  # once, outside the loop: XLA would convert it in every step
-    zx = rounded_dot(jnp.swapaxes(xs, 0, 1), w_ih, ((2,), (0,)), dtype, work)  # [T, B, 4H]
+    # Rounded once, outside the loop (XLA would convert w_hh in every step), and kept for the backward.
+    xs_low, w_ih_low, w_hh_low = jnp.swapaxes(xs, 0, 1).astype(dtype), w_ih.astype(dtype), w_hh.astype(dtype)
+    zx = rounded_dot(xs_low, w_ih_low, ((2,), (0,)), dtype, work)  # [T, B, 4H]
     scale, shift = _gate_affine(hidden, work)
     bias = b[None]
 
@@ -259,7 +262,7 @@ def _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save)
     hs = out[0] if save else out  # [T, B, H]
     if valid is not None:
         hs = jnp.where(valid[..., None], hs, jnp.zeros_like(hs))  # outputs exactly zero past the end
-    saved = _VjpSaved(final[2], *out[1:], final[3]) if save else None
+    saved = _VjpSaved(final[2], *out[1:], final[3], xs_low, w_ih_low, w_hh_low) if save else None
     return jnp.swapaxes(hs, 0, 1), final[0], final[1], saved
 
 
@@ -271,8 +274,7 @@ def _vjp_recurrence(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
 
 def _vjp_recurrence_fwd(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
     ys, h, c, saved = _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=True)
-    low = (jnp.swapaxes(xs, 0, 1).astype(dtype), w_ih.astype(dtype), w_hh.astype(dtype))
-    return (ys, h, c), (saved, low, valid)
+    return (ys, h, c), (saved, valid)
 
 
 def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
@@ -282,10 +284,10 @@ def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
     pre-activation cotangent is ``dz_t = [gc, gc, gc, gh] * factors_t`` (gates i, f, g, o), and the
     carry's is ``(dz_t @ w_hh^T, gc f_t)``.
     """
-    saved, (xs_low, w_ih_low, w_hh_low), valid = residuals
+    saved, valid = residuals
     dys, dh, dc = cotangents
     work = dys.dtype
-    w_hh_t = lax.optimization_barrier(w_hh_low.T)  # [4H, H] row-major: the loop's matmul reads it as stored
+    w_hh_t = lax.optimization_barrier(saved.w_hh_low.T)  # [4H, H] row-major: the loop's matmul reads it as stored
 
     def step(carry, inputs):
         dh, dc, buffer = carry
@@ -308,8 +310,8 @@ def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
     # Contractions over (T, B); dz is rounded once, here.
     dz_low = dz.astype(dtype)
     d_w_hh = rounded_dot(saved.h_prev_t, dz_low, ((1, 2), (0, 1)), dtype, work)
-    d_w_ih = rounded_dot(xs_low, dz_low, ((0, 1), (0, 1)), dtype, work)
-    d_xs = rounded_dot(dz_low, w_ih_low, ((2,), (1,)), dtype, work)  # [T, B, F]
+    d_w_ih = rounded_dot(saved.xs_low, dz_low, ((0, 1), (0, 1)), dtype, work)
+    d_xs = rounded_dot(dz_low, saved.w_ih_low, ((2,), (1,)), dtype, work)  # [T, B, F]
     return d_w_ih, d_w_hh, jnp.sum(dz, (0, 1)), jnp.swapaxes(d_xs, 0, 1), dh0, dc0, None
 
 

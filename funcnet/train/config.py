@@ -182,7 +182,7 @@ class TrainerConfig:
         threads), 2 for any other source. Unused for arrays kept on the devices (``device_data_mib``).
       device_data_mib: in-memory training arrays (``Batches`` of an ``ArrayDataset``) of up to this
         many MiB in all are copied to every device once, and each step gathers its batch's rows
-        there, so the host sends only the examples' indices, once per epoch
+        there, so the host sends only the examples' numbers, a plan of many epochs at a time
         (``funcnet.train.resident``); 0: off, batches are sliced on the host. Single-process runs only.
       progress: show a progress bar (moved when metrics are read: at log steps, and at least every second).
 

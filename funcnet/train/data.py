@@ -352,13 +352,22 @@ class Batches:
         >>> bool((next(it)["x"] == next(batches.iterate(saved))["x"]).all())
         True
         """
+        return BatchIterator(self.epoch, self.start(position))
+
+    def start(self, position: Position | Mapping | None = None) -> Position:
+        """``position`` checked against this batching (its index at most ``steps_per_epoch``).
+
+        >>> import numpy as np
+        >>> Batches(ArrayDataset(x=np.arange(6)), 2).start({"epoch": 1, "index": 3})
+        Position(epoch=1, index=3)
+        """
         start = _start(position)
         if start.index > self.steps_per_epoch:
             raise ValueError(
                 f"position.index: expected at most {self.steps_per_epoch} (batches per epoch), got {start.index}. "
                 "Was the checkpoint written with another dataset or batch_size?"
             )
-        return BatchIterator(self.epoch, start)
+        return start
 
 
 class GeneratorBatches:

@@ -100,8 +100,8 @@ class PendingMetrics:
         if len(steps) - self._finished >= self.max_in_flight:  # the next dispatch must find room
             # Waits down to half the bound in ONE wait: steps finish in order (each takes the state
             # the one before made), so the newest of them finishing means all did. One wake-up per
-            # max_in_flight / 2 steps instead of one per step: on the mlp of fit.py, 2 loaded CPU
-            # cores, a wait per step cost ~4% of the step rate.
+            # max_in_flight / 2 steps instead of one per step, which on a small model's step (the mlp
+            # of experiments/bench/fit.py, 2 CPU cores) is a visible part of the host's time.
             done = len(steps) - max(1, self.max_in_flight // 2)
             _wait(steps[done - 1][1])
             self._finished = done

@@ -1,8 +1,8 @@
 """In-memory training data kept on the devices: each step gathers its own batch there.
 
 ``fit`` over ``Batches`` of an ``ArrayDataset`` would otherwise slice every batch on the host and
-hand it to the step: on a small model that costs as much as a tenth of the step (the mlp of
-``experiments/bench/fit.py``: ~50 us of a ~420 us step on 2 CPU cores). When the arrays are small
+hand it to the step: on a small model that costs a noticeable part of the step (``bare_host``
+against ``bare`` in ``experiments/bench/fit.py``, on the mlp). When the arrays are small
 enough (``TrainerConfig.device_data_mib``), ``fit`` instead copies them to every device ONCE, and
 then epochs' PLANS (``epoch_plan``, ``EpochPlans``): the example numbers of every batch,
 ``{"index": int32[S, B], "mask": [S, B]}`` for ``S`` steps of ``B`` examples, made as ``Batches``
@@ -11,8 +11,7 @@ the plan from its own step count (``state.step - offset``, ``batch_of_step``) an
 on the device, so a batch is exactly the one the host would have sliced, a checkpoint's position
 resumes the same way, and the host sends nothing per step: every step gets the same plan object.
 
-An index batch sent every step instead costs a host-to-device transfer per step, which on that
-mlp was a few percent of the step rate.
+An index batch sent every step would cost a host-to-device transfer per step instead.
 
 Only single-process runs use it: with several processes each one holds its own rows of a batch.
 """
@@ -29,9 +28,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .data import Batches, Position, in_memory
-from .state import replicated
+from .state import check_divisible, replicated
 
-INDEX = "index"  # the key of the example numbers in an index batch
+INDEX = "index"  # the key of the example numbers, in a plan and in the row a step takes from it
 PLAN_STEPS = 2048  # an EpochPlans plan spans this many steps, in whole epochs (at least one) ...
 PLAN_BYTES = 4 << 20  # ... and at most this many bytes per device (or one epoch)
 
@@ -91,8 +90,8 @@ class EpochPlans:
     on row ``state.step - offset``); it moves ``position`` on, as ``Batches.iterate`` does. ``step``
     is the step count of the state the first plan goes to. Every step gets the same object until the
     plan's epochs run out; then the next run of epochs is uploaded (each plan spans about
-    ``PLAN_STEPS`` steps, and at most ``PLAN_BYTES`` bytes: on the mlp of fit.py, 50 steps an
-    epoch, uploading one epoch at a time cost 4% of the step rate).
+    ``PLAN_STEPS`` steps, and at most ``PLAN_BYTES`` bytes: an upload costs the host about as
+    much as several steps of a small model, so one per epoch of 50 steps, as on fit.py's mlp, counts).
 
     >>> from funcnet.train.data import ArrayDataset
     >>> from funcnet.train.state import data_mesh
@@ -104,23 +103,14 @@ class EpochPlans:
     """
 
     def __init__(self, train: Batches, position: Position, step: int, mesh: Mesh):
+        check_divisible(train.batch_size, mesh)
         self._train, self._mesh, self._step = train, mesh, step
-        if train.batch_size % mesh.size:
-            raise ValueError(
-                f"a batch of {train.batch_size} examples cannot be split evenly over {mesh.size} devices. Fix: "
-                f"make the batch size a multiple of {mesh.size} (Batches(..., multiple_of={mesh.size}) checks it)."
-            )
-        epoch, index = position
-        if index > train.steps_per_epoch:
-            raise ValueError(
-                f"position.index: expected at most {train.steps_per_epoch} (batches per epoch), got {index}. "
-                "Was the checkpoint written with another dataset or batch_size?"
-            )
+        epoch, index = train.start(position)
         if index == train.steps_per_epoch:
             epoch, index = epoch + 1, 0
         self._position = Position(epoch, index)
-        self._plan: dict[str, jax.Array] | None = None
-        self._plan_end = epoch  # the first epoch after the current plan's
+        self._plan: dict[str, jax.Array] = {}
+        self._plan_end = epoch  # the first epoch after the current plan's: the first next() uploads
 
     @property
     def position(self) -> Position:
@@ -132,7 +122,7 @@ class EpochPlans:
 
     def __next__(self) -> dict[str, jax.Array]:
         epoch, index = self._position
-        if self._plan is None or epoch == self._plan_end:
+        if epoch == self._plan_end:
             self._plan = self._upload(epoch, offset=self._step - index)
         plan = self._plan
         self._step += 1

@@ -50,6 +50,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def check_divisible(examples: int, mesh: Mesh) -> None:
+    """Raises ValueError unless a batch of ``examples`` splits evenly over the devices of ``mesh``.
+
+    >>> check_divisible(16, data_mesh(jax.devices()[:1]))
+    """
+    devices = mesh.size
+    if examples % devices:
+        raise ValueError(
+            f"a batch of {examples} examples cannot be split evenly over {devices} devices. Fix: make the batch size a "
+            f"multiple of {devices}; funcnet.train.data.Batches pads partial batches with masked examples."
+        )
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """The sharding of a batch split along its first axis over the mesh's ``"data"`` axis.
 

@@ -36,7 +36,7 @@ from jax.sharding import Mesh
 from ..core import Model
 from .resident import batch_of_step
 from .sparse import SparseRows, gather_rows, scatter_rows, unwrap
-from .state import TrainState, batch_sharded, data_mesh, replicated, step_key
+from .state import TrainState, batch_sharded, check_divisible, data_mesh, replicated, step_key
 
 LossFn = Callable[[Any, Mapping[str, jax.Array]], "jax.Array | Mapping[str, jax.Array]"]
 Metrics = dict[str, jax.Array]
@@ -178,15 +178,6 @@ def eval_step_fn(
     return step
 
 
-def _check_divisible(batch: Mapping[str, jax.Array], mesh: Mesh) -> None:
-    n, devices = batch["mask"].shape[0], mesh.size
-    if n % devices:
-        raise ValueError(
-            f"a batch of {n} examples cannot be split evenly over {devices} devices. Fix: make the batch size a "
-            f"multiple of {devices}; funcnet.train.data.Batches pads partial batches with masked examples."
-        )
-
-
 def make_train_step(
     model: Model,
     loss_fn: LossFn,
@@ -231,8 +222,8 @@ def make_train_step(
         log_grad_norm=log_grad_norm,
         sparse_rows=sparse_rows,
     )
-    shardings = (replicated(mesh), batch_sharded(mesh))
     if resident is None:
+        shardings = (replicated(mesh), batch_sharded(mesh))
         step = jax.jit(pure, in_shardings=shardings, out_shardings=replicated(mesh), donate_argnums=0)
         arrays = ()
     else:  # the arrays are arguments, not constants baked into the compiled step
@@ -246,7 +237,7 @@ def make_train_step(
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         if resident is None:  # a plan's batch axis was checked when it was made
-            _check_divisible(batch, mesh)
+            check_divisible(batch["mask"].shape[0], mesh)
         return step(state, batch, *arrays)
 
     checked.jitted = step  # for inspection: .lower(), ._cache_size()
@@ -278,7 +269,7 @@ def make_eval_step(
     )
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
-        _check_divisible(batch, mesh)
+        check_divisible(batch["mask"].shape[0], mesh)
         return step(state, batch)
 
     checked.jitted = step

@@ -106,12 +106,14 @@ def test_input_parse_source_also_measures_the_step_on_one_core_fewer():
 
 
 def test_charlstm_funcnet_computes_the_naive_cell_loss():
-    """funcnet's LSTM (whatever fast path rnn(lstm_cell) takes) from the same weights: the naive cell's loss."""
-    records = run_script("charlstm", *"--systems funcnet,jax --rounds 1 --steps 1 --first-step-repeats 1".split())
+    """funcnet's LSTM (both derivatives of rnn(lstm_cell)'s fast path) from the same weights: the naive cell's loss."""
+    argv = "--systems funcnet,jax,funcnet_jvp --rounds 1 --steps 1 --first-step-repeats 1"
+    records = run_script("charlstm", *argv.split())
     loss = by_system(records["loss"])
-    assert loss["funcnet"]["init"] == "shared" and loss["jax"]["init"] == "shared"
-    assert math.isclose(loss["funcnet"]["initial"], loss["jax"]["initial"], rel_tol=1e-5)
-    assert math.isclose(loss["funcnet"]["after"], loss["jax"]["after"], rel_tol=1e-4)
+    for name in ("funcnet", "funcnet_jvp"):
+        assert loss[name]["init"] == "shared" and loss["jax"]["init"] == "shared"
+        assert math.isclose(loss[name]["initial"], loss["jax"]["initial"], rel_tol=1e-5), name
+        assert math.isclose(loss[name]["after"], loss["jax"]["after"], rel_tol=1e-4), name
     assert {r["unit"] for r in records["throughput"]} == {"tokens/s"}
 
 
