@@ -267,7 +267,8 @@ def lstm_cell(
         a custom VJP, the fastest gradient, for reverse mode only (``jax.grad``, ``jax.vjp``, grad of
         grad); ``jax.jvp`` through it raises JAX's "can't apply forward-mode autodiff (jvp) to a
         custom_vjp function". True: a custom JVP that ``jax.jvp``, ``jax.jacfwd`` and
-        ``jax.hessian`` also differentiate, with a ~15% slower gradient on CPU; no ``compute_dtype``.
+        ``jax.hessian`` also differentiate, with a slower gradient on CPU (``funcnet_jvp`` in
+        ``experiments/bench/charlstm.py``); no ``compute_dtype``.
 
     Returns:
       A Cell named ``"lstm"`` with params ``w_ih: [features, 4H]``, ``w_hh: [H, 4H]``, ``b: [4H]``

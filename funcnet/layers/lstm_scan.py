@@ -347,7 +347,7 @@ def lstm_scan(
         everything else in ``xs``'s dtype). ``None``: ``xs``'s own dtype.
       forward_mode: False (default): the custom VJP, reverse-mode derivatives only (the fastest
         gradient). True: the custom JVP, which forward mode (``jax.jvp``, ``jax.jacfwd``,
-        ``jax.hessian``) differentiates too; its gradient is ~15% slower on CPU.
+        ``jax.hessian``) differentiates too; its gradient is slower on CPU.
 
     Returns:
       ``(ys [B, T, H], (h, c))``: the outputs and the final carry.
