@@ -61,7 +61,8 @@ What is where
   fixed-width steps; ``tree(cell)`` runs ``binary_tree_lstm_cell``, ``child_sum_tree_lstm_cell`` or
   ``tree_rnn_cell`` bottom-up under ``lax.scan``; ``node_scan`` is the node-by-node oracle.
 - Layers (``funcnet.layers``): ``dense``, ``conv``/``conv1d``/``conv2d``, ``max_pool``/``avg_pool``,
-  ``embed``, ``layer_norm``/``rms_norm``/``batch_norm``, ``dropout``, ``multi_head_attention``,
+  ``embed`` (``deferred=True``: ``Embedded`` rows an LSTM folds into its input projection),
+  ``layer_norm``/``rms_norm``/``batch_norm``, ``dropout``, ``multi_head_attention``,
   ``flatten``/``reshape`` and activations (``relu``, ``gelu``, ``tanh``, ...).
 - ``funcnet.initializers``, ``funcnet.losses``, ``funcnet.metrics``.
 - Errors: ``ShapeError``, ``DTypeError``, ``ParamsError``, ``KeyMissingError`` (all ``LayerError``).
@@ -88,6 +89,7 @@ from .errors import LayerError as LayerError
 from .errors import ParamsError as ParamsError
 from .errors import ShapeError as ShapeError
 from .layers import Cell as Cell
+from .layers import Embedded as Embedded
 from .layers import LSTMCarry as LSTMCarry
 from .layers import TreeCarry as TreeCarry
 from .layers import TreeCell as TreeCell

@@ -14,8 +14,10 @@ agree (about ln 65 = 4.174); the script prints them. Figures: training tokens/s 
 steady state and the time to the first step (trace, compile, run), as ratios to raw JAX.
 
 Systems, each written the way that library's users write it:
-  funcnet  fn.serial(embed=fn.embed(65, 64), lstm=fn.rnn(fn.lstm_cell(256)), head=fn.dense(65)),
-           funcnet.experiments.charlm.lm_loss, create_train_state + make_train_step (jit, state donated)
+  funcnet  fn.serial(embed=fn.embed(65, 64, deferred=True), lstm=fn.rnn(fn.lstm_cell(256)), head=fn.dense(65)),
+           funcnet.experiments.charlm.lm_loss, create_train_state + make_train_step (jit, state donated);
+           deferred=True, as in funcnet.experiments.charlm: the LSTM folds the embedding into its input
+           projection, (table @ w_ih + b)[ids] (fn.Embedded), the same function and params
   jax      the naive scanned cell: x @ Wx + h @ Wh with one [256, 1024] recurrent kernel, lax.scan over
            time-major inputs, optax.adam, jax.jit (state donated); also the "naive JAX cell" reference
   flax     flax.linen: nn.Embed, nn.RNN(nn.OptimizedLSTMCell(256)) (Flax's faster LSTM for hidden sizes
@@ -33,7 +35,8 @@ Systems, each written the way that library's users write it:
            funcnet_bf16. Mixed systems start from the same weights; their losses differ from float32 by
            bfloat16 rounding (~1e-6 relative at this near-uniform start), checked to 1e-2.
   funcnet_jvp  funcnet's model with fn.lstm_cell(256, forward_mode=True): the LSTM's custom JVP (which
-           forward mode also differentiates) instead of its default custom VJP; the price of forward mode
+           forward mode also differentiates, and which looks the embedding rows up instead of folding them)
+           instead of its default custom VJP; the price of forward mode
 
 Targets (issue 6): funcnet/jax >= 1.35 and funcnet/torch >= 0.8 tokens/s; the same two for funcnet_bf16,
 and funcnet_bf16/torch_bf16 >= 0.8 (both mixed).
@@ -106,7 +109,7 @@ def funcnet_model(compute_dtype=None, forward_mode=False):
     import funcnet as fn
 
     return fn.serial(
-        embed=fn.embed(VOCAB, EMBED),
+        embed=fn.embed(VOCAB, EMBED, deferred=True),
         lstm=fn.rnn(fn.lstm_cell(HIDDEN, compute_dtype=compute_dtype, forward_mode=forward_mode)),
         head=fn.dense(VOCAB, compute_dtype=compute_dtype),
     )

@@ -70,7 +70,8 @@ def char_lm(
     """
     cells = [fn.lstm_cell(hidden, compute_dtype=compute_dtype) for _ in range(layers)]
     children = {
-        "embed": fn.embed(vocab_size, embed),
+        # Deferred: the first LSTM folds the table into its input projection (fn.Embedded).
+        "embed": fn.embed(vocab_size, embed, deferred=True),
         "rnn": fn.stacked_rnn(cells, dropout=dropout, return_carry=True, unroll=unroll),
         "drop": fn.dropout(dropout),
         "head": fn.dense(vocab_size, compute_dtype=compute_dtype),

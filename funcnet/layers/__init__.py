@@ -26,6 +26,7 @@ from .conv import conv1d as conv1d
 from .conv import conv2d as conv2d
 from .dense import dense as dense
 from .dropout import dropout as dropout
+from .embed import Embedded as Embedded
 from .embed import embed as embed
 from .norm import batch_norm as batch_norm
 from .norm import layer_norm as layer_norm

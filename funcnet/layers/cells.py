@@ -53,7 +53,8 @@ class Cell(NamedTuple):
         reverse=False, unroll=1, key=None, train=False) -> ((carry, ys), state)`` with ``xs: [batch,
         time, features]`` and ``ys: [batch, time, hidden]``: the same function as scanning ``apply``
         with ``rnn``'s rules for ``lengths`` and ``reverse``, computed faster. ``rnn`` uses it when
-        the inputs, params and carry share one dtype; ``lstm_cell`` has one (``lstm_scan``).
+        the inputs, params and carry share one dtype; ``lstm_cell`` has one (``lstm_scan``). ``xs``
+        may be ``Embedded`` rows (``funcnet.layers.embed``), which it must accept.
 
     Example (the ``lax.scan`` that ``rnn`` runs, time-major):
       >>> import jax, jax.numpy as jnp

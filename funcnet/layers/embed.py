@@ -23,7 +23,57 @@ class Rows(NamedTuple):
     values: jax.Array  # [rows used, features]
 
 
-def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None = None, dtype=jnp.float32) -> Model:
+class Embedded(NamedTuple):
+    """``table[ids]`` not gathered yet: what ``embed(..., deferred=True)`` returns.
+
+    An LSTM folds it into its input projection: ``table[ids] @ w_ih`` is ``(table @ w_ih)[ids]``, one
+    ``[vocab, 4H]`` matmul and a gather instead of a ``[batch * time, features]`` matmul (and its two
+    gradient matmuls). ``rnn``, ``stacked_rnn`` and ``bidirectional`` take it as their ``xs``; ``rnn``
+    of a cell without a whole-sequence ``scan`` calls ``lookup()`` first. Other layers need the rows:
+    ``lookup()``. It has the ``shape``, ``dtype`` and ``ndim`` of the rows it stands for, so shape
+    checks read it like them.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> rows = Embedded(jnp.eye(3), jnp.array([[2, 0]]))
+      >>> rows.shape, rows.lookup().tolist()
+      ((1, 2, 3), [[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
+    """
+
+    table: jax.Array  # [vocab, features]
+    ids: jax.Array  # int [...]; ids outside [0, vocab) give NaN rows (negative ones included)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.ids.shape, self.table.shape[-1])
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.table.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return self.ids.ndim + 1
+
+    def lookup(self) -> jax.Array:
+        """The rows ``table[ids]`` (``[..., features]``), NaN for an id outside ``[0, vocab)``."""
+        return take_rows(self.table, self.ids)
+
+
+def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """``table[ids]`` along axis 0, with NaN rows for ids outside ``[0, len(table))``, negative ones included."""
+    ids = jnp.where(ids < 0, table.shape[0], ids)  # no wrap-around: negative ids are out of range too
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def embed(
+    vocab_size: int,
+    features: int,
+    *,
+    embedding_init: Initializer | None = None,
+    dtype=jnp.float32,
+    deferred: bool = False,
+) -> Model:
     """Maps integer ids ``[...]`` to vectors ``[..., features]``.
 
     Ids outside ``[0, vocab_size)`` cannot be checked inside ``jit`` (they are traced values);
@@ -35,6 +85,9 @@ def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None 
       features: size of each vector.
       embedding_init: initializer of the table (normal with stddev 1 by default).
       dtype: dtype of the table.
+      deferred: return ``Embedded(table, ids)`` instead of the rows: the same function for ``rnn``,
+        ``stacked_rnn`` and ``bidirectional``, which an LSTM computes faster by folding the table
+        into its input projection (``experiments/bench/charlstm.py``). Other layers need the rows.
 
     Returns:
       A Model with params ``{"embedding": [vocab_size, features]}``.
@@ -62,17 +115,16 @@ def embed(vocab_size: int, features: int, *, embedding_init: Initializer | None 
         check_params("embed", params, {"embedding": None})
         table = params["embedding"]
         if isinstance(table, Rows):  # the compact table of a row-sparse update: ids index its rows
-            table, vocab = table.values, table.values.shape[0]
-            expected = (vocab, features)
+            table = table.values
+            expected = (table.shape[0], features)
         else:
-            vocab, expected = vocab_size, (vocab_size, features)
+            expected = (vocab_size, features)
         if table.shape != expected:
             raise ParamsError(
                 "embed",
                 f"params do not belong to this model: embedding should be {expected}, got {describe(table)}.",
             )
         check_integer("embed", ids)
-        ids = jnp.where(ids < 0, vocab, ids)  # no wrap-around: negative ids are out of range too
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan), state
+        return (Embedded(table, ids) if deferred else take_rows(table, ids)), state
 
     return Model(init, apply, "embed")

@@ -7,7 +7,9 @@ function (to float rounding), with the same params. Why it is faster, on CPU:
   gradient) into accumulators at EVERY step of the backward loop. Here the backward loop only
   produces the pre-activation gradients ``dz_t: [batch, 4H]``; the weight gradients are then ONE
   large matmul each over all ``time * batch`` rows (``h_{t-1}^T dz`` and ``x^T dz``), after the loop.
-- The input projection ``x @ w_ih`` is one matmul over the whole sequence before the loop.
+- The input projection ``x @ w_ih`` is one matmul over the whole sequence before the loop. For
+  ``Embedded`` rows (``embed(..., deferred=True)``) it is folded: ``(table @ w_ih + b)[ids]``, one
+  ``[vocab, 4H]`` matmul and a gather, whose gradient is a scatter-add and two small matmuls.
 - The forward loop saves what the backward loop multiplies, so it recomputes no transcendental.
 - ``sigmoid(z) = (1 + tanh(z / 2)) / 2``: all four gates are one ``tanh`` over ``[batch, 4H]``
   (XLA's CPU ``tanh`` is ~3x cheaper than its ``exp``-and-divide logistic). The identity is exact;
@@ -63,6 +65,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from ..precision import compute_dtype_of, rounded_dot
+from .embed import Embedded, take_rows
 
 
 class _Saved(NamedTuple):
@@ -169,8 +172,8 @@ def _recurrence_jvp(reverse, unroll, primals, tangents):
     c_prev = _previous(saved.c, c0, reverse)
     # w_hh^T materialized once, [4H, H] row-major: the tangent loop multiplies dh by it transposed, so
     # the backward loop (the transpose) multiplies dz_t by it as stored. Without the barrier XLA
-    # folds the transposes away and the backward matmul reads w_hh transposed: on a 2-core CPU the
-    # char-LSTM training step of experiments/bench/_lstm_probe.py took ~5% longer that way.
+    # folds the transposes away and the backward matmul reads w_hh transposed, which was slower on a
+    # 2-core CPU (the funcnet_jvp system of experiments/bench/charlstm.py runs this rule).
     w_hh_t = lax.optimization_barrier(w_hh.T)
 
     def step(carry, inputs):
@@ -211,6 +214,43 @@ _recurrence.defjvp(_recurrence_jvp, symbolic_zeros=True)
 # ---------------------------------------------------------------- the default: a custom VJP
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _project(xs, w_ih, dtype):
+    """The input projection of the whole sequence, time-major: ``zx [T, B, 4H] = x_t @ w_ih``.
+
+    Its own VJP so that the weight gradient is ``x [T * B, F]^T @ dz`` contracted over ``(T, B)``
+    with ``x`` first (see the module doc on JAX's transpose), on operands rounded to ``dtype``.
+    """
+    return _project_fwd(xs, w_ih, dtype)[0]
+
+
+def _project_fwd(xs, w_ih, dtype):
+    xs_low, w_ih_low = jnp.swapaxes(xs, 0, 1).astype(dtype), w_ih.astype(dtype)
+    return rounded_dot(xs_low, w_ih_low, ((2,), (0,)), dtype, xs.dtype), (xs_low, w_ih_low)
+
+
+def _project_bwd(dtype, residuals, dz):
+    xs_low, w_ih_low = residuals
+    dz_low = dz.astype(dtype)  # rounded once for both matmuls
+    d_w_ih = rounded_dot(xs_low, dz_low, ((0, 1), (0, 1)), dtype, dz.dtype)
+    d_xs = rounded_dot(dz_low, w_ih_low, ((2,), (1,)), dtype, dz.dtype)  # [T, B, F]
+    return jnp.swapaxes(d_xs, 0, 1), d_w_ih
+
+
+_project.defvjp(_project_fwd, _project_bwd)
+
+
+def _project_rows(xs: Embedded, w_ih, b, dtype):
+    """``_project`` of the rows ``table[ids]`` plus the bias, folded: ``(table @ w_ih + b)[ids]``, time-major.
+
+    One ``[vocab, 4H]`` matmul and a gather; autodiff's backward is a scatter-add into ``[vocab, 4H]``
+    and two small matmuls, instead of the ``[T * B, F]`` matmuls of the rows.
+    """
+    work = xs.dtype
+    table = rounded_dot(xs.table.astype(dtype), w_ih.astype(dtype), ((1,), (0,)), dtype, work) + b[None]
+    return take_rows(table, xs.ids.T)
+
+
 class _VjpSaved(NamedTuple):
     """What the forward loop keeps for the backward loop, in the working dtype.
 
@@ -221,20 +261,16 @@ class _VjpSaved(NamedTuple):
     k: jax.Array  # [T, B, H]: o (1 - tanh(c')^2) = d h' / d c' at fixed o; zero past the end
     f: jax.Array  # [T, B, H]: forget gate = d c' / d c; one past the end
     h_prev_t: jax.Array  # [H, T, B]: the carry h before each step, transposed
-    xs_low: jax.Array  # [T, B, F]: the inputs, time-major, rounded to the matmuls' dtype
-    w_ih_low: jax.Array  # [F, 4H], rounded
     w_hh_low: jax.Array  # [H, 4H], rounded
 
 
-def _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save):
-    """``_forward`` with matmuls on ``dtype`` operands; returns ``ys, h, c`` and ``_VjpSaved`` or None."""
-    batch, time, _ = xs.shape
-    hidden, work = w_hh.shape[0], xs.dtype
-    # Rounded once, outside the loop (XLA would convert w_hh in every step), and kept for the backward.
-    xs_low, w_ih_low, w_hh_low = jnp.swapaxes(xs, 0, 1).astype(dtype), w_ih.astype(dtype), w_hh.astype(dtype)
-    zx = rounded_dot(xs_low, w_ih_low, ((2,), (0,)), dtype, work)  # [T, B, 4H]
+def _vjp_forward(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype, save):
+    """The recurrence from the input projection ``zx [T, B, 4H]`` and the bias ``b`` (None: in ``zx``),
+    matmuls on ``dtype`` operands; returns ``ys [B, T, H]``, the final ``h, c`` and ``_VjpSaved`` or None."""
+    time, batch, _ = zx.shape
+    hidden, work = w_hh.shape[0], zx.dtype
+    w_hh_low = w_hh.astype(dtype)  # rounded once, outside the loop (XLA would convert it in every step)
     scale, shift = _gate_affine(hidden, work)
-    bias = b[None]
 
     def step(carry, inputs):
         h, c, *buffers = carry
@@ -242,7 +278,8 @@ def _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save)
         # Saving, step t overwrites zx[t] (read just here) with its factors, so no [T, B, 4H] buffer
         # is zero-filled for them, and writes h_{t-1} into column t of h_prev_t.
         z = lax.dynamic_index_in_dim(buffers[0] if save else zx, t, keepdims=False)
-        pre = z + rounded_dot(h, w_hh_low, ((1,), (0,)), dtype, work) + bias
+        pre = z + rounded_dot(h, w_hh_low, ((1,), (0,)), dtype, work)
+        pre = pre if b is None else pre + b[None]  # added here, where it fuses: not over [T, B, 4H]
         (i, f, g, o), c_new, tanh_c, h_new = _update(pre, h, c, v, scale, shift)
         if not save:
             return (h_new, c_new), h_new
@@ -262,29 +299,29 @@ def _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save)
     hs = out[0] if save else out  # [T, B, H]
     if valid is not None:
         hs = jnp.where(valid[..., None], hs, jnp.zeros_like(hs))  # outputs exactly zero past the end
-    saved = _VjpSaved(final[2], *out[1:], final[3], xs_low, w_ih_low, w_hh_low) if save else None
+    saved = _VjpSaved(final[2], *out[1:], final[3], w_hh_low) if save else None
     return jnp.swapaxes(hs, 0, 1), final[0], final[1], saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _vjp_recurrence(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
-    ys, h, c, _ = _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _vjp_recurrence(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype):
+    ys, h, c, _ = _vjp_forward(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype, save=False)
     return ys, h, c
 
 
-def _vjp_recurrence_fwd(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype):
-    ys, h, c, saved = _vjp_forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, dtype, save=True)
-    return (ys, h, c), (saved, valid)
+def _vjp_recurrence_fwd(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype):
+    ys, h, c, saved = _vjp_forward(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype, save=True)
+    return (ys, h, c), (saved, valid, b is None)
 
 
 def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
-    """The backward loop gives ``dz_t`` (and ``dh, dc``); the weight gradients are matmuls after it.
+    """The backward loop gives ``dz_t`` (and ``dh, dc``); the weight gradient is a matmul after it.
 
     With ``gh = dh + dy_t`` the cotangent of ``h_t`` and ``gc = dc + gh k_t`` that of ``c_t``, the
     pre-activation cotangent is ``dz_t = [gc, gc, gc, gh] * factors_t`` (gates i, f, g, o), and the
-    carry's is ``(dz_t @ w_hh^T, gc f_t)``.
+    carry's is ``(dz_t @ w_hh^T, gc f_t)``. ``dz`` is also ``zx``'s cotangent.
     """
-    saved, valid = residuals
+    saved, valid, no_bias = residuals
     dys, dh, dc = cotangents
     work = dys.dtype
     w_hh_t = lax.optimization_barrier(saved.w_hh_low.T)  # [4H, H] row-major: the loop's matmul reads it as stored
@@ -307,12 +344,9 @@ def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
     inputs = (jnp.arange(dys.shape[1]), jnp.swapaxes(dys, 0, 1), saved.k, saved.f)
     inputs = inputs if valid is None else (*inputs, valid)
     (dh0, dc0, dz), _ = lax.scan(step, (dh, dc, saved.factors), inputs, reverse=not reverse, unroll=unroll)
-    # Contractions over (T, B); dz is rounded once, here.
-    dz_low = dz.astype(dtype)
-    d_w_hh = rounded_dot(saved.h_prev_t, dz_low, ((1, 2), (0, 1)), dtype, work)
-    d_w_ih = rounded_dot(saved.xs_low, dz_low, ((0, 1), (0, 1)), dtype, work)
-    d_xs = rounded_dot(dz_low, saved.w_ih_low, ((2,), (1,)), dtype, work)  # [T, B, F]
-    return d_w_ih, d_w_hh, jnp.sum(dz, (0, 1)), jnp.swapaxes(d_xs, 0, 1), dh0, dc0, None
+    # Contracted over (T, B), h_prev first; dz is rounded once, here.
+    d_w_hh = rounded_dot(saved.h_prev_t, dz.astype(dtype), ((1, 2), (0, 1)), dtype, work)
+    return dz, d_w_hh, None if no_bias else jnp.sum(dz, (0, 1)), dh0, dc0, None
 
 
 _vjp_recurrence.defvjp(_vjp_recurrence_fwd, _vjp_backward)
@@ -338,7 +372,9 @@ def lstm_scan(
 
     Args:
       params: ``{"w_ih": [F, 4H], "w_hh": [H, 4H]}`` and optionally ``"b": [4H]``.
-      xs: inputs ``[B, T, F]``.
+      xs: inputs ``[B, T, F]``, or ``Embedded`` rows (``funcnet.layers.embed``): ``table [V, F]`` at
+        ``ids [B, T]``, folded into the input projection (``(table @ w_ih + b)[ids]``) by the default
+        derivative, looked up first by ``forward_mode``.
       carry: ``(h, c)``, each ``[B, H]``.
       lengths: optional ``int [B]``.
       reverse: process time backwards.
@@ -365,6 +401,8 @@ def lstm_scan(
     """
     dtype = compute_dtype_of("lstm", compute_dtype)
     check_forward_mode(dtype, forward_mode, xs.dtype)
+    if isinstance(xs, Embedded) and forward_mode:
+        xs = xs.lookup()  # the custom JVP takes the rows
     h0, c0 = carry
     batch, time = xs.shape[:2]
     if time == 0:
@@ -376,7 +414,12 @@ def lstm_scan(
     if forward_mode:
         ys, h, c = _recurrence(*args)
     else:
-        ys, h, c = _vjp_recurrence(*args, xs.dtype if dtype is None else dtype)
+        dtype = xs.dtype if dtype is None else dtype
+        if isinstance(xs, Embedded):
+            zx, b = _project_rows(xs, params["w_ih"], b, dtype), None
+        else:
+            zx = _project(xs, params["w_ih"], dtype)
+        ys, h, c = _vjp_recurrence(zx, params["w_hh"], b, h0, c0, valid, reverse, unroll, dtype)
     return ys, (h, c)
 
 

@@ -44,6 +44,7 @@ from ..core import Model, apply_child, check_children, init_child, output_spec, 
 from ..errors import DTypeError, LayerError, ParamsError, ShapeError, check_floating, check_rank, describe, prefix_path
 from .cells import Cell
 from .dropout import dropout as dropout_layer
+from .embed import Embedded
 
 
 def reverse_sequences(xs: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
@@ -51,7 +52,7 @@ def reverse_sequences(xs: jax.Array, lengths: jax.Array | None = None) -> jax.Ar
 
     ``out[b, t] = xs[b, lengths[b] - 1 - t]`` for ``t < lengths[b]`` and ``xs[b, t]`` after it
     (lengths are clipped to ``[0, time]``). Without lengths it is ``jnp.flip(xs, 1)``. Applying it
-    twice gives ``xs`` back.
+    twice gives ``xs`` back. For ``Embedded`` rows (``embed(..., deferred=True)``) it reorders the ids.
 
     Example:
       >>> import jax.numpy as jnp
@@ -60,6 +61,8 @@ def reverse_sequences(xs: jax.Array, lengths: jax.Array | None = None) -> jax.Ar
       Array([[3, 2, 1, 0],
              [4, 3, 2, 1]], dtype=int32)
     """
+    if isinstance(xs, Embedded):  # the same rows, reordered: reorder the ids
+        return Embedded(xs.table, reverse_sequences(xs.ids, lengths))
     if lengths is None:
         return jnp.flip(xs, 1)
     t = jnp.arange(xs.shape[1])[None, :]  # [1, time]
@@ -153,6 +156,8 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
     - ``unroll``: steps per scan iteration (2-4 can be faster on CPU; see ``lax.scan``).
     - A cell with a whole-sequence ``scan`` (``lstm_cell``) runs through it when ``xs``, the params
       and the carry share one dtype (the usual case); otherwise the step is scanned as above.
+    - ``xs`` may be ``Embedded`` rows (``embed(..., deferred=True)``): ``lstm_cell``'s ``scan`` folds
+      the table into its input projection; otherwise the rows are looked up first.
 
     Raises:
       ShapeError: ``xs`` is not rank 3, its features do not fit the params, or ``lengths`` /
@@ -189,11 +194,13 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
             initial_carry = cell.initial_carry((batch,), dtype)
         else:
             initial_carry = _check_carry("rnn", cell, initial_carry, batch)
-        if cell.scan is not None and _one_dtype(xs, params, initial_carry):
+        if cell.scan is not None and _one_dtype(xs.table if isinstance(xs, Embedded) else xs, params, initial_carry):
             (carry, ys), state = cell.scan(
                 params, state, xs, initial_carry, lengths, reverse=reverse, unroll=unroll, key=key, train=train
             )
             return ((ys, carry) if return_carry else ys), state
+        if isinstance(xs, Embedded):
+            xs = xs.lookup()
 
         def step(loop, inputs):
             carry, cell_state = loop
