@@ -37,6 +37,8 @@ Systems, each written the way that library's users write it:
   funcnet_jvp  funcnet's model with fn.lstm_cell(256, forward_mode=True): the LSTM's custom JVP (which
            forward mode also differentiates, and which looks the embedding rows up instead of folding them)
            instead of its default custom VJP; the price of forward mode
+  funcnet_rows  funcnet's model with fn.embed(65, 64) (deferred=False): the rows looked up, then x @ w_ih over
+           [batch * time, 64]; what the fold gains
 
 Targets (issue 6): funcnet/jax >= 1.35 and funcnet/torch >= 0.8 tokens/s; the same two for funcnet_bf16,
 and funcnet_bf16/torch_bf16 >= 0.8 (both mixed).
@@ -53,7 +55,18 @@ from functools import partial
 import _common as common
 import _peers as peers
 
-SYSTEMS = ("funcnet", "jax", "flax", "haiku", "equinox", "torch", "funcnet_bf16", "torch_bf16", "funcnet_jvp")
+SYSTEMS = (
+    "funcnet",
+    "jax",
+    "flax",
+    "haiku",
+    "equinox",
+    "torch",
+    "funcnet_bf16",
+    "torch_bf16",
+    "funcnet_jvp",
+    "funcnet_rows",
+)
 VOCAB, EMBED, HIDDEN, SEQUENCE, BATCH, LEARNING_RATE = 65, 64, 256, 100, 32, 2e-3
 NUM_BATCHES = 8
 LOSS_AFTER = 3  # every system's loss is also reported after this many steps (same data, same init)
@@ -105,11 +118,11 @@ def gates(w, order: str):
 # ---------------------------------------------------------------- systems
 
 
-def funcnet_model(compute_dtype=None, forward_mode=False):
+def funcnet_model(compute_dtype=None, forward_mode=False, deferred=True):
     import funcnet as fn
 
     return fn.serial(
-        embed=fn.embed(VOCAB, EMBED, deferred=True),
+        embed=fn.embed(VOCAB, EMBED, deferred=deferred),
         lstm=fn.rnn(fn.lstm_cell(HIDDEN, compute_dtype=compute_dtype, forward_mode=forward_mode)),
         head=fn.dense(VOCAB, compute_dtype=compute_dtype),
     )
@@ -130,7 +143,7 @@ def funcnet_params(w):
     }
 
 
-def build_funcnet(batches, weights, seed, compute_dtype=None, forward_mode=False):
+def build_funcnet(batches, weights, seed, compute_dtype=None, forward_mode=False, deferred=True):
     import jax
     import numpy as np
     import optax
@@ -138,8 +151,9 @@ def build_funcnet(batches, weights, seed, compute_dtype=None, forward_mode=False
     from funcnet.train.state import batch_sharded
 
     name = "funcnet_bf16" if compute_dtype else "funcnet_jvp" if forward_mode else "funcnet"
+    name = name if deferred else "funcnet_rows"
     optimizer = optax.adam(LEARNING_RATE)
-    model = funcnet_model(compute_dtype, forward_mode)
+    model = funcnet_model(compute_dtype, forward_mode, deferred)
     step, state, mesh, init = peers.funcnet_train(
         model, funcnet_loss, optimizer, batches[0][0], funcnet_params(weights), seed, name
     )
@@ -394,6 +408,7 @@ BUILDERS = {
     "funcnet": build_funcnet,
     "funcnet_bf16": partial(build_funcnet, compute_dtype="bfloat16"),
     "funcnet_jvp": partial(build_funcnet, forward_mode=True),
+    "funcnet_rows": partial(build_funcnet, deferred=False),
     "jax": build_jax,
     "flax": build_flax,
     "haiku": build_haiku,
