@@ -111,7 +111,12 @@ def describe(x: Any) -> str:
 
 
 def check_array(layer: str, x: Any) -> None:
-    """Raises a TypeError unless ``x`` has a shape and a dtype."""
+    """Raises a TypeError unless ``x`` is an array: it has a shape and a dtype, and is no tuple.
+
+    A tuple with a shape (``funcnet.Embedded``: rows not gathered yet) names its fix in ``ARRAY_HINT``.
+    """
+    if isinstance(x, tuple):
+        raise DTypeError(layer, f"expected an array, got {type(x).__name__}{getattr(x, 'ARRAY_HINT', '')}.")
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise DTypeError(layer, f"expected an array, got {describe(x)}.")
 

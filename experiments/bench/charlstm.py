@@ -143,15 +143,13 @@ def funcnet_params(w):
     }
 
 
-def build_funcnet(batches, weights, seed, compute_dtype=None, forward_mode=False, deferred=True):
+def build_funcnet(batches, weights, seed, name="funcnet", compute_dtype=None, forward_mode=False, deferred=True):
     import jax
     import numpy as np
     import optax
 
     from funcnet.train.state import batch_sharded
 
-    name = "funcnet_bf16" if compute_dtype else "funcnet_jvp" if forward_mode else "funcnet"
-    name = name if deferred else "funcnet_rows"
     optimizer = optax.adam(LEARNING_RATE)
     model = funcnet_model(compute_dtype, forward_mode, deferred)
     step, state, mesh, init = peers.funcnet_train(
@@ -406,9 +404,9 @@ def build_torch(batches, weights, seed, device, autocast=False):
 
 BUILDERS = {
     "funcnet": build_funcnet,
-    "funcnet_bf16": partial(build_funcnet, compute_dtype="bfloat16"),
-    "funcnet_jvp": partial(build_funcnet, forward_mode=True),
-    "funcnet_rows": partial(build_funcnet, deferred=False),
+    "funcnet_bf16": partial(build_funcnet, name="funcnet_bf16", compute_dtype="bfloat16"),
+    "funcnet_jvp": partial(build_funcnet, name="funcnet_jvp", forward_mode=True),
+    "funcnet_rows": partial(build_funcnet, name="funcnet_rows", deferred=False),
     "jax": build_jax,
     "flax": build_flax,
     "haiku": build_haiku,

@@ -23,6 +23,7 @@ from .. import initializers
 from ..errors import ParamsError, ShapeError, check_floating, check_last_axis, check_params, check_rank, describe
 from ..initializers import Initializer
 from ..precision import compute_dtype_of, matmul
+from .embed import rows_spec
 from .lstm_scan import check_forward_mode, lstm_scan
 
 
@@ -164,7 +165,7 @@ def _gated_cell(
 
     def scan(params, state, xs, carry, lengths=None, *, reverse=False, unroll=1, key=None, train=False):
         del key, train
-        check_rank(name, xs, 3, 3, what="[batch, time, features]")
+        check_rank(name, rows_spec(xs), 3, 3, what="[batch, time, features]")
         check(params, state, carry, jax.ShapeDtypeStruct((xs.shape[0], xs.shape[2]), xs.dtype))
         return sequence(params, xs, carry, lengths, reverse, unroll), state
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,8 @@ class Embedded(NamedTuple):
     ``[vocab, 4H]`` matmul and a gather instead of a ``[batch * time, features]`` matmul (and its two
     gradient matmuls). ``rnn``, ``stacked_rnn`` and ``bidirectional`` take it as their ``xs``; ``rnn``
     of a cell without a whole-sequence ``scan`` calls ``lookup()`` first. Other layers need the rows:
-    ``lookup()``. It has the ``shape``, ``dtype`` and ``ndim`` of the rows it stands for, so shape
-    checks read it like them.
+    ``lookup()``; the input checks of other layers reject it with that fix. It has the ``shape``,
+    ``dtype`` and ``ndim`` of the rows it stands for.
 
     Example:
       >>> import jax.numpy as jnp
@@ -42,6 +42,12 @@ class Embedded(NamedTuple):
 
     table: jax.Array  # [vocab, features]
     ids: jax.Array  # int [...]; ids outside [0, vocab) give NaN rows (negative ones included)
+
+    # What a layer's input check (``funcnet.errors.check_array``) tells a user who passed it elsewhere.
+    ARRAY_HINT = (
+        " rows (embed(..., deferred=True)), which only rnn, stacked_rnn and bidirectional read. "
+        "Fix: rows.lookup(), or embed without deferred"
+    )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -58,6 +64,11 @@ class Embedded(NamedTuple):
     def lookup(self) -> jax.Array:
         """The rows ``table[ids]`` (``[..., features]``), NaN for an id outside ``[0, vocab)``."""
         return take_rows(self.table, self.ids)
+
+
+def rows_spec(xs: Any) -> Any:
+    """``xs`` as the rnn layers' input checks read it: the rows' ``ShapeDtypeStruct`` for ``Embedded``."""
+    return jax.ShapeDtypeStruct(xs.shape, xs.dtype) if isinstance(xs, Embedded) else xs
 
 
 def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:

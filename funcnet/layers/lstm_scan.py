@@ -246,8 +246,7 @@ def _project_rows(xs: Embedded, w_ih, b, dtype):
     One ``[vocab, 4H]`` matmul and a gather; autodiff's backward is a scatter-add into ``[vocab, 4H]``
     and two small matmuls, instead of the ``[T * B, F]`` matmuls of the rows.
     """
-    work = xs.dtype
-    table = rounded_dot(xs.table.astype(dtype), w_ih.astype(dtype), ((1,), (0,)), dtype, work) + b[None]
+    table = rounded_dot(xs.table, w_ih, ((1,), (0,)), dtype, xs.dtype) + b[None]
     return take_rows(table, xs.ids.T)
 
 
@@ -311,7 +310,7 @@ def _vjp_recurrence(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype):
 
 def _vjp_recurrence_fwd(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype):
     ys, h, c, saved = _vjp_forward(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype, save=True)
-    return (ys, h, c), (saved, valid, b is None)
+    return (ys, h, c), (saved, valid, b)
 
 
 def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
@@ -321,7 +320,7 @@ def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
     pre-activation cotangent is ``dz_t = [gc, gc, gc, gh] * factors_t`` (gates i, f, g, o), and the
     carry's is ``(dz_t @ w_hh^T, gc f_t)``. ``dz`` is also ``zx``'s cotangent.
     """
-    saved, valid, no_bias = residuals
+    saved, valid, b = residuals
     dys, dh, dc = cotangents
     work = dys.dtype
     w_hh_t = lax.optimization_barrier(saved.w_hh_low.T)  # [4H, H] row-major: the loop's matmul reads it as stored
@@ -346,7 +345,7 @@ def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
     (dh0, dc0, dz), _ = lax.scan(step, (dh, dc, saved.factors), inputs, reverse=not reverse, unroll=unroll)
     # Contracted over (T, B), h_prev first; dz is rounded once, here.
     d_w_hh = rounded_dot(saved.h_prev_t, dz.astype(dtype), ((1, 2), (0, 1)), dtype, work)
-    return dz, d_w_hh, None if no_bias else jnp.sum(dz, (0, 1)), dh0, dc0, None
+    return dz, d_w_hh, None if b is None else jnp.sum(dz, (0, 1)), dh0, dc0, None
 
 
 _vjp_recurrence.defvjp(_vjp_recurrence_fwd, _vjp_backward)
@@ -410,9 +409,8 @@ def lstm_scan(
     b = params.get("b")
     b = jnp.zeros((params["w_hh"].shape[1],), xs.dtype) if b is None else b
     valid = None if lengths is None else jnp.arange(time)[:, None] < lengths[None, :]  # [T, B]
-    args = (params["w_ih"], params["w_hh"], b, xs, h0, c0, valid, reverse, unroll)
     if forward_mode:
-        ys, h, c = _recurrence(*args)
+        ys, h, c = _recurrence(params["w_ih"], params["w_hh"], b, xs, h0, c0, valid, reverse, unroll)
     else:
         dtype = xs.dtype if dtype is None else dtype
         if isinstance(xs, Embedded):

@@ -44,7 +44,7 @@ from ..core import Model, apply_child, check_children, init_child, output_spec, 
 from ..errors import DTypeError, LayerError, ParamsError, ShapeError, check_floating, check_rank, describe, prefix_path
 from .cells import Cell
 from .dropout import dropout as dropout_layer
-from .embed import Embedded
+from .embed import Embedded, rows_spec
 
 
 def reverse_sequences(xs: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
@@ -72,6 +72,7 @@ def reverse_sequences(xs: jax.Array, lengths: jax.Array | None = None) -> jax.Ar
 
 
 def _check_sequences(layer: str, xs: Any, lengths: Any) -> None:
+    xs = rows_spec(xs)
     check_rank(layer, xs, 3, 3, what="[batch, time, features]")
     check_floating(layer, xs)
     if lengths is None:

@@ -97,14 +97,17 @@ def test_out_of_range_ids_give_nan_outputs_only_in_their_sequence():
     assert not jnp.isnan(ys[1, :3]).any()  # before the bad id the sequence is intact
 
 
-def test_embedded_reads_like_its_rows_and_other_layers_need_lookup():
+def test_embedded_reads_like_its_rows_and_other_layers_ask_for_lookup():
     table = jnp.arange(V * F, dtype=jnp.float32).reshape(V, F)
     rows = fn.Embedded(table, jnp.asarray(IDS))
     assert (rows.shape, rows.dtype, rows.ndim) == ((B, T, F), jnp.float32, 3)
     np.testing.assert_array_equal(rows.lookup(), table[IDS])
     layer = fn.dense(2)
     params, _ = layer.init(jax.random.key(0), rows.lookup())
-    np.testing.assert_array_equal(layer.apply(params, {}, rows.lookup())[0].shape, (B, T, 2))
+    assert layer.apply(params, {}, rows.lookup())[0].shape == (B, T, 2)
+    for call in (lambda: layer.apply(params, {}, rows), lambda: layer.init(jax.random.key(0), rows)):
+        with pytest.raises(fn.DTypeError, match=r"dense: expected an array, got Embedded rows .*Fix: rows\.lookup\(\)"):
+            call()
 
 
 def test_the_char_lm_trains_through_the_fold_like_the_looked_up_model():
