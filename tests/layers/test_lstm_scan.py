@@ -224,6 +224,19 @@ def test_check_grads_float64(reverse, forward_mode):
         check_grads(f, (params, xs, carry), order=2, modes=modes)
 
 
+def test_the_recurrent_product_is_four_products_on_cpu_and_one_elsewhere():
+    # The values of the CPU form are what every test above checks (they run on CPU). This checks the
+    # other platforms' form lowers, and that the split is the CPU's only: four products per step instead
+    # of one, forward and backward, so 3 + 3 more dot_generals in the CPU lowering of the gradient.
+    _, params, xs, carry = setup(seed=7)
+    grad = jax.jit(jax.grad(lambda p, x: lstm_scan(p, x, carry)[0].sum()))
+    dots = {
+        platform: grad.trace(params, xs).lower(lowering_platforms=(platform,)).as_text().count("dot_general")
+        for platform in ("cpu", "cuda")
+    }
+    assert dots["cpu"] - dots["cuda"] == 6, dots
+
+
 def test_without_bias_stacked_and_empty_time():
     cell, params, xs, carry = setup(seed=6, use_bias=False)
     assert sorted(params) == ["w_hh", "w_ih"]
