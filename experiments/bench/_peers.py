@@ -21,17 +21,28 @@ PEER_TARGETS = ("flax", "haiku", "equinox")  # the issue's target: funcnet >= ea
 MIXED_LOSS_TOLERANCE = 1e-2  # a system with bfloat16 matmul operands vs the float32 reference (relative)
 
 
-def jax_system(name: str, step, state, batches: Sequence[Any], *, cache_size, loss_of=lambda out: out) -> System:
-    """A JAX loop: ``state, out = step(state, batches[i % len])``; waits on the final state and output."""
+def jax_system(
+    name: str, step, state, batches: Sequence[Any], *, cache_size, loss_of=lambda out: out, in_flight: int = 0
+) -> System:
+    """A JAX loop: ``state, out = step(state, batches[i % len])``; waits on the final state and output.
+
+    ``in_flight``: if positive, at most that many steps are queued (it waits on the output of the step
+    ``in_flight - 1`` before), as ``fit`` does on a mesh of several CPU devices; 0: no bound.
+    """
     import jax
 
     box = {"state": state, "out": None, "i": 0}
 
     def run(n: int) -> None:
         state, out, i = box["state"], box["out"], box["i"]
+        queued = []
         for _ in range(n):
             state, out = step(state, batches[i % len(batches)])
             i += 1
+            if in_flight:
+                queued.append(out)
+                if len(queued) >= in_flight:
+                    jax.block_until_ready(queued.pop(0))
         jax.block_until_ready((state, out))
         box.update(state=state, out=out, i=i)
 
@@ -85,15 +96,16 @@ def system_builders(args, builders: dict[str, Callable], build_torch: Callable, 
     return {name: builder(name) for name in args.systems}
 
 
-def funcnet_train(model, loss_fn, optimizer, example_x, weights, seed, system="funcnet"):
+def funcnet_train(model, loss_fn, optimizer, example_x, weights, seed, system="funcnet", all_devices=False):
     """``(step, state, mesh, init)`` as a funcnet user builds them, on ONE device (the one every system
-    uses), starting from ``weights`` (None: funcnet's own initialization)."""
+    uses) or with ``all_devices`` data-parallel over every device, starting from ``weights`` (None:
+    funcnet's own initialization)."""
     import jax
 
     from funcnet.train.state import create_train_state, data_mesh, replicated
     from funcnet.train.step import make_train_step
 
-    mesh = data_mesh(jax.devices()[:1])
+    mesh = data_mesh(None if all_devices else jax.devices()[:1])
     state = create_train_state(model, optimizer, jax.random.key(seed), example_x, mesh=mesh)
     init = "native"
     if weights is not None:

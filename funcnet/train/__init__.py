@@ -2,6 +2,8 @@
 
 - ``TrainState`` (step, params, model state, optimizer state, base key) is what is stepped,
   checkpointed and restored; ``create_train_state`` makes it replicated over a device mesh.
+- ``cpu_devices``: one JAX device per CPU core (call it first), so that the data-parallel steps split
+  each batch across the cores.
 - ``make_train_step`` / ``make_eval_step``: jit-compiled, data-parallel steps
   ``(state, batch) -> (state, metrics)``; ``train_step_fn`` is the un-jitted pure step for your own
   ``shard_map``.
@@ -36,6 +38,7 @@ from .data import ArrayDataset as ArrayDataset
 from .data import Batches as Batches
 from .data import GeneratorBatches as GeneratorBatches
 from .data import Position as Position
+from .devices import cpu_devices as cpu_devices
 from .loop import Callback as Callback
 from .loop import FitResult as FitResult
 from .loop import StopTraining as StopTraining
