@@ -12,6 +12,7 @@ and ``sample`` say the same thing (flags win over the file, the file over the pr
 
     python -m funcnet.experiments.rnn                              # the default run, a few minutes on CPU
     python -m funcnet.experiments.rnn --data ../shared/data/tinyshakespeare --preset large
+    python -m funcnet.experiments.rnn --cpu-devices                # one JAX device per core, the batch split
     python -m funcnet.experiments.rnn --resume runs/rnn-...        # continue (e.g. with a larger --steps)
     python -m funcnet.experiments.rnn --sample-only runs/rnn-... --temperature 0.5 --prime "def "
 """
@@ -32,6 +33,7 @@ from funcnet.train.cli import write_json
 from funcnet.train.components import ConfigError, check_arguments, check_compute_dtype
 from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
 from funcnet.train.data import Batches
+from funcnet.train.devices import cpu_devices
 from funcnet.train.loop import fit
 from funcnet.train.optim import make_optimizer
 from funcnet.train.state import abstract_train_state, data_mesh
@@ -168,7 +170,9 @@ def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     experiment = Experiment(config)
     print(experiment.describe())
     data = config["data"]
-    print(f"model: {config['model']}, seq_len {data['seq_len']}, batch {config['trainer']['batch_size']}")
+    devices = experiment.mesh.size
+    print(f"model: {config['model']}, seq_len {data['seq_len']}, batch {config['trainer']['batch_size']}", end="")
+    print(f" split over {devices} devices" if devices > 1 else "")
     write_json(run_dir / "config.json", config)
     optimizer = make_optimizer(config["optimizer"])
     start = time.perf_counter()
@@ -216,9 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="where checkpoints, logs and results go (default: runs/rnn-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue that run (budget flags may change)")
     parser.add_argument("--sample-only", metavar="RUN_DIR", help="sample from a trained run, no training")
+    parser.add_argument(
+        "--cpu-devices", metavar="N", nargs="?", const="cores",
+        help="run on N JAX CPU devices (alone: one per core), each batch split across them (funcnet.train.cpu_devices)",
+    )  # fmt: skip
     for flag, key in FLAGS.items():
         parser.add_argument(f"--{flag}", help=f"= -o {key}=VALUE")
     args = parser.parse_args(argv)
+    if args.cpu_devices is not None:  # before anything starts JAX's backend
+        if args.cpu_devices != "cores" and not args.cpu_devices.isdigit():
+            parser.error(f"--cpu-devices: expected a positive int or nothing, got {args.cpu_devices!r}")
+        try:
+            cpu_devices(None if args.cpu_devices == "cores" else int(args.cpu_devices))
+        except ValueError as error:
+            parser.error(f"--cpu-devices: {error}")
     overrides = list(args.override) + [f"{FLAGS[f]}={v}" for f in FLAGS if (v := getattr(args, f.replace("-", "_")))]
     try:
         existing = args.resume or args.sample_only

@@ -160,7 +160,7 @@ class TrainerConfig:
       max_steps: optimizer steps in all; None: no step limit.
       batch_size: global batch size, split across the devices.
       eval_batch_size: batch size for evaluation; None: ``batch_size``.
-      eval_every: evaluate every this many steps; None: at the end of each epoch.
+      eval_every: evaluate every this many steps; None: at the end of each epoch. The last step is evaluated too.
       log_every: log train loss, metrics and learning rate every this many steps.
       checkpoint_every: save every this many steps; None: at each evaluation.
       keep_checkpoints: how many of the latest checkpoints to keep.

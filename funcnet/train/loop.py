@@ -294,13 +294,13 @@ def fit(
                 finished = pending.add(step, metrics)  # bounds the steps in flight: see funcnet.train.pending
                 if step_hooks and finished:
                     stop_reason = hook(finished) or stop_reason
-                epoch_end = position.index == 0
-                due_eval = validation is not None and (
-                    (trainer.eval_every and step % trainer.eval_every == 0) or (not trainer.eval_every and epoch_end)
+                epoch_end, last = position.index == 0, _finished(step, position, total, trainer)
+                due_eval = validation is not None and (  # and at the last step: its checkpoint can be the best
+                    (trainer.eval_every and step % trainer.eval_every == 0)
+                    or (not trainer.eval_every and epoch_end)
+                    or last
                 )
-                due_save = (trainer.checkpoint_every and step % trainer.checkpoint_every == 0) or _finished(
-                    step, position, total, trainer
-                )
+                due_save = (trainer.checkpoint_every and step % trainer.checkpoint_every == 0) or last
                 preempted = signals.received is not None or (
                     jax.process_count() > 1 and checkpointer.reached_preemption(step)
                 )

@@ -155,6 +155,18 @@ def test_end_to_end_tiny_run_then_resume_then_sample(tmp_path):
     assert "best checkpoint: step" in out
 
 
+def test_cpu_devices_flag_splits_each_batch_over_that_many_devices(tmp_path):
+    # This session's XLA_FLAGS (8 forced devices, inherited) would give 8; the flag sets 2.
+    run_dir = tmp_path / "run"
+    out = _run("--preset", "tiny", "--data", str(_text_file(tmp_path)), "--run-dir", str(run_dir), "--steps", "10",
+               "--cpu-devices", "2")  # fmt: skip
+    assert "batch 8 split over 2 devices" in out
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 10
+    bad = subprocess.run([sys.executable, "-m", "funcnet.experiments.rnn", "--cpu-devices", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "--cpu-devices: cpu_devices: expected a positive int" in bad.stderr
+
+
 @pytest.mark.skipif(not SHAKESPEARE.is_dir(), reason="../shared/data/tinyshakespeare is absent (it is present in CI)")
 def test_tiny_shakespeare_folder_loads_and_batches():
     corpus = load_corpus(SHAKESPEARE)

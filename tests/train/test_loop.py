@@ -84,6 +84,17 @@ def test_evaluate_restores_the_best_checkpoint(tmp_path):
     np.testing.assert_allclose(metrics["loss"], best["loss"], rtol=1e-6)
 
 
+def test_the_last_step_is_evaluated_when_it_falls_between_evaluations(tmp_path):
+    # max_steps 6 with eval_every 4: evaluations at 4 and at the last step, whose checkpoint has a
+    # metric, so a run shorter than eval_every still has a best checkpoint to restore.
+    assert [h["step"] for h in _fit(tmp_path / "a", epochs=None, max_steps=6, eval_every=4).history] == [4, 6]
+    short = _fit(tmp_path / "b", epochs=None, max_steps=3, eval_every=4)
+    assert [h["step"] for h in short.history] == [3] and short.best_step == 3
+    checkpointer = Checkpointer(tmp_path / "b" / "checkpoints")
+    assert checkpointer.best_step() == 3
+    checkpointer.close()
+
+
 def test_nan_loss_stops_with_a_message_naming_step_and_checkpoint(tmp_path, capsys):
     y = Y.copy()
     y[:64] = np.where(np.arange(64)[:, None] == 40, np.inf, y[:64])  # one poisoned training example
