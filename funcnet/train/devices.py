@@ -4,9 +4,10 @@ JAX's CPU backend is ONE device by default, and XLA runs the small kernels of a 
 after another on it; its two-thread matmuls in such a loop were slower here than its one-thread ones.
 With one device per core, ``make_train_step`` and ``fit`` (whose mesh is every device) split each
 batch across the cores and run the shards side by side, then average the gradients: the same step,
-to float rounding. Measured on 2 cores (``experiments/bench/charlstm.py``, systems ``funcnet`` and
-``funcnet_cores``): the character LSTM trains ~1.35x faster in float32 and ~1.7x with bfloat16 operands.
-A model whose step is a few large matmuls (XLA already uses every core) gains little.
+to float rounding. Measured on 2 cores (``experiments/results/bench.md``, systems ``funcnet`` and
+``funcnet_cores``): the character LSTM trains 1.24x faster in float32 and 1.58x with bfloat16 operands.
+Not every step gains: the Tree-LSTM benchmark's step (a row-sparse embedding update, one tree group
+per device) ran at 0.66x in a quick run, and a tiny MLP's step is mostly fixed costs. Measure yours.
 
 ``fit`` keeps at most 2 steps in flight on such a mesh: with more queued, XLA's CPU collectives
 have stalled (``funcnet.train.feed.max_in_flight``). A loop of your own should do the same.
