@@ -33,7 +33,7 @@ from funcnet.train.cli import write_json
 from funcnet.train.components import ConfigError, check_arguments, check_compute_dtype
 from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
 from funcnet.train.data import Batches
-from funcnet.train.devices import cpu_devices
+from funcnet.train.devices import cpu_devices_flag
 from funcnet.train.loop import fit
 from funcnet.train.optim import make_optimizer
 from funcnet.train.state import abstract_train_state, data_mesh
@@ -228,10 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{flag}", help=f"= -o {key}=VALUE")
     args = parser.parse_args(argv)
     if args.cpu_devices is not None:  # before anything starts JAX's backend
-        if args.cpu_devices != "cores" and not args.cpu_devices.isdigit():
-            parser.error(f"--cpu-devices: expected a positive int or nothing, got {args.cpu_devices!r}")
         try:
-            cpu_devices(None if args.cpu_devices == "cores" else int(args.cpu_devices))
+            cpu_devices_flag(args.cpu_devices)
         except ValueError as error:
             parser.error(f"--cpu-devices: {error}")
     overrides = list(args.override) + [f"{FLAGS[f]}={v}" for f in FLAGS if (v := getattr(args, f.replace("-", "_")))]

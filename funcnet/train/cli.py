@@ -1,6 +1,7 @@
 """The ``funcnet`` command: train from a config file, evaluate a run.
 
     funcnet train CONFIG -s RUN_DIR [-o key=value ...]   # train, or resume if RUN_DIR has checkpoints
+    funcnet train CONFIG -s RUN_DIR --cpu-devices [N]    # on N JAX CPU devices (alone: one per core)
     funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
 
 Every config error (unknown keys, wrong types, missing values, unknown component types) is
@@ -28,6 +29,7 @@ from .checkpoint import restore_run
 from .components import ConfigError, build_component
 from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
 from .data import make_batches
+from .devices import cpu_devices_flag
 from .loop import evaluate, fit
 from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
@@ -143,6 +145,7 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = ()) -> int:
         f"best_validation_{run.config.trainer.metric}": result.best_metric,
         "validation_history": result.history,
         "seconds_this_session": time.perf_counter() - start,
+        "devices": run.mesh.size,
     }
     if run.splits.test is not None and result.stop_reason in ("done", "early_stopping"):
         step, state = run.restore(run_dir, "best")
@@ -179,12 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_train.add_argument("config", help="a .toml or .json config file")
     p_train.add_argument("-s", "--serialization-dir", dest="run_dir", required=True, help="the run directory")
     p_train.add_argument("-o", "--override", action="append", default=[], help="key.path=value (repeatable)")
+    p_train.add_argument(
+        "--cpu-devices", metavar="N", nargs="?", const="cores",
+        help="run on N JAX CPU devices (alone: one per core), each batch split across them (funcnet.train.cpu_devices)",
+    )  # fmt: skip
     p_eval = commands.add_parser("evaluate", help="evaluate a checkpoint of a run")
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p_eval.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     p_eval.add_argument("--data", action="append", default=[], help="key=value for the dataset section (repeatable)")
     args = parser.parse_args(argv)
+    if getattr(args, "cpu_devices", None) is not None:  # before anything starts JAX's backend
+        try:
+            cpu_devices_flag(args.cpu_devices)
+        except ValueError as error:
+            p_train.error(f"--cpu-devices: {error}")
     try:
         if args.command == "train":
             return train(args.config, args.run_dir, args.override)

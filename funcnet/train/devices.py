@@ -59,3 +59,14 @@ def cpu_devices(n: int | None = None) -> int:
             "array, computation or jax.devices() call."
         ) from error
     return n
+
+
+def cpu_devices_flag(value: str) -> int:
+    """``cpu_devices`` for a command-line flag's value: ``"cores"`` (the flag given alone) or a positive int.
+
+    Raises:
+      ValueError: anything else, or what ``cpu_devices`` raises.
+    """
+    if value != "cores" and not value.isdigit():
+        raise ValueError(f"expected a positive int, or nothing for one device per core, got {value!r}")
+    return cpu_devices(None if value == "cores" else int(value))

@@ -80,6 +80,18 @@ def test_a_user_registered_model_trains_from_config(user_project):
     assert "tensorboard --logdir run" in result.stdout + result.stderr
 
 
+def test_cpu_devices_flag_trains_on_that_many_devices(user_project):
+    root = user_project[0]
+    assert json.loads((root / "run" / "results.json").read_text())["devices"] == 8  # this session's XLA_FLAGS
+    result = _run("train", "config.toml", "-s", "run_cores", "--cpu-devices", "2", "-o", "trainer.epochs=2", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((root / "run_cores" / "results.json").read_text())
+    assert results["devices"] == 2 and results["steps"] == 8
+    bad = _run("train", "config.toml", "-s", "run_bad", "--cpu-devices", "two", cwd=root)
+    assert bad.returncode == 2 and "--cpu-devices: expected a positive int" in bad.stderr
+    assert not (root / "run_bad").exists()
+
+
 def test_evaluate_uses_the_best_checkpoint(user_project):
     root, _ = user_project
     result = _run("evaluate", "run", "--split", "test", cwd=root)
