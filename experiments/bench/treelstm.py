@@ -17,6 +17,8 @@ Systems:
                       Adagrad from a config with ``sparse_rows``: a row-sparse embedding update (exact for Adagrad).
   funcnet_level_dense the same with the dense embedding update (full-table gradient and Adagrad).
   funcnet_node        fn.node_scan over ``postorder``, padded to multiples of 256 nodes; a hand-jitted step.
+                      The oracle, ~100x slower than the level scan: it runs the first quarter of each round's
+                      batches (its trees/s is its own batches'; it took over half of the script's time).
   torch_per_node      Python recursion over nodes, nn.Embedding, nn.Linear gates, torch.optim.Adagrad.
   torch_level         all nodes of one height across the batch in one cell call, index_select gathers.
   torch_level_sparse  the same with nn.Embedding(sparse=True) (Adagrad's sparse update).
@@ -238,14 +240,18 @@ def settle(runner: Runner, indices, seconds=0.05):
             return
 
 
+SHARE_OF_ROUND = {"funcnet_node": 4}  # system -> runs 1/N of each round's batches (at least one)
+
+
 def measure(runners, rounds, per_round, num_batches):
     """Interleaved rounds, order rotated each round; returns trees/s per system per round."""
     results = {r.name: [] for r in runners}
     for r in range(rounds):
         order = runners[r % len(runners) :] + runners[: r % len(runners)]
-        indices = round_indices(r, per_round, num_batches)
+        round_batches = round_indices(r, per_round, num_batches)
         previous_is_jax = True
         for runner in order:
+            indices = round_batches[: max(1, len(round_batches) // SHARE_OF_ROUND.get(runner.name, 1))]
             is_jax = runner.step is not None
             if is_jax and not previous_is_jax:
                 settle(runner, indices)
