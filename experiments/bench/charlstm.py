@@ -41,7 +41,8 @@ Systems, each written the way that library's users write it:
            [batch * time, 64]; what the fold gains
   funcnet_cores, funcnet_bf16_cores  funcnet and funcnet_bf16 data-parallel over one CPU device per core:
            funcnet.train.cpu_devices() at start-up (for the whole process: every other JAX system still runs
-           on device 0, and measured no slower for it), make_train_step on a mesh of all devices (the batch
+           on device 0; --jax-cpu-devices 1 keeps JAX's one device, to check that the others do not move,
+           experiments/results/cpu_devices.md), make_train_step on a mesh of all devices (the batch
            split across them, the gradients averaged), at most 2 steps in flight, as fit keeps them on such a mesh
 
 Targets (issue 6): funcnet/jax >= 1.35 and funcnet/torch >= 0.8 tokens/s; the same two for funcnet_bf16,
@@ -436,6 +437,7 @@ BUILDERS = {
 def parse_args(argv):
     p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=6)
     p.add_argument("--first-step-repeats", type=int, default=None, help="fresh builds timed per system (default 3)")
+    p.add_argument("--jax-cpu-devices", type=int, default=None, help="JAX CPU devices (default: one per core)")
     args = common.parse(p, argv, SYSTEMS)
     args.rounds = args.rounds or (3 if args.quick else 6)
     args.first_step_repeats = args.first_step_repeats or (1 if args.quick else 3)
@@ -449,7 +451,7 @@ def main(argv=None) -> int:
     if args.device == "cpu":  # before anything starts JAX's backend; for the whole process
         from funcnet.train import cpu_devices
 
-        devices = cpu_devices()
+        devices = cpu_devices(args.jax_cpu_devices)
     batches, weights = make_data(args.seed)
     builders = peers.system_builders(args, BUILDERS, build_torch, batches, weights, args.seed)
     setup = {"vocab": VOCAB, "embed": EMBED, "hidden": HIDDEN, "sequence": SEQUENCE, "batch": BATCH}

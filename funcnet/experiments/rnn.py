@@ -33,7 +33,7 @@ from funcnet.train.cli import write_json
 from funcnet.train.components import ConfigError, check_arguments, check_compute_dtype
 from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
 from funcnet.train.data import Batches
-from funcnet.train.devices import cpu_devices_flag
+from funcnet.train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from funcnet.train.loop import fit
 from funcnet.train.optim import make_optimizer
 from funcnet.train.state import abstract_train_state, data_mesh
@@ -220,18 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="where checkpoints, logs and results go (default: runs/rnn-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue that run (budget flags may change)")
     parser.add_argument("--sample-only", metavar="RUN_DIR", help="sample from a trained run, no training")
-    parser.add_argument(
-        "--cpu-devices", metavar="N", nargs="?", const="cores",
-        help="run on N JAX CPU devices (alone: one per core), each batch split across them (funcnet.train.cpu_devices)",
-    )  # fmt: skip
+    add_cpu_devices_flag(parser)
     for flag, key in FLAGS.items():
         parser.add_argument(f"--{flag}", help=f"= -o {key}=VALUE")
     args = parser.parse_args(argv)
-    if args.cpu_devices is not None:  # before anything starts JAX's backend
-        try:
-            cpu_devices_flag(args.cpu_devices)
-        except ValueError as error:
-            parser.error(f"--cpu-devices: {error}")
+    use_cpu_devices_flag(parser, args.cpu_devices)
     overrides = list(args.override) + [f"{FLAGS[f]}={v}" for f in FLAGS if (v := getattr(args, f.replace("-", "_")))]
     try:
         existing = args.resume or args.sample_only

@@ -195,7 +195,7 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
             initial_carry = cell.initial_carry((batch,), dtype)
         else:
             initial_carry = _check_carry("rnn", cell, initial_carry, batch)
-        if cell.scan is not None and _one_dtype(xs.table if isinstance(xs, Embedded) else xs, params, initial_carry):
+        if cell.scan is not None and _one_dtype(rows_spec(xs), params, initial_carry):
             (carry, ys), state = cell.scan(
                 params, state, xs, initial_carry, lengths, reverse=reverse, unroll=unroll, key=key, train=train
             )

@@ -29,7 +29,7 @@ from .checkpoint import restore_run
 from .components import ConfigError, build_component
 from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
 from .data import make_batches
-from .devices import cpu_devices_flag
+from .devices import add_cpu_devices_flag, use_cpu_devices_flag
 from .loop import evaluate, fit
 from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
@@ -182,21 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_train.add_argument("config", help="a .toml or .json config file")
     p_train.add_argument("-s", "--serialization-dir", dest="run_dir", required=True, help="the run directory")
     p_train.add_argument("-o", "--override", action="append", default=[], help="key.path=value (repeatable)")
-    p_train.add_argument(
-        "--cpu-devices", metavar="N", nargs="?", const="cores",
-        help="run on N JAX CPU devices (alone: one per core), each batch split across them (funcnet.train.cpu_devices)",
-    )  # fmt: skip
+    add_cpu_devices_flag(p_train)
     p_eval = commands.add_parser("evaluate", help="evaluate a checkpoint of a run")
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p_eval.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     p_eval.add_argument("--data", action="append", default=[], help="key=value for the dataset section (repeatable)")
     args = parser.parse_args(argv)
-    if getattr(args, "cpu_devices", None) is not None:  # before anything starts JAX's backend
-        try:
-            cpu_devices_flag(args.cpu_devices)
-        except ValueError as error:
-            p_train.error(f"--cpu-devices: {error}")
+    use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only
     try:
         if args.command == "train":
             return train(args.config, args.run_dir, args.override)

@@ -6,8 +6,8 @@ With one device per core, ``make_train_step`` and ``fit`` (whose mesh is every d
 batch across the cores and run the shards side by side, then average the gradients: the same step,
 to float rounding. Measured on 2 cores (``experiments/results/bench.md``, systems ``funcnet`` and
 ``funcnet_cores``): the character LSTM trains 1.32x faster in float32 and 1.80x with bfloat16 operands.
-Not every step gains: the Tree-LSTM benchmark's step (a row-sparse embedding update, one tree group
-per device) ran at 0.66x in a quick run, and a tiny MLP's step is mostly fixed costs. Measure yours.
+Not every step gains (a step that is a few large matmuls already keeps both cores busy, and a
+tiny one is mostly fixed costs): measure yours with and without it.
 
 ``fit`` keeps at most 2 steps in flight on such a mesh: with more queued, XLA's CPU collectives
 have stalled (``funcnet.train.feed.max_in_flight``). A loop of your own should do the same.
@@ -15,6 +15,7 @@ have stalled (``funcnet.train.feed.max_in_flight``). A loop of your own should d
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import jax
@@ -61,12 +62,22 @@ def cpu_devices(n: int | None = None) -> int:
     return n
 
 
-def cpu_devices_flag(value: str) -> int:
-    """``cpu_devices`` for a command-line flag's value: ``"cores"`` (the flag given alone) or a positive int.
+def add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--cpu-devices [N]`` to a command: N JAX CPU devices, the flag alone one per core."""
+    parser.add_argument(
+        "--cpu-devices", metavar="N", nargs="?", const="cores",
+        help="run on N JAX CPU devices (alone: one per core), each batch split across them (funcnet.train.cpu_devices)",
+    )  # fmt: skip
 
-    Raises:
-      ValueError: anything else, or what ``cpu_devices`` raises.
-    """
-    if value != "cores" and not value.isdigit():
-        raise ValueError(f"expected a positive int, or nothing for one device per core, got {value!r}")
-    return cpu_devices(None if value == "cores" else int(value))
+
+def use_cpu_devices_flag(parser: argparse.ArgumentParser, value: str | None) -> None:
+    """Applies ``--cpu-devices``'s value (None: not given) with ``cpu_devices``, before anything starts JAX's
+    backend; a bad value is ``parser.error`` (exit 2) naming the flag."""
+    if value is None:
+        return
+    try:
+        if value != "cores" and not value.isdigit():
+            raise ValueError(f"expected a positive int, or nothing for one device per core, got {value!r}")
+        cpu_devices(None if value == "cores" else int(value))
+    except ValueError as error:
+        parser.error(f"--cpu-devices: {error}")
