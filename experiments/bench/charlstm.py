@@ -156,7 +156,6 @@ def build_funcnet(
     batches, weights, seed, name="funcnet", compute_dtype=None, forward_mode=False, deferred=True, all_devices=False
 ):
     import jax
-    import numpy as np
     import optax
 
     from funcnet.train.feed import max_in_flight
@@ -168,7 +167,7 @@ def build_funcnet(
         model, funcnet_loss, optimizer, batches[0][0], funcnet_params(weights), seed, name, all_devices
     )
     sharding = batch_sharded(mesh)
-    data = [jax.device_put({"x": x, "y": y, "mask": np.ones(BATCH, np.float32)}, sharding) for x, y in batches]
+    data = [jax.device_put({"x": x, "y": y}, sharding) for x, y in batches]  # no mask: every example is real
     in_flight = max_in_flight(mesh, prefetching=False) if mesh.size > 1 else 0  # fit's bound on such a mesh
     system = peers.jax_system(
         name, step, state, data, cache_size=step.jitted._cache_size, loss_of=lambda m: m["loss"], in_flight=in_flight

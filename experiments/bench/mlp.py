@@ -14,7 +14,8 @@ for PyTorch its first eager step), each as a ratio to raw JAX.
 
 Systems, each written the way that library's users write it:
   funcnet  fn.serial(hidden=fn.dense(100), act=fn.relu(), out=fn.dense(10)), per-example MSE,
-           funcnet.train.state.create_train_state + funcnet.train.step.make_train_step (jit, state donated)
+           funcnet.train.state.create_train_state + funcnet.train.step.make_train_step (jit, state donated),
+           the batch {"x", "y"} as every other system has it (no "mask": every example is real)
   jax      hand-written loss over a params dict, jax.value_and_grad, optax.adam, jax.jit (state donated)
   flax     flax.linen nn.Module (nn.Dense, nn.relu), flax.training.train_state.TrainState, jax.jit
            (state donated)
@@ -22,6 +23,8 @@ Systems, each written the way that library's users write it:
   equinox  eqx.nn.MLP, jax.vmap over the batch, eqx.filter_value_and_grad,
            eqx.filter_jit(donate="all-except-first") with the batch first (model and optimizer state donated)
   torch    nn.Sequential(nn.Linear, nn.ReLU, nn.Linear), F.mse_loss, torch.optim.Adam; threads = cores
+  funcnet_masked  funcnet with a mask of ones in the batch, as Batches (and so fit) gives every batch: the
+           means then divide by the mask's sum, what the engine's padded batches cost on a step this small
 
 Every JAX system donates its training state to the step (funcnet's make_train_step does; donation is
 worth ~10% here), so all of them reuse their buffers alike. Method: see _common.py (one process,
@@ -37,7 +40,7 @@ from functools import partial
 import _common as common
 import _peers as peers
 
-SYSTEMS = ("funcnet", "jax", "flax", "haiku", "equinox", "torch")
+SYSTEMS = ("funcnet", "jax", "flax", "haiku", "equinox", "torch", "funcnet_masked")
 N, D_IN, H, D_OUT, LEARNING_RATE = 64, 1000, 100, 10, 1e-3
 LOSS_AFTER = 20  # every system's loss is also reported after this many steps (same data, same init)
 
@@ -78,7 +81,7 @@ def funcnet_params(w):
     return {"hidden": {"kernel": w["w1"], "bias": w["b1"]}, "out": {"kernel": w["w2"], "bias": w["b2"]}}
 
 
-def build_funcnet(data, weights, seed):
+def build_funcnet(data, weights, seed, name="funcnet"):
     import jax
     import numpy as np
     import optax
@@ -87,11 +90,12 @@ def build_funcnet(data, weights, seed):
 
     (x, y), optimizer = data, optax.adam(LEARNING_RATE)
     step, state, mesh, init = peers.funcnet_train(
-        funcnet_model(), funcnet_loss, optimizer, x, funcnet_params(weights), seed
+        funcnet_model(), funcnet_loss, optimizer, x, funcnet_params(weights), seed, name
     )
-    batch = jax.device_put({"x": x, "y": y, "mask": np.ones(N, np.float32)}, batch_sharded(mesh))
+    batch = {"x": x, "y": y} | ({"mask": np.ones(N, np.float32)} if name == "funcnet_masked" else {})
+    batch = jax.device_put(batch, batch_sharded(mesh))
     system = peers.jax_system(
-        "funcnet", step, state, [batch], cache_size=step.jitted._cache_size, loss_of=lambda m: m["loss"]
+        name, step, state, [batch], cache_size=step.jitted._cache_size, loss_of=lambda m: m["loss"]
     )
     return system, init
 
@@ -258,6 +262,7 @@ BUILDERS = {
     "flax": build_flax,
     "haiku": build_haiku,
     "equinox": build_equinox,
+    "funcnet_masked": partial(build_funcnet, name="funcnet_masked"),
 }
 
 

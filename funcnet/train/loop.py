@@ -68,8 +68,8 @@ class Callback:
         with in-memory data (up to 8 steps in flight) a step is seen up to 4 steps late, in bursts;
         with a prefetching source (2 in flight) usually one step late.
 
-        ``metrics`` (the step's metrics, ``finite`` included) reads its floats from the devices on first
-        access: a callback that does not look at them adds no transfer.
+        ``metrics`` (the step's metrics; ``finite`` with ``skip_nan_updates``) reads its floats from the
+        devices on first access: a callback that does not look at them adds no transfer.
         """
 
     def on_eval_end(self, step: int, metrics: Mapping[str, float]) -> None:

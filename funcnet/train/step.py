@@ -10,6 +10,10 @@ device, e.g. tree batches scheduled per device) may use ``[G, B / G]``. The engi
 them over the real examples (``batch["mask"] == 1``), so a batch padded
 with masked examples gives the same gradient and metrics as the unpadded batch, and metrics
 averaged over uneven batches are exact (each step reports its means and its ``count``).
+A batch without ``"mask"`` holds only real examples, as many as the leading axis of the first
+model input, and its values must be ``[B]``: the means divide by that constant, with no mask to
+reduce (on a small model the mask's reductions are a measurable share of the step: see
+``funcnet_masked`` in ``experiments/bench/mlp.py``). ``Batches`` always adds a mask.
 
 Data parallelism is the global view of ``jax.jit``: the batch is sharded along its first axis
 over the mesh's ``"data"`` axis, the train state is replicated, and XLA inserts the all-reduce
@@ -42,24 +46,53 @@ LossFn = Callable[[Any, Mapping[str, jax.Array]], "jax.Array | Mapping[str, jax.
 Metrics = dict[str, jax.Array]
 
 
-def _per_example(loss_fn: LossFn, outputs: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def _batch_size(batch: Mapping[str, Any], inputs: Sequence[str]) -> int:
+    """The examples in ``batch``: the mask's leading axis, else the first model input's."""
+    if "mask" in batch:
+        return batch["mask"].shape[0]
+    leaves = jax.tree.leaves(_model_inputs(batch, inputs[:1]))
+    if not leaves or not leaves[0].shape:
+        raise ValueError(
+            f"a batch without 'mask' takes its size from the leading axis of {inputs[0]!r}, which has none. "
+            "Fix: add batch['mask'] (1.0 for each real example)"
+        )
+    return leaves[0].shape[0]
+
+
+def _per_example(
+    loss_fn: LossFn, outputs: Any, batch: Mapping[str, jax.Array], inputs: Sequence[str]
+) -> dict[str, jax.Array]:
     values = loss_fn(outputs, batch)
     values = dict(values) if isinstance(values, Mapping) else {"loss": values}
     if "loss" not in values:
         raise ValueError(
             f"the loss function must return per-example losses or a dict with 'loss'; got keys {sorted(values)}"
         )
-    shape = batch["mask"].shape
+    if "mask" in batch:
+        shape, of = batch["mask"].shape, "the mask's"
+    else:
+        shape, of = (_batch_size(batch, inputs),), "the batch's"
     for name, value in values.items():
         if value.shape != shape:
             raise ValueError(
-                f"the loss function must return PER-EXAMPLE values of the mask's shape {shape}; {name!r} has shape "
+                f"the loss function must return PER-EXAMPLE values of {of} shape {shape}; {name!r} has shape "
                 f"{value.shape}. Fix: average over the other axes inside the loss; the engine takes the batch mean."
             )
     return values
 
 
-def _masked_means(values: dict[str, jax.Array], mask: jax.Array, axis_name: str | None) -> tuple[Metrics, jax.Array]:
+def _masked_means(
+    values: dict[str, jax.Array], mask: jax.Array | None, axis_name: str | None
+) -> tuple[Metrics, jax.Array]:
+    """Means over the real examples and their count; without a mask every example is real, and the
+    count is a constant (no reduction of the mask, no division by a computed count)."""
+    if mask is None:
+        sums = {name: jnp.sum(v.astype(jnp.float32)) for name, v in values.items()}
+        size = next(iter(values.values())).size
+        if axis_name is not None:
+            sums, count = lax.psum((sums, jnp.asarray(size, jnp.float32)), axis_name)
+            return {name: s / count for name, s in sums.items()}, count
+        return {name: s * (1.0 / size) for name, s in sums.items()}, jnp.asarray(size, jnp.float32)
     sums = {name: jnp.sum(v.astype(jnp.float32) * mask) for name, v in values.items()}
     count = jnp.sum(mask)
     if axis_name is not None:
@@ -104,19 +137,20 @@ def train_step_fn(
 
     Returns:
       The step. ``metrics`` holds the batch means of every per-example value, ``count`` (real
-      examples), ``finite`` (1.0 or 0.0: the loss is finite, and with ``skip_nan_updates`` the
-      gradient too: the condition for applying the update) and, with ``log_grad_norm``, ``grad_norm``.
+      examples), with ``skip_nan_updates`` ``finite`` (1.0 or 0.0: the loss and the gradient are
+      finite, the condition for applying the update) and, with ``log_grad_norm``, ``grad_norm``.
+      Without ``skip_nan_updates`` a NaN/Inf shows in ``loss`` itself, where ``fit`` checks it.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, funcnet as fn
       >>> from funcnet.train.state import create_train_state
       >>> model, opt = fn.dense(1), optax.sgd(0.1)
-      >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.zeros((8, 1)), "mask": jnp.ones(8)}
+      >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.zeros((8, 1))}  # no "mask": all 8 examples are real
       >>> state = create_train_state(model, opt, jax.random.key(0), batch["x"])
       >>> step = train_step_fn(model, lambda out, b: jnp.mean((out - b["y"]) ** 2, axis=-1), opt)
       >>> state, metrics = step(state, batch)
-      >>> int(state.step), sorted(metrics)
-      (1, ['count', 'finite', 'loss'])
+      >>> int(state.step), sorted(metrics), float(metrics["count"])
+      (1, ['count', 'loss'], 8.0)
     """
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
@@ -129,17 +163,16 @@ def train_step_fn(
             outputs, model_state = model.apply(
                 params, state.model_state, *_model_inputs(batch, inputs), key=key, train=True
             )
-            means, count = _masked_means(_per_example(loss_fn, outputs, batch), batch["mask"], axis_name)
+            means, count = _masked_means(_per_example(loss_fn, outputs, batch, inputs), batch.get("mask"), axis_name)
             return means["loss"], (means, count, model_state)
 
         (loss, (means, count, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         grads, params = unwrap(grads), unwrap(params)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss)
         grad_norm = optax.tree.norm(grads) if skip_nan_updates or log_grad_norm else None
         if skip_nan_updates:  # on the compact tree: a sparse table is never copied whole
-            finite = finite & jnp.isfinite(grad_norm)  # the update is applied only if both are finite
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # the update is applied only if both are finite
             new_params, new_opt_state, model_state = jax.tree.map(
                 lambda a, b: jnp.where(finite, a, b),
                 (new_params, new_opt_state, model_state),
@@ -150,7 +183,9 @@ def train_step_fn(
             new_opt_state = scatter_rows(state.opt_state, new_opt_state, used, tables)
         new = TrainState(state.step + 1, new_params, model_state, new_opt_state, state.key)
         extra = {"grad_norm": grad_norm} if log_grad_norm else {}
-        return new, {**means, "count": count, **extra, "finite": finite.astype(jnp.float32)}
+        if skip_nan_updates:
+            extra["finite"] = finite.astype(jnp.float32)
+        return new, {**means, "count": count, **extra}
 
     return step
 
@@ -172,7 +207,7 @@ def eval_step_fn(
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
         outputs, _ = model.apply(state.params, state.model_state, *_model_inputs(batch, inputs), train=False)
-        means, count = _masked_means(_per_example(loss_fn, outputs, batch), batch["mask"], axis_name)
+        means, count = _masked_means(_per_example(loss_fn, outputs, batch, inputs), batch.get("mask"), axis_name)
         return {**means, "count": count}
 
     return step
@@ -205,7 +240,7 @@ def make_train_step(
       >>> import jax, jax.numpy as jnp, optax, funcnet as fn
       >>> from funcnet.train.state import create_train_state
       >>> model, opt = fn.dense(1), optax.sgd(0.1)
-      >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.zeros((8, 1)), "mask": jnp.ones(8)}
+      >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.zeros((8, 1))}
       >>> state = create_train_state(model, opt, jax.random.key(0), batch["x"])
       >>> step = make_train_step(model, lambda out, b: jnp.mean((out - b["y"]) ** 2, axis=-1), opt)
       >>> state, metrics = step(state, batch)
@@ -237,7 +272,7 @@ def make_train_step(
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         if resident is None:  # a plan's batch axis was checked when it was made
-            check_divisible(batch["mask"].shape[0], mesh)
+            check_divisible(_batch_size(batch, inputs), mesh)
         return step(state, batch, *arrays)
 
     checked.jitted = step  # for inspection: .lower(), ._cache_size()
@@ -255,7 +290,7 @@ def make_eval_step(
     Example:
       >>> import jax, jax.numpy as jnp, optax, funcnet as fn
       >>> from funcnet.train.state import create_train_state
-      >>> batch = {"x": jnp.ones((8, 2)), "mask": jnp.ones(8)}
+      >>> batch = {"x": jnp.ones((8, 2))}
       >>> state = create_train_state(fn.dense(1), optax.sgd(0.1), jax.random.key(0), batch["x"])
       >>> metrics = make_eval_step(fn.dense(1), lambda out, b: out[:, 0] ** 2)(state, batch)
       >>> float(metrics["count"])
@@ -269,7 +304,7 @@ def make_eval_step(
     )
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
-        check_divisible(batch["mask"].shape[0], mesh)
+        check_divisible(_batch_size(batch, inputs), mesh)
         return step(state, batch)
 
     checked.jitted = step

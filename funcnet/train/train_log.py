@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,8 +19,9 @@ _PER_STEP = ("count", "grad_norm", "skipped")  # summed or averaged per step, no
 
 
 class TrainLog:
-    """Handles read steps in order: stops at a NaN/Inf step (or counts it as skipped), keeps running
-    means weighted by the real examples, writes ``train/*`` scalars at log steps and moves the progress bar.
+    """Handles read steps in order: a NaN/Inf step (its ``finite`` flag with ``skip_nan_updates``,
+    else its loss) stops the run or, with skipping, counts as skipped; keeps running means weighted
+    by the real examples, writes ``train/*`` scalars at log steps and moves the progress bar.
 
     Args:
       trainer: the ``TrainerConfig`` (``log_every``, ``skip_nan_updates``).
@@ -35,7 +37,7 @@ class TrainLog:
       >>> from funcnet.train.log import Progress, RunLogger
       >>> log = TrainLog(TrainerConfig(max_steps=2, log_every=2), RunLogger(tempfile.mkdtemp()),
       ...                Progress(2, 0, enabled=False), None, None, 1)
-      >>> log([(1, {"loss": 1.0, "count": 4.0, "finite": 1.0}), (2, {"loss": 3.0, "count": 4.0, "finite": 1.0})])
+      >>> log([(1, {"loss": 1.0, "count": 4.0}), (2, {"loss": 3.0, "count": 4.0})])
       >>> log.last_means["loss"]
       2.0
     """
@@ -62,7 +64,8 @@ class TrainLog:
         examples, shown, done = 0.0, {}, 0
         try:
             for step, metrics in records:
-                if metrics.pop("finite") == 0.0:
+                finite = metrics.pop("finite", None)  # from the step only with skip_nan_updates
+                if (not math.isfinite(metrics["loss"])) if finite is None else finite == 0.0:
                     if not self.trainer.skip_nan_updates:
                         return self.nan(step)
                     self.progress.write(f"step {step}: NaN/Inf loss or gradient, update skipped")

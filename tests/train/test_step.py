@@ -103,7 +103,7 @@ def test_nan_loss_is_flagged_and_optionally_skipped():
     chex.assert_trees_all_equal(kept.params, state.params)
     chex.assert_trees_all_equal(kept.opt_state, state.opt_state)
     applied, metrics = jax.jit(train_step_fn(MODEL, loss_fn, OPTIMIZER))(state, batch)
-    assert float(metrics["finite"]) == 0.0
+    assert "finite" not in metrics and np.isnan(float(metrics["loss"]))  # the loss itself shows it
     assert np.isnan(np.asarray(applied.params["dense_0"]["kernel"])).any()
 
 
@@ -119,6 +119,54 @@ def test_loss_must_be_per_example():
     state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), batch["x"])
     with pytest.raises(ValueError, match=r"PER-EXAMPLE values of the mask's shape \(8,\); 'loss' has shape \(\)"):
         eval_step_fn(MODEL, lambda out, b: jnp.mean(out))(state, batch)
+
+
+def _unmasked(batch):
+    return {k: v for k, v in batch.items() if k != "mask"}
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_a_batch_without_mask_trains_like_one_with_a_mask_of_ones(devices):
+    model = fn.serial(fn.dense(8), fn.relu(), fn.dense(3))  # no dropout: masks depend on batch shape
+    mesh = data_mesh(jax.devices()[:devices])
+    batches = [_batch(16, seed=i) for i in range(2)]
+    runs = []
+    for form in (lambda b: b, _unmasked):
+        state = create_train_state(model, OPTIMIZER, jax.random.key(0), batches[0]["x"], mesh=mesh)
+        step = make_train_step(model, loss_fn, OPTIMIZER, mesh=mesh)
+        evaluate = make_eval_step(model, loss_fn, mesh=mesh)
+        history = []
+        for batch in batches:
+            state, metrics = step(state, form(batch))
+            history.append(jax.block_until_ready(metrics))
+        runs.append((state.params, history, evaluate(state, form(batches[0]))))
+    (masked, masked_history, masked_eval), (plain, plain_history, plain_eval) = runs
+    chex.assert_trees_all_close(plain, masked, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(plain_history, masked_history, rtol=1e-6)
+    chex.assert_trees_all_close(plain_eval, masked_eval, rtol=1e-6)
+    assert float(plain_history[0]["count"]) == 16.0 and float(plain_eval["count"]) == 16.0
+
+
+def test_a_batch_without_mask_reduces_no_mask():
+    """What the mask-less form saves: the mask's sum (and the division by it) is not in the step."""
+    model = fn.serial(fn.dense(8), fn.relu(), fn.dense(3))
+    batch = _batch(8)
+    state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"])
+    step = train_step_fn(model, loss_fn, OPTIMIZER)
+    masked, plain = (str(jax.make_jaxpr(step)(state, b)) for b in (batch, _unmasked(batch)))
+    assert masked.count("reduce_sum") - plain.count("reduce_sum") == 1  # sum(mask)
+    assert plain.count(" max ") < masked.count(" max ")  # max(count, 1) and its derivative; relu's are in both
+
+
+def test_a_batch_without_mask_needs_per_example_values_and_an_example_axis():
+    batch = _unmasked(_batch(8))
+    state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), batch["x"])
+    with pytest.raises(ValueError, match=r"PER-EXAMPLE values of the batch's shape \(8,\); 'loss' has shape \(\)"):
+        eval_step_fn(MODEL, lambda out, b: jnp.mean(out))(state, batch)
+    with pytest.raises(ValueError, match="a batch of 6 examples cannot be split evenly over 8 devices"):
+        make_train_step(MODEL, loss_fn, OPTIMIZER)(state, _unmasked(_batch(6)))
+    with pytest.raises(ValueError, match=r"leading axis of 'x', which has none. Fix: add batch\['mask'\]"):
+        eval_step_fn(fn.function(lambda x: x), lambda out, b: out)(state._replace(params={}), {"x": jnp.float32(1.0)})
 
 
 def test_train_step_compiles_once_and_donates_the_state():
@@ -141,12 +189,15 @@ def test_own_shard_map_over_the_pure_step_equals_the_jitted_step():
     state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"], mesh=mesh)
     pure = train_step_fn(model, loss_fn, OPTIMIZER, axis_name="data")
     mapped = jax.jit(jax.shard_map(pure, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())))
-    by_hand, metrics_by_hand = mapped(state, jax.device_put(batch, jax.NamedSharding(mesh, P("data"))))
-    state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"], mesh=mesh)
-    engine, metrics = make_train_step(model, loss_fn, OPTIMIZER, mesh=mesh)(state, batch)
-    # Tolerance: same math, different reduction trees (per-shard sums + psum vs XLA's all-reduce).
-    chex.assert_trees_all_close(by_hand.params, engine.params, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(metrics_by_hand["loss"], metrics["loss"], rtol=1e-5)
+    for form in (lambda b: b, _unmasked):  # without a mask the count is a constant, summed over the axis
+        state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"], mesh=mesh)
+        by_hand, metrics_by_hand = mapped(state, jax.device_put(form(batch), jax.NamedSharding(mesh, P("data"))))
+        state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"], mesh=mesh)
+        engine, metrics = make_train_step(model, loss_fn, OPTIMIZER, mesh=mesh)(state, batch)
+        # Tolerance: same math, different reduction trees (per-shard sums + psum vs XLA's all-reduce).
+        chex.assert_trees_all_close(by_hand.params, engine.params, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(metrics_by_hand["loss"], metrics["loss"], rtol=1e-5)
+        assert float(metrics_by_hand["count"]) == 32.0
 
 
 def test_grouped_batches_average_over_every_real_example():
@@ -182,8 +233,8 @@ def test_grad_norm_is_computed_only_when_asked_and_equals_the_reference():
     state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"])
     _, plain = jax.jit(train_step_fn(model, loss_fn, OPTIMIZER))(state, batch)
     _, logged = jax.jit(train_step_fn(model, loss_fn, OPTIMIZER, log_grad_norm=True))(state, batch)
-    assert sorted(plain) == ["accuracy", "count", "finite", "loss"]
-    assert sorted(logged) == ["accuracy", "count", "finite", "grad_norm", "loss"]
+    assert sorted(plain) == ["accuracy", "count", "loss"]
+    assert sorted(logged) == ["accuracy", "count", "grad_norm", "loss"]
 
     def mean_loss(params):
         logits, _ = model.apply(params, {}, batch["x"])
@@ -196,7 +247,7 @@ def test_grad_norm_is_computed_only_when_asked_and_equals_the_reference():
 
 
 def test_finite_checks_the_gradient_when_updates_are_skipped():
-    """``finite`` is the condition for applying an update: the loss, and with skipping the gradient too."""
+    """With skipping, ``finite`` is the condition for applying an update: the loss and the gradient."""
     model = fn.serial(fn.dense(8), fn.relu(), fn.dense(3))
     batch = _batch(8)
     batch["poison"] = np.eye(8, dtype=np.float32)[3]  # example 3: a finite loss, a NaN gradient
@@ -206,7 +257,7 @@ def test_finite_checks_the_gradient_when_updates_are_skipped():
 
     state = create_train_state(model, OPTIMIZER, jax.random.key(0), batch["x"])
     applied, metrics = jax.jit(train_step_fn(model, poisoned_loss, OPTIMIZER))(state, batch)
-    assert np.isfinite(float(metrics["loss"])) and float(metrics["finite"]) == 1.0  # only the loss is checked
+    assert np.isfinite(float(metrics["loss"])) and "finite" not in metrics  # the loss is all there is to check
     assert np.isnan(np.asarray(applied.params["dense_0"]["kernel"])).any()
     skipped, metrics = jax.jit(train_step_fn(model, poisoned_loss, OPTIMIZER, skip_nan_updates=True))(state, batch)
     assert float(metrics["finite"]) == 0.0 and "grad_norm" not in metrics
