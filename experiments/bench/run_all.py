@@ -165,8 +165,11 @@ def sections(result) -> list[str]:
     trees = [r for r in records if "trees_per_second" in r]
     if trees:
         out += _table(
-            ["system", "trees/s", "vs torch_level"],
-            [[r["system"], r["trees_per_second"], r.get("ratio_to_torch_level")] for r in trees],
+            ["system", "trees/s", "vs torch_level", "compiles in timed"],
+            [
+                [r["system"], r["trees_per_second"], r.get("ratio_to_torch_level"), r.get("compiles_in_timed")]
+                for r in trees
+            ],
         )
     return out
 

@@ -244,8 +244,10 @@ SHARE_OF_ROUND = {"funcnet_node": 4}  # system -> runs 1/N of each round's batch
 
 
 def measure(runners, rounds, per_round, num_batches):
-    """Interleaved rounds, order rotated each round; returns trees/s per system per round."""
+    """Interleaved rounds, order rotated each round; returns trees/s per system per round and the
+    compilations each JAX system met inside its timed segments (0 when warm-up saw every shape)."""
     results = {r.name: [] for r in runners}
+    timed_compiles = {r.name: 0 for r in runners}
     for r in range(rounds):
         order = runners[r % len(runners) :] + runners[: r % len(runners)]
         round_batches = round_indices(r, per_round, num_batches)
@@ -260,12 +262,13 @@ def measure(runners, rounds, per_round, num_batches):
             runner.run(indices)
             seconds = time.perf_counter() - start
             if is_jax and runner.step._cache_size() != compiled:
+                timed_compiles[runner.name] += runner.step._cache_size() - compiled
                 print(f"WARNING: {runner.name} compiled inside a timed segment (round {r})", flush=True)
             results[runner.name].append(BATCH * len(indices) / seconds)  # every epoch batch holds BATCH trees
             previous_is_jax = is_jax
         line = ", ".join(f"{name} {values[-1]:,.0f}" for name, values in results.items())
         print(f"round {r + 1}/{rounds}: trees/s {line}", flush=True)
-    return results
+    return results, timed_compiles
 
 
 def prepare(make, indices) -> tuple[dict, float]:
@@ -371,7 +374,7 @@ def warm_up(runner, timed) -> None:
     print(f"warm-up {runner.name}: {seconds:.1f} s, {len(first_of_shape)} shape(s) in the timed batches", flush=True)
 
 
-def report(results, rounds, malloc) -> None:
+def report(results, timed_compiles, rounds, malloc) -> None:
     rows = []
     for name, values in results.items():
         ratio = None
@@ -384,6 +387,7 @@ def report(results, rounds, malloc) -> None:
                 "ratio_to_torch_level": ratio,
                 "embedding_update": "sparse" if name in SPARSE_SYSTEMS else "dense",
                 "rounds": [round(v, 1) for v in values],
+                "compiles_in_timed": timed_compiles[name],
             }
         )
         emit(**rows[-1])
@@ -452,8 +456,8 @@ def main(argv=None) -> int:
     ]
     for runner in runners:
         warm_up(runner, timed)
-    results = measure(runners, args.rounds, per_round, len(epoch))
-    report(results, args.rounds, malloc)
+    results, timed_compiles = measure(runners, args.rounds, per_round, len(epoch))
+    report(results, timed_compiles, args.rounds, malloc)
     return 0
 
 

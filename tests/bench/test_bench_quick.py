@@ -35,7 +35,7 @@ def run_script(name: str, *argv: str) -> dict[str, list[dict]]:
     for line in out.stdout.splitlines():
         if line.startswith("{"):
             record = json.loads(line)
-            records[record["figure"]].append(record)
+            records[record.get("figure")].append(record)
     return records
 
 
@@ -50,12 +50,12 @@ def check_setup(setup: dict) -> None:
 
 def test_mlp_reports_throughput_first_step_and_equal_losses_for_funcnet_and_jax():
     records = run_script(
-        "mlp", "--systems", "funcnet,jax", "--rounds", "1", "--steps", "3", "--first-step-repeats", "1"
+        "mlp", "--systems", "funcnet,jax,funcnet_masked", "--rounds", "1", "--steps", "3", "--first-step-repeats", "1"
     )
     (setup,) = records["setup"]
     check_setup(setup)
     throughput = by_system(records["throughput"])
-    assert set(throughput) == {"funcnet", "jax"}
+    assert set(throughput) == {"funcnet", "jax", "funcnet_masked"}
     for row in throughput.values():
         assert row["unit"] == "steps/s" and row["value"] > 0 and row["steps_per_round"] == 3
         assert len(row["rounds"]) == 1 and row["ratio_to"] == "jax" and row["compiles_in_timed"] == 0
@@ -68,6 +68,8 @@ def test_mlp_reports_throughput_first_step_and_equal_losses_for_funcnet_and_jax(
     assert math.isclose(loss["funcnet"]["initial"], loss["jax"]["initial"], rel_tol=1e-5)
     assert math.isclose(loss["funcnet"]["after"], loss["jax"]["after"], rel_tol=1e-4)
     assert loss["jax"]["after"] < 0.5 * loss["jax"]["initial"]  # it trains
+    for moment in ("initial", "after"):  # a mask of ones changes nothing
+        assert math.isclose(loss["funcnet_masked"][moment], loss["funcnet"][moment], rel_tol=1e-5)
     names = {t["name"] for t in records["target"]}
     assert {"funcnet/jax steps/s", "funcnet/jax time to first step"} <= names
 
@@ -103,6 +105,25 @@ def test_input_parse_source_also_measures_the_step_on_one_core_fewer():
     assert funcnet["vs_max_input_compute_one_core_fewer"] == pytest.approx(
         funcnet["epoch_seconds"] / max(pinned, input_), rel=1e-2
     )
+
+
+def test_treelstm_compiles_once_per_bucket_and_times_no_compilation():
+    records = run_script(
+        "treelstm", "--systems", "funcnet_level,funcnet_node", "--rounds", "1", "--batches-per-round", "1"
+    )
+    (setup,) = records["setup"]
+    assert setup["timed_batches"] == 1 and setup["batch"] == 25 and setup["trees"] > 0
+    (compiles,) = records["compilations"]  # funcnet_level over a whole epoch of batches, timed apart
+    assert compiles["system"] == "funcnet_level" and compiles["epoch_batches"] == setup["epoch_batches"]
+    assert compiles["compilations"] == compiles["traces"] == compiles["buckets"] <= 8  # once per bucket shape
+    scheduling = by_system(records["host_scheduling"])
+    assert 0.5 < scheduling["funcnet_level"]["real_slot_fraction"] <= 1.0
+    rows = {r["system"]: r for r in records[None]}
+    assert set(rows) == {"funcnet_level", "funcnet_node"}
+    for row in rows.values():
+        assert row["trees_per_second"] > 0 and len(row["rounds"]) == 1 and row["compiles_in_timed"] == 0
+    # The level-batched step beats the node-by-node oracle by a wide margin even in one noisy round.
+    assert rows["funcnet_level"]["trees_per_second"] > 5 * rows["funcnet_node"]["trees_per_second"]
 
 
 def test_charlstm_funcnet_computes_the_naive_cell_loss():
