@@ -58,10 +58,17 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def parser(description: str, systems: Sequence[str], rounds: int) -> argparse.ArgumentParser:
-    """The options every script shares; scripts add their own."""
+def parser(
+    description: str, systems: Sequence[str], rounds: int, quick_skips: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    """The options every script shares; scripts add their own. ``quick_skips``: systems that ``--quick``
+    leaves out unless ``--systems`` names them (diagnostics with no target, to keep the check short)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--systems", default=",".join(systems), help=f"comma-separated subset of {','.join(systems)}")
+    skips = f"; --quick leaves out {','.join(quick_skips)}" if quick_skips else ""
+    p.add_argument(
+        "--systems", default=None, help=f"comma-separated subset of {','.join(systems)} (default: all{skips})"
+    )
+    p.set_defaults(quick_skips=tuple(quick_skips))
     p.add_argument("--rounds", type=int, default=None, help=f"timed rounds (default {rounds}; --quick: fewer)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per round (default: calibrated)")
     p.add_argument("--quick", action="store_true", help="fewer and shorter rounds: a noisy check in well under 2 min")
@@ -84,6 +91,8 @@ def subset(p: argparse.ArgumentParser, flag: str, text: str, allowed: Sequence[s
 def parse(p: argparse.ArgumentParser, argv, systems: Sequence[str]) -> argparse.Namespace:
     """Parses and checks ``--systems``; drops optional peers that are not installed (said on stdout)."""
     args = p.parse_args(argv)
+    if args.systems is None:
+        args.systems = ",".join(s for s in systems if not (args.quick and s in args.quick_skips))
     chosen = subset(p, "--systems", args.systems, systems)
     args.skipped = {}
     for name in list(chosen):

@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     python experiments/bench/charlstm.py            # 2.5 min measured at load 4 on 2 cores
-    python experiments/bench/charlstm.py --quick    # ~26 s at load 0.6 (8 systems), noisy
+    python experiments/bench/charlstm.py --quick    # ~29 s (10 systems: no funcnet_jvp, funcnet_rows), noisy
     python experiments/bench/charlstm.py --systems funcnet,jax,torch --rounds 10
 
 Workload: vocabulary 65, embedding 64, one LSTM layer of 256, sequences of 100, batch 32, next-character
@@ -434,11 +434,11 @@ BUILDERS = {
 
 
 def parse_args(argv):
-    p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=6)
+    p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=6, quick_skips=("funcnet_jvp", "funcnet_rows"))
     p.add_argument("--first-step-repeats", type=int, default=None, help="fresh builds timed per system (default 3)")
     p.add_argument("--jax-cpu-devices", type=int, default=None, help="JAX CPU devices (default: one per core)")
     args = common.parse(p, argv, SYSTEMS)
-    args.rounds = args.rounds or (3 if args.quick else 6)
+    args.rounds = args.rounds or (2 if args.quick else 6)
     args.first_step_repeats = args.first_step_repeats or (1 if args.quick else 3)
     return args
 
@@ -464,7 +464,7 @@ def main(argv=None) -> int:
         loss_after=LOSS_AFTER,
         expected_loss=round(math.log(VOCAB), 4),
         repeats=args.first_step_repeats,
-        segment_seconds=0.4 if args.quick else 1.0,
+        segment_seconds=0.25 if args.quick else 1.0,
         steps_range=(2, 200),
         per_step=BATCH * SEQUENCE,
         unit="tokens/s",

@@ -1,7 +1,7 @@
 """The training engine's overhead: ``funcnet.train.loop.fit`` against the bare jitted step on the same batches.
 
     python experiments/bench/fit.py                       # 100 s measured at load 4 on 2 cores
-    python experiments/bench/fit.py --quick               # 30 s at load 1.5, noisy
+    python experiments/bench/fit.py --quick               # ~20 s (one round), noisy
     python experiments/bench/fit.py --workloads mlp --systems fit,bare --rounds 8
 
 Workloads: the mlp and charlstm workloads of mlp.py and charlstm.py (funcnet's model, loss and Adam) over
@@ -236,7 +236,7 @@ def parse_args(argv):
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
     args = common.parse(p, argv, SYSTEMS)
     args.workloads = common.subset(p, "--workloads", args.workloads, WORKLOADS)
-    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.rounds = args.rounds or (1 if args.quick else 4)
     return args
 
 

@@ -1,7 +1,7 @@
 """Input pipeline overlap: with prefetch, an epoch should take max(input, compute), not their sum.
 
     python experiments/bench/input.py                           # 200 s measured at load 4.5 on 2 cores
-    python experiments/bench/input.py --quick                   # 45 s at load 1.5, noisy
+    python experiments/bench/input.py --quick                   # ~22 s (one round, no jax_logged), noisy
     python experiments/bench/input.py --sources sleep --systems funcnet,jax --workload mlp
 
 Compute: one training step of the charlstm workload (charlstm.py; ``--workload mlp`` for mlp.py's), t_c
@@ -350,13 +350,13 @@ def report(source_name, results, steps, args) -> dict:
 
 
 def parse_args(argv):
-    p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=4)
+    p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=4, quick_skips=("jax_logged",))
     p.add_argument("--workload", choices=("charlstm", "mlp"), default="charlstm")
     p.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated subset of {SOURCES}")
     p.add_argument("--input-cost", type=float, default=1.0, help="input seconds per batch, in units of t_c")
     args = common.parse(p, argv, SYSTEMS)
     args.sources = common.subset(p, "--sources", args.sources, SOURCES)
-    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.rounds = args.rounds or (1 if args.quick else 4)
     args.steps = args.steps or (8 if args.quick else 20)
     return args
 

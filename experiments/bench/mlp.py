@@ -273,8 +273,8 @@ def parse_args(argv):
     p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=10)
     p.add_argument("--first-step-repeats", type=int, default=None, help="fresh builds timed per system (default 3)")
     args = common.parse(p, argv, SYSTEMS)
-    args.rounds = args.rounds or (4 if args.quick else 10)
-    args.first_step_repeats = args.first_step_repeats or (2 if args.quick else 3)
+    args.rounds = args.rounds or (3 if args.quick else 10)
+    args.first_step_repeats = args.first_step_repeats or (1 if args.quick else 3)
     return args
 
 

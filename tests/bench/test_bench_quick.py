@@ -115,7 +115,8 @@ def test_treelstm_compiles_once_per_bucket_and_times_no_compilation():
     assert setup["timed_batches"] == 1 and setup["batch"] == 25 and setup["trees"] > 0
     (compiles,) = records["compilations"]  # funcnet_level over a whole epoch of batches, timed apart
     assert compiles["system"] == "funcnet_level" and compiles["epoch_batches"] == setup["epoch_batches"]
-    assert compiles["compilations"] == compiles["traces"] == compiles["buckets"] <= 8  # once per bucket shape
+    assert compiles["batches"] == setup["epoch_batches"]  # the whole epoch without --quick
+    assert compiles["compilations"] == compiles["traces"] == compiles["shapes_met"] == compiles["buckets"] <= 8
     scheduling = by_system(records["host_scheduling"])
     assert 0.5 < scheduling["funcnet_level"]["real_slot_fraction"] <= 1.0
     rows = {r["system"]: r for r in records[None]}
@@ -176,3 +177,16 @@ def test_charlstm_mixed_precision_systems_start_from_the_same_weights():
     names = {t["name"] for t in records["target"]}
     assert "funcnet_bf16/jax tokens/s" in names
     assert ("funcnet_bf16/torch_bf16 tokens/s" in names) == ("torch_bf16" in mixed)
+
+
+def test_quick_leaves_out_the_systems_without_a_target_unless_named(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import charlstm
+    import input as input_bench
+
+    for module, skipped in ((charlstm, {"funcnet_jvp", "funcnet_rows"}), (input_bench, {"jax_logged"})):
+        full, quick = module.parse_args([]), module.parse_args(["--quick"])
+        assert skipped <= set(full.systems) and not skipped & set(quick.systems), module.__name__
+        assert set(full.systems) - set(quick.systems) == skipped
+        named = module.parse_args(["--quick", "--systems", ",".join(sorted(skipped))])
+        assert set(named.systems) == skipped
