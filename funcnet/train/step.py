@@ -11,9 +11,9 @@ them over the real examples (``batch["mask"] == 1``), so a batch padded
 with masked examples gives the same gradient and metrics as the unpadded batch, and metrics
 averaged over uneven batches are exact (each step reports its means and its ``count``).
 A batch without ``"mask"`` holds only real examples, as many as the leading axis of the first
-model input, and its values must be ``[B]``: the means divide by that constant, with no mask to
-reduce (on a small model the mask's reductions are a measurable share of the step: see
-``funcnet_masked`` in ``experiments/bench/mlp.py``). ``Batches`` always adds a mask.
+model input, and its values must be ``[B]``: the means divide by that constant, and the step has
+no mask to reduce (one reduction and a division fewer: ``experiments/bench/mlp.py`` measures both
+forms, ``funcnet`` and ``funcnet_masked``). ``Batches`` always adds a mask.
 
 Data parallelism is the global view of ``jax.jit``: the batch is sharded along its first axis
 over the mesh's ``"data"`` axis, the train state is replicated, and XLA inserts the all-reduce
@@ -50,13 +50,16 @@ def _batch_size(batch: Mapping[str, Any], inputs: Sequence[str]) -> int:
     """The examples in ``batch``: the mask's leading axis, else the first model input's."""
     if "mask" in batch:
         return batch["mask"].shape[0]
-    leaves = jax.tree.leaves(_model_inputs(batch, inputs[:1]))
-    if not leaves or not leaves[0].shape:
+    (first,) = _model_inputs(batch, inputs[:1])
+    shape = getattr(first, "shape", None)  # an array, or an array-like such as Embedded rows
+    leading = {shape[0]} if shape else {leaf.shape[0] if leaf.shape else None for leaf in jax.tree.leaves(first)}
+    if len(leading) != 1 or None in leading:
         raise ValueError(
-            f"a batch without 'mask' takes its size from the leading axis of {inputs[0]!r}, which has none. "
+            f"a batch without 'mask' takes its size from the leading axis of {inputs[0]!r}, and it has "
+            f"{'none' if not leading or None in leading else f'several: {sorted(leading)}'}. "
             "Fix: add batch['mask'] (1.0 for each real example)"
         )
-    return leaves[0].shape[0]
+    return leading.pop()
 
 
 def _per_example(
@@ -68,6 +71,9 @@ def _per_example(
         raise ValueError(
             f"the loss function must return per-example losses or a dict with 'loss'; got keys {sorted(values)}"
         )
+    reserved = sorted(set(values) & {"count", "finite", "grad_norm"})
+    if reserved:
+        raise ValueError(f"{reserved}: the engine's own metric names; rename these values of the loss function")
     if "mask" in batch:
         shape, of = batch["mask"].shape, "the mask's"
     else:
@@ -91,8 +97,8 @@ def _masked_means(
         size = next(iter(values.values())).size
         if axis_name is not None:
             sums, count = lax.psum((sums, jnp.asarray(size, jnp.float32)), axis_name)
-            return {name: s / count for name, s in sums.items()}, count
-        return {name: s * (1.0 / size) for name, s in sums.items()}, jnp.asarray(size, jnp.float32)
+            return {name: s / jnp.maximum(count, 1.0) for name, s in sums.items()}, count
+        return {name: s * (1.0 / max(size, 1)) for name, s in sums.items()}, jnp.asarray(size, jnp.float32)
     sums = {name: jnp.sum(v.astype(jnp.float32) * mask) for name, v in values.items()}
     count = jnp.sum(mask)
     if axis_name is not None:

@@ -165,8 +165,34 @@ def test_a_batch_without_mask_needs_per_example_values_and_an_example_axis():
         eval_step_fn(MODEL, lambda out, b: jnp.mean(out))(state, batch)
     with pytest.raises(ValueError, match="a batch of 6 examples cannot be split evenly over 8 devices"):
         make_train_step(MODEL, loss_fn, OPTIMIZER)(state, _unmasked(_batch(6)))
-    with pytest.raises(ValueError, match=r"leading axis of 'x', which has none. Fix: add batch\['mask'\]"):
+    with pytest.raises(ValueError, match=r"leading axis of 'x', and it has none. Fix: add batch\['mask'\]"):
         eval_step_fn(fn.function(lambda x: x), lambda out, b: out)(state._replace(params={}), {"x": jnp.float32(1.0)})
+
+
+def test_a_batch_without_mask_takes_its_size_from_the_examples_of_the_first_input():
+    from funcnet.layers.embed import Embedded
+
+    rows = Embedded(jnp.ones((50, 4)), jnp.zeros((8, 3), jnp.int32))  # a table of 50 rows, 8 examples
+    state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), jnp.ones((8, 5)))._replace(params={})
+    per_example = lambda out, b: jnp.ones(out.shape[0])  # noqa: E731
+    metrics = eval_step_fn(fn.function(lambda x: x.lookup()[:, 0, 0]), per_example)(state, {"x": rows})
+    assert float(metrics["count"]) == 8.0
+    uneven = {"x": {"a": jnp.ones(3), "b": jnp.ones((8, 2))}}
+    with pytest.raises(ValueError, match=r"leading axis of 'x', and it has several: \[3, 8\]"):
+        eval_step_fn(fn.function(lambda x: x["b"][:, 0]), per_example)(state, uneven)
+    empty = eval_step_fn(fn.function(lambda x: x[:, 0]), per_example)(state, {"x": jnp.ones((0, 5))})
+    assert float(empty["count"]) == 0.0 and float(empty["loss"]) == 0.0  # as a mask of no real example gives
+
+
+def test_the_engine_metric_names_are_reserved():
+    batch = _batch(8)
+    state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), batch["x"])
+
+    def clashing(logits, batch):
+        return {**loss_fn(logits, batch), "finite": jnp.ones(8)}
+
+    with pytest.raises(ValueError, match=r"\['finite'\]: the engine's own metric names"):
+        eval_step_fn(MODEL, clashing)(state, batch)
 
 
 def test_train_step_compiles_once_and_donates_the_state():
