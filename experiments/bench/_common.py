@@ -88,12 +88,15 @@ def subset(p: argparse.ArgumentParser, flag: str, text: str, allowed: Sequence[s
     return chosen
 
 
+def default_systems(text: str | None, systems: Sequence[str], quick: bool, quick_skips: Sequence[str]) -> str:
+    """``--systems``' value: ``text`` if given, else every system but, with ``--quick``, ``quick_skips``."""
+    return text if text is not None else ",".join(s for s in systems if not (quick and s in quick_skips))
+
+
 def parse(p: argparse.ArgumentParser, argv, systems: Sequence[str]) -> argparse.Namespace:
     """Parses and checks ``--systems``; drops optional peers that are not installed (said on stdout)."""
     args = p.parse_args(argv)
-    if args.systems is None:
-        args.systems = ",".join(s for s in systems if not (args.quick and s in args.quick_skips))
-    chosen = subset(p, "--systems", args.systems, systems)
+    chosen = subset(p, "--systems", default_systems(args.systems, systems, args.quick, args.quick_skips), systems)
     args.skipped = {}
     for name in list(chosen):
         module = PEERS.get(name)

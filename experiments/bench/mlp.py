@@ -81,7 +81,7 @@ def funcnet_params(w):
     return {"hidden": {"kernel": w["w1"], "bias": w["b1"]}, "out": {"kernel": w["w2"], "bias": w["b2"]}}
 
 
-def build_funcnet(data, weights, seed, name="funcnet"):
+def build_funcnet(data, weights, seed, name="funcnet", masked=False):
     import jax
     import numpy as np
     import optax
@@ -92,7 +92,7 @@ def build_funcnet(data, weights, seed, name="funcnet"):
     step, state, mesh, init = peers.funcnet_train(
         funcnet_model(), funcnet_loss, optimizer, x, funcnet_params(weights), seed, name
     )
-    batch = {"x": x, "y": y} | ({"mask": np.ones(N, np.float32)} if name == "funcnet_masked" else {})
+    batch = {"x": x, "y": y} | ({"mask": np.ones(N, np.float32)} if masked else {})
     batch = jax.device_put(batch, batch_sharded(mesh))
     system = peers.jax_system(
         name, step, state, [batch], cache_size=step.jitted._cache_size, loss_of=lambda m: m["loss"]
@@ -262,7 +262,7 @@ BUILDERS = {
     "flax": build_flax,
     "haiku": build_haiku,
     "equinox": build_equinox,
-    "funcnet_masked": partial(build_funcnet, name="funcnet_masked"),
+    "funcnet_masked": partial(build_funcnet, name="funcnet_masked", masked=True),
 }
 
 

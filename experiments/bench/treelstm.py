@@ -50,7 +50,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from _common import cores, emit, subset, target, tune_malloc  # beside this script
+from _common import cores, default_systems, emit, subset, target, tune_malloc  # beside this script
 
 SYSTEMS = (
     "funcnet_level",
@@ -76,16 +76,17 @@ def parse_args(argv):
         "--quick",
         action="store_true",
         help=f"2 rounds of 2 batches, compilations counted over the first {QUICK_COUNTED} batches, no funcnet_node "
-        "unless --systems names it: under 40 s",
+        "unless --systems names it: ~20 s",
     )
     parser.add_argument("--systems", default=None, help=f"comma-separated subset of {SYSTEMS} (default: all)")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unroll", type=int, default=1, help="tree scan steps per loop iteration (fn.tree unroll)")
     args = parser.parse_args(argv)
-    if args.systems is None:  # the node-scan oracle compiles for ~7 s and has no target
-        args.systems = ",".join(s for s in SYSTEMS if not (args.quick and s == "funcnet_node"))
-    args.systems = subset(parser, "--systems", args.systems, SYSTEMS)
+    # --quick leaves out the node-scan oracle (no target; it compiles for ~7 s) unless --systems names it.
+    args.systems = subset(
+        parser, "--systems", default_systems(args.systems, SYSTEMS, args.quick, ["funcnet_node"]), SYSTEMS
+    )
     if args.quick:
         args.rounds, args.batches_per_round = 2, 2
     return args

@@ -171,8 +171,8 @@ def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     print(experiment.describe())
     data = config["data"]
     devices = experiment.mesh.size
-    print(f"model: {config['model']}, seq_len {data['seq_len']}, batch {config['trainer']['batch_size']}", end="")
-    print(f" split over {devices} devices" if devices > 1 else "")
+    split = f" split over {devices} devices" if devices > 1 else ""
+    print(f"model: {config['model']}, seq_len {data['seq_len']}, batch {config['trainer']['batch_size']}{split}")
     write_json(run_dir / "config.json", config)
     optimizer = make_optimizer(config["optimizer"])
     start = time.perf_counter()
