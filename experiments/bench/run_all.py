@@ -1,6 +1,6 @@
 """Runs every benchmark (mlp, charlstm, fit, input, treelstm), one process each, and writes one markdown table.
 
-    python experiments/bench/run_all.py --out experiments/results/bench.md            # 20 min at load 3-4.6, 2 cores
+    python experiments/bench/run_all.py --out experiments/results/bench.md            # 8-9 min on 2 cores
     python experiments/bench/run_all.py --quick --out /tmp/bench.md                   # under 2 min, noisy
     python experiments/bench/run_all.py --only mlp,charlstm --device gpu --out /tmp/gpu.md
 
