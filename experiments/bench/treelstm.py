@@ -63,6 +63,7 @@ SYSTEMS = (
     "torch_level_sparse_bf16",
 )
 QUICK_COUNTED = 8  # --quick counts compilations over this many batches, not the whole epoch
+QUICK_SKIPS = ("funcnet_node",)  # --quick leaves out the node-scan oracle (no target; it compiles for ~7 s)
 SPARSE_SYSTEMS = ("funcnet_level", "torch_level_sparse", "funcnet_level_bf16", "torch_level_sparse_bf16")
 EMBED, HIDDEN, CLASSES, BATCH, LEARNING_RATE, WIDTH = 300, 150, 5, 25, 0.05, 24
 SST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sst" / "train.txt"
@@ -83,10 +84,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unroll", type=int, default=1, help="tree scan steps per loop iteration (fn.tree unroll)")
     args = parser.parse_args(argv)
-    # --quick leaves out the node-scan oracle (no target; it compiles for ~7 s) unless --systems names it.
-    args.systems = subset(
-        parser, "--systems", default_systems(args.systems, SYSTEMS, args.quick, ["funcnet_node"]), SYSTEMS
-    )
+    args.systems = subset(parser, "--systems", default_systems(args.systems, SYSTEMS, args.quick, QUICK_SKIPS), SYSTEMS)
     if args.quick:
         args.rounds, args.batches_per_round = 2, 2
     return args

@@ -36,9 +36,9 @@ Two derivatives, one function:
     trains slower. ``experiments/bench/charlstm.py`` measures both, ``funcnet`` and ``funcnet_jvp``.)
   - On CPU each step's recurrent product is four smaller ones joined by a concatenate: ``h @ w_hh``
     as one ``[H, H]`` block per gate, and ``dz_t @ w_hh^T`` as four column blocks of ``w_hh^T``
-    (``_recurrent_dot``). XLA's CPU runtime ran the four faster than one ``[B, H] x [H, 4H]``
-    product on a 2-core CPU in float32 (no slower with bfloat16 operands), in the charlstm bench's
-    shapes. Other platforms take the one product.
+    (``_recurrent_dot``). XLA's CPU runtime runs the four faster than one ``[B, H] x [H, 4H]``
+    product in the charlstm bench's shapes (``experiments/bench/small_matmul.py``: ``four_gates``
+    against ``fused``). Other platforms take the one product.
   - No bfloat16 array is written one step at a time (XLA's CPU backend would convert the whole
     ``[T, ...]`` buffer to float32 and back at every step): the saved arrays are rounded after the loops.
 

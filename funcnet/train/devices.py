@@ -1,7 +1,7 @@
 """CPU cores as data-parallel devices: ``cpu_devices`` makes JAX's CPU backend expose one device per core.
 
 JAX's CPU backend is ONE device by default, and XLA runs the small kernels of a recurrent step one
-after another on it; its two-thread matmuls in such a loop were slower here than its one-thread ones.
+after another on it, each small matmul on one thread (``experiments/bench/small_matmul.py``).
 With one device per core, ``make_train_step`` and ``fit`` (whose mesh is every device) split each
 batch across the cores and run the shards side by side, then average the gradients: the same step,
 to float rounding. Measured on 2 cores (``experiments/results/bench.md``, systems ``funcnet`` and

@@ -196,3 +196,16 @@ def test_quick_leaves_out_the_systems_without_a_target_unless_named(monkeypatch)
     assert "funcnet_node" in treelstm.parse_args([]).systems
     assert set(treelstm.parse_args([]).systems) - set(treelstm.parse_args(["--quick"]).systems) == {"funcnet_node"}
     assert treelstm.parse_args(["--quick", "--systems", "funcnet_node"]).systems == ["funcnet_node"]
+
+
+def test_small_matmul_reports_every_loop_form_per_step():
+    records = run_script("small_matmul", "--quick")
+    (setup,) = records["setup"]
+    assert setup["workload"] == "small_matmul" and setup["rounds"] == 2
+    latency = by_system(records["latency"])
+    assert {"one_gate", "four_gates", "fused", "large"} <= set(latency)
+    for name in ("one_gate", "four_gates", "fused"):
+        assert latency[name]["unit"] == "us per loop step" and len(latency[name]["rounds"]) == 2
+    assert all(row["value"] > 0 for row in latency.values())
+    # Four products a step cost more than one: the loop is timed per step, not per call.
+    assert latency["four_gates"]["value"] > latency["one_gate"]["value"]
