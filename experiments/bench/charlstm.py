@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     python experiments/bench/charlstm.py            # 2.5 min measured at load 4 on 2 cores
-    python experiments/bench/charlstm.py --quick    # ~29 s (10 systems: no funcnet_jvp, funcnet_rows), noisy
+    python experiments/bench/charlstm.py --quick    # ~28 s (10 systems: no funcnet_jvp, funcnet_rows), noisy
     python experiments/bench/charlstm.py --systems funcnet,jax,torch --rounds 10
 
 Workload: vocabulary 65, embedding 64, one LSTM layer of 256, sequences of 100, batch 32, next-character

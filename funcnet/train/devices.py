@@ -5,7 +5,7 @@ after another on it, each small matmul on one thread (``experiments/bench/small_
 With one device per core, ``make_train_step`` and ``fit`` (whose mesh is every device) split each
 batch across the cores and run the shards side by side, then average the gradients: the same step,
 to float rounding. Measured on 2 cores (``experiments/results/bench.md``, systems ``funcnet`` and
-``funcnet_cores``): the character LSTM trains 1.72x faster in float32 and 1.83x with bfloat16 operands.
+``funcnet_cores``): the character LSTM trains 1.64x faster in float32 and 1.76x with bfloat16 operands.
 Not every step gains (a step that is a few large matmuls already keeps both cores busy, and a
 tiny one is mostly fixed costs): measure yours with and without it.
 
