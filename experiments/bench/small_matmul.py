@@ -113,11 +113,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="2 short rounds: a check that it runs")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 7)
-    args.systems = ["one_gate", "four_gates", "fused", "large", "torch_mm"]
+    has_torch = importlib.util.find_spec("torch") is not None
+    args.systems = ["one_gate", "four_gates", "fused", "large"] + (["torch_mm"] if has_torch else [])
     malloc = tune_malloc("tuned")
     emit(figure="setup", workload="small_matmul", **machine(args, malloc))
     systems = jax_systems()
-    if importlib.util.find_spec("torch") is not None:
+    if has_torch:
         systems |= torch_systems(cores())
     else:
         print("NOTE: torch is not installed (pip install -e '.[bench]'): no PyTorch reference", flush=True)
