@@ -34,6 +34,7 @@ from ..errors import (
     describe,
 )
 from ..initializers import Initializer
+from .dropout import keep_mask
 
 _NAME = "attention"
 _PROJECTIONS = ("query", "key", "value", "out")
@@ -229,7 +230,7 @@ def multi_head_attention(
             logits = jnp.where(jnp.broadcast_to(mask, logits.shape), logits, jnp.finfo(compute_dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)  # [batch..., H, Tq, Tk]
         if dropout:
-            keep = jax.random.bernoulli(key, 1.0 - dropout_rate, weights.shape)
+            keep = keep_mask(key, dropout_rate, weights)
             weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
         heads = jnp.einsum("...hqk,...khd->...qhd", weights.astype(v.dtype), v)  # [batch..., Tq, H, Dh]
         y = jnp.einsum("...qhd,hdo->...qo", heads, params["out"]["kernel"])

@@ -10,6 +10,7 @@ from jax import lax
 
 from ..core import Model
 from ..errors import KeyMissingError, ParamsError, check_array
+from ._sharding import sharding_like
 
 
 def dropout(rate: float, *, broadcast_axes: Sequence[int] = ()) -> Model:
@@ -59,7 +60,20 @@ def dropout(rate: float, *, broadcast_axes: Sequence[int] = ()) -> Model:
         mask_shape = tuple(
             1 if i % x.ndim in [a % x.ndim for a in broadcast_axes] else n for i, n in enumerate(x.shape)
         )
-        keep = jax.random.bernoulli(key, 1.0 - rate, mask_shape)
+        keep = keep_mask(key, rate, x, mask_shape)
         return lax.select(jnp.broadcast_to(keep, x.shape), x / (1.0 - rate), jnp.zeros_like(x)), state
 
     return Model(init, apply, "dropout")
+
+
+def keep_mask(key: jax.Array, rate: float, like: jax.Array, shape: Sequence[int] | None = None) -> jax.Array:
+    """A boolean mask, True with probability ``1 - rate``, of ``shape`` (default ``like.shape``; it broadcasts
+    against ``like``), drawn in ``like``'s sharding (``funcnet.layers._sharding``). Its bits depend on the key
+    and the global shape only, not on how the array is split across devices.
+
+    >>> import jax, jax.numpy as jnp
+    >>> keep_mask(jax.random.key(0), 0.5, jnp.ones((4, 3)), (4, 1)).shape
+    (4, 1)
+    """
+    shape = tuple(like.shape if shape is None else shape)
+    return jax.random.bernoulli(key, 1.0 - rate, shape, out_sharding=sharding_like(like, shape))

@@ -11,6 +11,7 @@ from .. import initializers
 from ..core import Model
 from ..errors import ParamsError, check_integer, check_params, describe
 from ..initializers import Initializer
+from ._sharding import sharding_like
 
 
 class Rows(NamedTuple):
@@ -74,6 +75,9 @@ def rows_spec(xs: Any) -> Any:
 def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
     """``table[ids]`` along axis 0, with NaN rows for ids outside ``[0, len(table))``, negative ones included."""
     ids = jnp.where(ids < 0, table.shape[0], ids)  # no wrap-around: negative ids are out of range too
+    sharding = sharding_like(ids, (*ids.shape, table.shape[-1]))
+    if sharding is not None:  # a batch of ids on a mesh with Explicit axes: the rows are sharded like it
+        return table.at[ids].get(mode="fill", fill_value=jnp.nan, out_sharding=sharding)
     return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 

@@ -42,6 +42,7 @@ from jax import lax
 
 from ..core import Model, apply_child, check_children, init_child, output_spec, put
 from ..errors import DTypeError, LayerError, ParamsError, ShapeError, check_floating, check_rank, describe, prefix_path
+from ._sharding import reshard_like
 from .cells import Cell
 from .dropout import dropout as dropout_layer
 from .embed import Embedded, rows_spec
@@ -195,6 +196,7 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
             initial_carry = cell.initial_carry((batch,), dtype)
         else:
             initial_carry = _check_carry("rnn", cell, initial_carry, batch)
+        initial_carry = reshard_like(initial_carry, getattr(xs, "ids", xs), axes=1)  # the scan's carry: like xs
         if cell.scan is not None and _one_dtype(rows_spec(xs), params, initial_carry):
             (carry, ys), state = cell.scan(
                 params, state, xs, initial_carry, lengths, reverse=reverse, unroll=unroll, key=key, train=train

@@ -15,15 +15,21 @@ model input, and its values must be ``[B]``: the means divide by that constant, 
 no mask to reduce (one reduction and a division fewer: ``experiments/bench/mlp.py`` measures both
 forms, ``funcnet`` and ``funcnet_masked``). ``Batches`` always adds a mask.
 
-Data parallelism is the global view of ``jax.jit``: the batch is sharded along its first axis
-over the mesh's ``"data"`` axis, the train state is replicated, and XLA inserts the all-reduce
-of the gradient (the full-batch mean). This is how ``pmap`` is implemented in current JAX. The
-batch size must be a multiple of the device count; ``funcnet.train.data.Batches`` pads the last
-batch of an epoch with masked examples to keep every batch full.
+Data parallelism, three ways, one pure step (each tested against one device on the same batch):
 
-For your own ``shard_map`` (or ``pmap``), take the un-jitted function from
-``train_step_fn(..., axis_name="data")``: it sums counts and metrics across that axis, so the
-loss is the global mean and the (automatically summed) gradients are the full-batch gradient.
+- ``make_train_step``: ``jax.jit`` over a batch sharded along its first axis over the mesh's ``"data"``
+  axis (``NamedSharding``; Auto or Explicit axes), the state replicated. XLA inserts the all-reduce of
+  the gradient. The batch size must be a multiple of the device count; ``funcnet.train.data.Batches``
+  pads the last batch of an epoch with masked examples to keep every batch full.
+- Your own ``jax.shard_map(train_step_fn(..., axis_name="data"), in_specs=(P(), P("data")),
+  out_specs=(P(), P()))``, or your own ``jax.pmap(train_step_fn(..., axis_name="data"),
+  axis_name="data")`` over a batch with a leading device axis: the step sums counts and metrics across
+  the axis and reduces the gradient once (``_full_batch_gradient`` says how each transform differs).
+
+Randomness: step ``i`` uses ``fold_in(base_key, i)``. Under ``jax.jit`` that one key draws the dropout
+masks of the whole global batch, so the masks do not depend on the number of devices. Under
+``shard_map``/``pmap`` each shard uses ``fold_in(step_key, axis_index)``: masks are independent across
+shards, and depend on the device count.
 """
 
 from __future__ import annotations
@@ -115,6 +121,34 @@ def _model_inputs(batch: Mapping[str, jax.Array], inputs: Sequence[str]) -> list
     return [batch[name] for name in inputs]
 
 
+def _shard_key(key: jax.Array, axis_name: str) -> jax.Array:
+    """Each shard's key: the step's key folded with the shard's index along ``axis_name``, so that shards draw
+    independent dropout masks (the global view of ``jax.jit`` needs no such thing: one key draws the masks of
+    the whole batch)."""
+    return jax.random.fold_in(key, lax.axis_index(axis_name))
+
+
+def _varying_axes(x: jax.Array) -> frozenset:
+    """The manual mesh axes along which ``x`` is known to vary: tracked under ``shard_map`` (``check_vma=True``,
+    its default), never under ``pmap``, which is a ``shard_map`` with ``check_vma=False``."""
+    return getattr(getattr(jax.typeof(x), "mat", None), "varying", frozenset())
+
+
+def _full_batch_gradient(grads: Any, axis_name: str | None) -> Any:
+    """The gradient of the full-batch mean loss, the same on every shard: reduced across ``axis_name`` ONCE.
+
+    The loss is already the full-batch mean (``_masked_means`` sums across the axis). Under ``shard_map``
+    with ``check_vma=True`` the params do not vary along the axis, so autodiff itself sums their gradient
+    across it (the transpose of the implicit broadcast): nothing is left to do. Under ``pmap`` (and
+    ``shard_map(check_vma=False)``) every value counts as per-shard, and each shard's gradient is that of
+    the SUM of the N shards' equal losses with respect to its own copy, N times its share of the
+    full-batch gradient: their mean across the axis is the full-batch gradient.
+    """
+    if axis_name is None or axis_name in _varying_axes(lax.axis_index(axis_name)):
+        return grads
+    return lax.pmean(grads, axis_name)
+
+
 def train_step_fn(
     model: Model,
     loss_fn: LossFn,
@@ -137,7 +171,10 @@ def train_step_fn(
         optimizer state (the step counter still advances) instead of applying the update.
       log_grad_norm: also return ``grad_norm``, the global norm of the mean gradient. Off by default:
         on small models its extra reductions cost as much as the rest of the update (XLA on CPU).
-      axis_name: the mapped axis when you run the step under your own ``shard_map``/``pmap``.
+      axis_name: the mapped axis when you run the step under your own ``jax.shard_map`` or ``jax.pmap``:
+        counts, metrics and gradients are then reduced across it, and each shard folds its index into the
+        step's key (``fold_in(step_key, axis_index)``: independent dropout masks per shard). Leave it None
+        under ``jax.jit``.
       sparse_rows: ``{param path: batch key}``: update those embedding tables row-sparsely, only the
         rows whose ids are in ``batch[key]`` (``funcnet.train.sparse``; exact for SGD and Adagrad).
 
@@ -159,8 +196,15 @@ def train_step_fn(
       (1, ['count', 'loss'], 8.0)
     """
 
+    if axis_name is not None and sparse_rows:
+        raise ValueError(
+            "sparse_rows needs the whole batch in one view (its compact tables hold the rows the batch uses), "
+            "and under shard_map/pmap each shard sees only its own ids. Fix: use make_train_step (jax.jit over a "
+            "sharded batch), or drop sparse_rows."
+        )
+
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        key = step_key(state)
+        key = step_key(state) if axis_name is None else _shard_key(step_key(state), axis_name)
         params, opt_state = state.params, state.opt_state
         if sparse_rows:  # differentiate and update compact tables: only the rows this batch uses
             params, opt_state, batch, used, tables = gather_rows(params, opt_state, batch, sparse_rows)
@@ -173,7 +217,7 @@ def train_step_fn(
             return means["loss"], (means, count, model_state)
 
         (loss, (means, count, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        grads, params = unwrap(grads), unwrap(params)
+        grads, params = _full_batch_gradient(unwrap(grads), axis_name), unwrap(params)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         grad_norm = optax.tree.norm(grads) if skip_nan_updates or log_grad_norm else None
@@ -279,7 +323,11 @@ def make_train_step(
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         if resident is None:  # a plan's batch axis was checked when it was made
             check_divisible(_batch_size(batch, inputs), mesh)
-        return step(state, batch, *arrays)
+        try:
+            return step(state, batch, *arrays)
+        except ValueError as error:  # only on failure: nothing is checked per step
+            _explain_other_mesh(error, mesh)
+            raise
 
     checked.jitted = step  # for inspection: .lower(), ._cache_size()
     return checked
@@ -311,7 +359,21 @@ def make_eval_step(
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
         check_divisible(_batch_size(batch, inputs), mesh)
-        return step(state, batch)
+        try:
+            return step(state, batch)
+        except ValueError as error:
+            _explain_other_mesh(error, mesh)
+            raise
 
     checked.jitted = step
     return checked
+
+
+def _explain_other_mesh(error: ValueError, mesh: Mesh) -> None:
+    """Raises a ValueError that says how to fix it when JAX refused arrays placed on another mesh than ``mesh``."""
+    if "Mesh for all inputs should be equal" in str(error):
+        raise ValueError(
+            f"the state or batch lives on another mesh than the step's ({dict(mesh.shape)}, axis types "
+            f"{tuple(t.name for t in mesh.axis_types)}). Fix: build the state and the step with the mesh your batch "
+            "is placed on (create_train_state(..., mesh=mesh), make_train_step(..., mesh=mesh)), or pass NumPy arrays."
+        ) from error

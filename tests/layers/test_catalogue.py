@@ -5,15 +5,20 @@
 - ``jax.jit`` and eager agree;
 - a second jitted call with the same shapes does not retrace;
 - gradients with respect to params and float inputs match finite differences (float64);
-- ``jax.vmap`` over examples equals applying to the batch.
+- ``jax.vmap`` over examples equals applying to the batch;
+- a batch sharded over a mesh of Explicit axes gives the unsharded result (random draws included).
 """
 
 from __future__ import annotations
+
+import math
 
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 import funcnet as fn
@@ -40,6 +45,7 @@ CATALOGUE = [
     ("rms_norm", lambda: fn.rms_norm(), [_floats(4, 6)]),
     ("batch_norm", lambda: fn.batch_norm(), [_floats(8, 3)]),
     ("attention", lambda: fn.multi_head_attention(2), [_floats(2, 3, 4)]),
+    ("attention_causal_dropout", lambda: fn.multi_head_attention(2, causal=True, dropout_rate=0.3), [_floats(2, 3, 4)]),
     ("attention_cross", lambda: fn.multi_head_attention(2, qkv_features=6), [_floats(2, 3, 4), _floats(2, 5, 3)]),
     ("dropout", lambda: fn.dropout(0.5), [_floats(4, 3)]),
     ("rnn_lstm", lambda: fn.rnn(fn.lstm_cell(3)), [_floats(2, 4, 3)]),
@@ -133,3 +139,21 @@ def test_vmap_over_examples_equals_batch(case):
 
     # Tolerance: per-example matmuls may accumulate in another order than the batched one.
     chex.assert_trees_all_close(jax.vmap(one)(*inputs), batched, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=IDS)
+def test_a_batch_sharded_over_an_explicit_mesh_gives_the_unsharded_result(case):
+    """jax.make_mesh gives Explicit axes: random masks and selects must follow the batch's sharding."""
+    model, params, state, inputs = _make(case)
+    inputs = [jnp.concatenate([x] * (8 // math.gcd(x.shape[0], 8))) for x in inputs]  # a batch of a multiple of 8
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
+    sharded = jax.device_put(inputs, NamedSharding(mesh, P("data")))
+    apply = jax.jit(lambda p, s, k, *xs: model.apply(p, s, *xs, key=k, train=True))
+    key = jax.random.key(5)
+    expected = apply(params, state, key, *inputs)
+    with jax.set_mesh(mesh):  # as under jit with in_shardings on this mesh (make_train_step(mesh=mesh))
+        outputs, new_state = apply(params, state, key, *sharded)
+    # Tolerance: the same masks (drawn from the key and the global shape alone); only reductions split
+    # across devices (batch statistics) may round apart.
+    chex.assert_trees_all_close((outputs, new_state), expected, rtol=1e-5, atol=1e-6)
+    assert all(leaf.sharding.spec[0] == "data" for leaf in jax.tree.leaves(outputs) if leaf.ndim)
