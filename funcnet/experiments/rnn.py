@@ -37,6 +37,7 @@ from funcnet.train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from funcnet.train.loop import fit
 from funcnet.train.optim import make_optimizer
 from funcnet.train.state import abstract_train_state, data_mesh
+from funcnet.train.stopping import exit_code
 
 from .charlm import char_lm, lm_loss, sample, stream_bits_per_character
 from .text import Vocabulary, load_corpus, tbptt_dataset
@@ -185,7 +186,7 @@ def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     step, state = experiment.restore_best(run_dir)
     results: dict[str, Any] = {
-        "stop_reason": result.stop_reason, "steps": result.step, "best_step": step,
+        "stop_reason": result.stop_reason, "signal": result.signal, "steps": result.step, "best_step": step,
         "wall_seconds_this_session": round(seconds, 1),
         "best_validation_bpc_chunks": result.best_metric,
         "final_validation_bpc_chunks": result.history[-1]["bpc"] if result.history else None,
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir}", file=sys.stderr)
         return 2
     results = train(config, run_dir)
-    return 1 if results["stop_reason"] == "nan" else 0
+    return exit_code(results["stop_reason"], results["signal"])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from ..train.config import TrainerConfig, apply_overrides, merge_configs
 from ..train.loop import evaluate, fit
 from ..train.optim import make_optimizer
 from ..train.state import data_mesh
+from ..train.stopping import exit_code
 from .treedata import FIELDS, TreeBatches
 
 _BASE: dict[str, Any] = {
@@ -221,7 +222,8 @@ def run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     seconds = time.perf_counter() - start
     _, best_state = restore_run(run_dir / "checkpoints", result.state, metric=trainer.metric, mode=trainer.mode)
-    results: dict[str, Any] = {"stop_reason": result.stop_reason, "steps": result.step, "best_step": result.best_step,
+    results: dict[str, Any] = {"stop_reason": result.stop_reason, "signal": result.signal, "steps": result.step,
+                               "best_step": result.best_step,
                                "wall_seconds_this_session": round(seconds, 1), "compilations": result.compilations,
                                "config": config}  # fmt: skip
     for name, trees in (("validation", dev_trees), ("test", test_trees)):
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir or time.strftime("runs/treelstm-%Y%m%d-%H%M%S"))
     results = run(config, run_dir)
     print(f"results: {run_dir / 'results.json'}")
-    return 1 if results["stop_reason"] == "nan" else 0
+    return exit_code(results["stop_reason"], results["signal"])
 
 
 if __name__ == "__main__":

@@ -97,6 +97,10 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             os.path.abspath(self.directory), item_names=("state", "meta"), options=options
         )
+        # JAX's preemption sync point counts the steps it is called with: funcnet.train.stopping calls it once
+        # per step, in order, from the loop. Orbax would also call it, with checkpoint steps and from its own
+        # threads, and the processes could then disagree on the step to stop at.
+        self.manager.reached_preemption = lambda step: False
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
         """Starts saving ``state`` (a pytree of global arrays) and ``meta`` (JSON) as ``step``.
@@ -137,10 +141,6 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         """Every complete checkpoint's step, oldest first."""
         return sorted(self.manager.all_steps())
-
-    def reached_preemption(self, step: int) -> bool:
-        """True when JAX's preemption notice (SIGTERM after ``jax.distributed.initialize``) arrived."""
-        return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
         """Blocks until every started save is complete on disk."""

@@ -2,11 +2,16 @@
 
     funcnet train CONFIG -s RUN_DIR [-o key=value ...]   # train, or resume if RUN_DIR has checkpoints
     funcnet train CONFIG -s RUN_DIR --cpu-devices [N]    # on N JAX CPU devices (alone: one per core)
+    funcnet train CONFIG -s RUN_DIR --coordinator HOST:PORT --num-processes N --process-id I  # one of N processes
     funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
 
 Every config error (unknown keys, wrong types, missing values, unknown component types) is
 reported with its key path before anything is built or compiled. ``RUN_DIR`` receives
 ``config.json`` (the resolved config), ``checkpoints/``, ``logs/`` and ``results.json``.
+
+Exit codes: 0 finished (early stopping included); 130 / 143 stopped by SIGINT / SIGTERM after saving
+(every process of a multi-process run saves the same step); 1 failed (a NaN, a lost peer process);
+2 a bad config or command line.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from . import builtins as _builtins  # noqa: F401  (registers the built-in compo
 from .builtins import DataSplits
 from .checkpoint import restore_run
 from .components import ConfigError, build_component
-from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
+from .config import RunConfig, TrainerConfig, apply_overrides, load_config, resolved_config, validate_config
 from .data import make_batches
 from .devices import add_cpu_devices_flag, use_cpu_devices_flag
+from .distributed import Processes, SetupError, join
 from .loop import evaluate, fit
 from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
 from .state import abstract_train_state, data_mesh
+from .stopping import BAD_CONFIG, exit_code
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
@@ -107,9 +114,17 @@ def _load(config_path: str, overrides: Sequence[str]) -> dict[str, Any]:
     return resolved_config(run)
 
 
-def train(config_path: str, run_dir: str, overrides: Sequence[str] = ()) -> int:
-    """``funcnet train``: returns the process exit code."""
+def train(config_path: str, run_dir: str, overrides: Sequence[str] = (), processes: Processes | None = None) -> int:
+    """``funcnet train``: returns the process exit code (``funcnet.train.stopping.exit_code``).
+
+    ``processes``: how to join a multi-process run (``--coordinator``, ``--num-processes``, ``--process-id``);
+    with None, or all three None, the run is joined only where JAX detects a cluster launcher (``srun``,
+    ``mpirun``, Cloud TPU). The config is validated first: a bad config exits before any process waits.
+    """
     resolved = _load(config_path, overrides)
+    peer_timeout = resolved["trainer"].get("peer_timeout", TrainerConfig.peer_timeout)
+    if join(*(processes or Processes()), peer_timeout=peer_timeout):
+        print(f"process {jax.process_index()} of {jax.process_count()} joined the run: {jax.device_count()} devices")
     saved = Path(run_dir) / "config.json"
     if saved.exists():
         previous = json.loads(saved.read_text())
@@ -153,7 +168,7 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = ()) -> int:
                                                           inputs=run.splits.inputs, mesh=run.mesh)}  # fmt: skip
     write_json(Path(run_dir) / "results.json", results)
     print(f"{result.stop_reason} at step {result.step}; results in {Path(run_dir) / 'results.json'}")
-    return 1 if result.stop_reason == "nan" else 0
+    return exit_code(result.stop_reason, result.signal)
 
 
 def evaluate_run(
@@ -183,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_train.add_argument("-s", "--serialization-dir", dest="run_dir", required=True, help="the run directory")
     p_train.add_argument("-o", "--override", action="append", default=[], help="key.path=value (repeatable)")
     add_cpu_devices_flag(p_train)
+    group = p_train.add_argument_group(
+        "several processes (one per host; srun, mpirun and Cloud TPU need none of these)"
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, where the run's processes meet")
+    group.add_argument("--num-processes", metavar="N", type=int, help="how many processes the run has")
+    group.add_argument("--process-id", metavar="I", type=int, help="this process's index, 0 to N-1")
     p_eval = commands.add_parser("evaluate", help="evaluate a checkpoint of a run")
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
@@ -192,12 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only
     try:
         if args.command == "train":
-            return train(args.config, args.run_dir, args.override)
+            processes = Processes(args.coordinator, args.num_processes, args.process_id)
+            return train(args.config, args.run_dir, args.override, processes)
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, SetupError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return BAD_CONFIG
 
 
 if __name__ == "__main__":

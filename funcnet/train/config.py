@@ -185,6 +185,9 @@ class TrainerConfig:
         there, so the host sends only the examples' numbers, a plan of many epochs at a time
         (``funcnet.train.resident``); 0: off, batches are sliced on the host. Single-process runs only.
       progress: show a progress bar (moved when metrics are read: at log steps, and at least every second).
+      peer_timeout: multi-process runs: seconds without a heartbeat from another process after which this
+        one prints which process was lost and the last complete checkpoint, and exits with code 1
+        (``funcnet.train.distributed.PeerWatch``).
 
     Example:
       >>> trainer = TrainerConfig.from_dict({"epochs": 10, "batch_size": 128, "patience": 3})
@@ -212,6 +215,7 @@ class TrainerConfig:
     prefetch: int | None = None
     device_data_mib: int = 256
     progress: bool = True
+    peer_timeout: int = 60
 
     def __post_init__(self):
         _check_trainer({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "trainer")
@@ -245,6 +249,7 @@ class TrainerConfig:
 
 _MINIMUM = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "eval_every": 1, "log_every": 1}
 _MINIMUM.update(checkpoint_every=1, keep_checkpoints=1, keep_best=1, patience=0, seed=0, prefetch=0, device_data_mib=0)
+_MINIMUM.update(peer_timeout=1)
 
 
 def _check_trainer(values: Mapping[str, Any], path: str) -> None:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -41,6 +39,7 @@ import optax
 from ..core import Model
 from .checkpoint import Checkpointer
 from .data import Position, host_slice
+from .distributed import PeerWatch
 from .feed import batch_transfer, max_in_flight, on_cpu, prefetch_size
 from .log import Progress, RunLogger
 from .pending import PendingMetrics
@@ -48,6 +47,7 @@ from .prefetch import prefetch
 from .resident import EpochPlans, resident_arrays
 from .state import TrainState, abstract_train_state, create_train_state, data_mesh
 from .step import LossFn, make_eval_step, make_train_step
+from .stopping import StopSignals
 from .train_log import TrainLog, state_is_finite
 
 _READ_EVERY_SECONDS = 1.0  # single process: read metrics (progress bar, NaN check) at least this often
@@ -101,6 +101,8 @@ class FitResult(NamedTuple):
       stop_reason: ``"done"``, ``"early_stopping"``, ``"nan"``, ``"signal"`` or ``"callback"``.
       history: one dict per evaluation: ``{"step": ..., "epoch": ..., <metric>: ...}``.
       compilations: programs the train step compiled in this session (one per distinct batch shape).
+      signal: the signal's number when ``stop_reason`` is ``"signal"`` (``stopping.exit_code`` turns it into
+        the process's exit code).
     """
 
     state: TrainState
@@ -111,6 +113,7 @@ class FitResult(NamedTuple):
     stop_reason: str
     history: list[dict[str, float]]
     compilations: int = 0
+    signal: int | None = None
 
 
 def evaluate(
@@ -144,28 +147,6 @@ def _evaluate(step: Callable, state: TrainState, batches: Any, mesh) -> dict[str
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + value * n
     return {**{name: total / max(count, 1.0) for name, total in totals.items()}, "count": count}
-
-
-class _Signals:
-    """Turns SIGTERM/SIGINT into a flag the loop polls (single process, main thread only)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        self.received = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def fit(
@@ -212,80 +193,82 @@ def fit(
       A FitResult.
     """
     mesh = mesh or data_mesh()
-    total = _total_steps(trainer, getattr(train, "steps_per_epoch", None))
-    checkpointer = Checkpointer(
-        os.path.join(os.fspath(run_dir), "checkpoints"),
-        keep=trainer.keep_checkpoints,
-        keep_best=trainer.keep_best,
-        metric=trainer.metric,
-        mode=trainer.mode,
-    )
-    example = host_slice(next(iter(train.epoch(0))))
-    example_inputs = [example[k] for k in inputs]
-    key = jax.random.key(trainer.seed)
-    meta = {"position": Position(0, 0)._asdict(), "epoch": 0, "best_metric": None, "best_step": None}
-    meta.update(bad_evals=0, history=[], config=dict(config or {}))
-    latest = checkpointer.latest_step()
-    if latest is None:
-        state = create_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
-    else:
-        abstract = abstract_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
-        state, meta = checkpointer.restore(latest, abstract)
-    step = int(state.step)
-    resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
-    train_step = make_train_step(
-        model,
-        loss_fn,
-        optimizer,
-        mesh=mesh,
-        inputs=inputs,
-        skip_nan_updates=trainer.skip_nan_updates,
-        log_grad_norm=trainer.log_grad_norm,
-        sparse_rows=sparse_rows,
-        resident=resident,
-    )
-    eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
-    check_state = not trainer.skip_nan_updates  # without skipping, a NaN gradient can hide behind a finite loss
-    if check_state:
-        state_is_finite(state)  # compiles the check now, not at the first checkpoint
-    logger = RunLogger(run_dir, resume_step=step if latest is not None else None)
-    if config is not None and latest is None:
-        logger.config(config)
-    progress = Progress(total, step, enabled=trainer.progress, unit=item_name)
-    if latest is not None:
-        progress.write(f"resuming from step {latest} ({checkpointer.directory}/{latest})")
-    progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
+    checkpoints = os.path.join(os.fspath(run_dir), "checkpoints")
+    # A signal from here on saves the first step it can; a lost peer process ends this one in one line.
+    with PeerWatch(trainer.peer_timeout, checkpoints) as peers, StopSignals() as signals:
+        total = _total_steps(trainer, getattr(train, "steps_per_epoch", None))
+        checkpointer = Checkpointer(
+            checkpoints,
+            keep=trainer.keep_checkpoints,
+            keep_best=trainer.keep_best,
+            metric=trainer.metric,
+            mode=trainer.mode,
+        )
+        example = host_slice(next(iter(train.epoch(0))))
+        example_inputs = [example[k] for k in inputs]
+        key = jax.random.key(trainer.seed)
+        meta = {"position": Position(0, 0)._asdict(), "epoch": 0, "best_metric": None, "best_step": None}
+        meta.update(bad_evals=0, history=[], config=dict(config or {}))
+        latest = checkpointer.latest_step()
+        if latest is None:
+            state = create_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
+        else:
+            abstract = abstract_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
+            state, meta = checkpointer.restore(latest, abstract)
+        step = int(state.step)
+        resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
+        train_step = make_train_step(
+            model,
+            loss_fn,
+            optimizer,
+            mesh=mesh,
+            inputs=inputs,
+            skip_nan_updates=trainer.skip_nan_updates,
+            log_grad_norm=trainer.log_grad_norm,
+            sparse_rows=sparse_rows,
+            resident=resident,
+        )
+        eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
+        check_state = not trainer.skip_nan_updates  # without skipping, a NaN gradient can hide behind a finite loss
+        if check_state:
+            state_is_finite(state)  # compiles the check now, not at the first checkpoint
+        logger = RunLogger(run_dir, resume_step=step if latest is not None else None)
+        if config is not None and latest is None:
+            logger.config(config)
+        progress = Progress(total, step, enabled=trainer.progress, unit=item_name)
+        if latest is not None:
+            progress.write(f"resuming from step {latest} ({checkpointer.directory}/{latest})")
+        progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
 
-    position = Position(**meta["position"])
-    if resident is None:
-        size = prefetch_size(trainer, train)
-        stream = prefetch(train.iterate(position), size=size, transform=batch_transfer(mesh))
-    else:  # the same batches, positions and padding; the step finds its batch from its step count
-        size, stream = 0, EpochPlans(train, position, step, mesh)
-    single = jax.process_count() == 1  # several processes read at the same steps, so that all stop alike
-    pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=size > 0), poll=single)
-    train_log = TrainLog(trainer, logger, progress, checkpointer, learning_rate, items_per_example)
-    step_hooks = [c for c in callbacks if type(c).on_step_end is not Callback.on_step_end]
-    hooked = step  # on_step_end has been called for every step up to this one
-    last_read = time.perf_counter()
-    stop_reason = "done"
+        position = Position(**meta["position"])
+        if resident is None:
+            size = prefetch_size(trainer, train)
+            stream = prefetch(train.iterate(position), size=size, transform=batch_transfer(mesh))
+        else:  # the same batches, positions and padding; the step finds its batch from its step count
+            size, stream = 0, EpochPlans(train, position, step, mesh)
+        single = jax.process_count() == 1  # several processes read at the same steps, so that all stop alike
+        pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=size > 0), poll=single)
+        train_log = TrainLog(trainer, logger, progress, checkpointer, learning_rate, items_per_example)
+        step_hooks = [c for c in callbacks if type(c).on_step_end is not Callback.on_step_end]
+        hooked = step  # on_step_end has been called for every step up to this one
+        last_read = time.perf_counter()
+        stop_reason = "done"
 
-    def hook(records: Sequence[tuple[int, Mapping[str, float]]]) -> str | None:
-        nonlocal hooked
-        for done_step, metrics in records:
-            if done_step <= hooked or stop_reason == "callback":  # no more calls once a callback stopped
-                continue
-            hooked = done_step
-            try:
-                for callback in step_hooks:
-                    callback.on_step_end(done_step, metrics)
-            except StopTraining as stop:
-                progress.write(f"stopped by a callback at step {done_step}: {stop}")
-                return "callback"
-        return None
+        def hook(records: Sequence[tuple[int, Mapping[str, float]]]) -> str | None:
+            nonlocal hooked
+            for done_step, metrics in records:
+                if done_step <= hooked or stop_reason == "callback":  # no more calls once a callback stopped
+                    continue
+                hooked = done_step
+                try:
+                    for callback in step_hooks:
+                        callback.on_step_end(done_step, metrics)
+                except StopTraining as stop:
+                    progress.write(f"stopped by a callback at step {done_step}: {stop}")
+                    return "callback"
+            return None
 
-    try:
-        with _Signals() as signals:
+        try:
             while stop_reason == "done" and not _finished(step, position, total, trainer):
                 batch = next(stream)
                 position = stream.position  # the next batch to train on: what a checkpoint records
@@ -301,9 +284,7 @@ def fit(
                     or last
                 )
                 due_save = (trainer.checkpoint_every and step % trainer.checkpoint_every == 0) or last
-                preempted = signals.received is not None or (
-                    jax.process_count() > 1 and checkpointer.reached_preemption(step)
-                )
+                preempted = signals.reached(step)  # every process, every step: they all stop at one step
                 if not (due_eval or due_save or preempted or stop_reason != "done"):
                     now = time.perf_counter()
                     logged = any(done % trainer.log_every == 0 for done, _ in finished)
@@ -335,16 +316,19 @@ def fit(
                         progress.write(f"stopped by a callback at step {step}: {stop}")
                         stop_reason = "callback"
                 if preempted:
-                    name = signal.Signals(signals.received).name if signals.received else "preemption"
-                    progress.write(f"{name} received: saving step {step}, then exiting. Run again to resume.")
+                    progress.write(f"{signals.describe()}: saving step {step}, then exiting. Run again to resume.")
                     stop_reason = "signal"
                 meta.update(position=position._asdict(), epoch=position.epoch)
                 checkpointer.save(step, state, meta, metrics=_metric(eval_metrics, trainer.metric))
-    finally:
-        stream.close()
-        checkpointer.close()
-        progress.close()
-        logger.close()
+        except jax.errors.JaxRuntimeError as error:
+            if jax.process_count() > 1:  # a peer died mid-collective: say so in one line, do not wait for it
+                peers.lost(f"a collective with the other processes failed ({str(error).splitlines()[0]})")
+            raise
+        finally:
+            stream.close()
+            checkpointer.close()
+            progress.close()
+            logger.close()
     result = FitResult(
         state,
         step,
@@ -354,6 +338,7 @@ def fit(
         stop_reason,
         list(meta["history"]),
         train_step.jitted._cache_size(),
+        signals.signum if stop_reason == "signal" else None,
     )
     for callback in callbacks:
         callback.on_fit_end(result)

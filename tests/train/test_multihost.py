@@ -1,15 +1,31 @@
-"""Two processes on 127.0.0.1 (2 CPU devices each, gloo collectives) train like one process with 4 devices."""
+"""Several processes on 127.0.0.1 (2 CPU devices each, gloo collectives), joined by ``funcnet train`` itself.
+
+- they train like one process with 4 devices;
+- a signal to ANY one process stops every process at the same step, saved, with the signal's exit code,
+  and the run then resumes bit for bit;
+- a killed process ends the other within ``trainer.peer_timeout`` with one line naming it.
+
+Every process runs under a hard ``timeout -s KILL``: a stuck collective fails the test, never hangs CI.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from funcnet.train import cli
+from funcnet.train.config import validate_config
+from funcnet.train.optim import param_path
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {
@@ -19,6 +35,7 @@ CONFIG = {
     "optimizer": {"type": "adam", "learning_rate": 0.01},
     "trainer": {"max_steps": 12, "batch_size": 16, "eval_every": 6, "checkpoint_every": 4, "progress": False},
 }
+HARD_LIMIT = 240  # seconds: the kill that bounds every process
 
 
 def _free_port() -> int:
@@ -27,38 +44,118 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(config, run_dir, process_id, num_processes, port, devices):
-    args = [str(config), str(run_dir), str(process_id), str(num_processes), str(port), str(devices)]
-    # A hard kill bounds the test: a stuck collective must fail the test, never hang CI.
-    command = ["timeout", "-s", "KILL", "240", sys.executable, "-m", "tests.train.run_multihost", *args]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _launch(config, run_dir, *flags, devices=2):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    command = ["timeout", "-s", "KILL", str(HARD_LIMIT), sys.executable, "-m", "funcnet.train.cli", "train"]
+    command += [str(config), "-s", str(run_dir), *flags]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(process):
-    out, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, out[-4000:]
+def _pair(config, run_dir):
+    port = _free_port()
+    return [
+        _launch(config, run_dir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
+        for i in range(2)
+    ]
+
+
+def _wait_for(process, text):
+    """Reads the process's output until a line holds ``text``; returns what was read."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            return "".join(lines)
+    raise AssertionError(f"{text!r} never came:\n{''.join(lines)[-4000:]}")
+
+
+def _finish(process, code=0, before=""):
+    out, _ = process.communicate(timeout=HARD_LIMIT + 60)
+    out = before + out
+    assert process.returncode == code, f"exit {process.returncode}, expected {code}:\n{out[-4000:]}"
     return out
 
 
-def test_two_processes_equal_one_process_with_four_devices(tmp_path):
+def _params(config_path, run_dir):
+    run = cli.Run(validate_config(json.loads(Path(config_path).read_text())))
+    _, state = run.restore(run_dir, "latest")
+    leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    return {param_path(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _steps(run_dir):
+    directory = Path(run_dir) / "checkpoints"
+    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.exists() else set()
+
+
+def test_funcnet_train_joins_two_processes_that_train_like_one_process_with_four_devices(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(CONFIG))
-    port = _free_port()
-    workers = [_launch(config, tmp_path / "multi", i, 2, port, 2) for i in range(2)]
-    outputs = [_finish(w) for w in workers]
-    assert "process 0 of 2, 4 devices: done" in outputs[0] and "process 1 of 2, 4 devices: done" in outputs[1]
-    _finish(_launch(config, tmp_path / "single", 0, 1, 0, 4))
+    outputs = [_finish(w) for w in _pair(config, tmp_path / "multi")]
+    for i, out in enumerate(outputs):
+        assert f"process {i} of 2 joined the run: 4 devices" in out, out
+    _finish(_launch(config, tmp_path / "single", "--cpu-devices", "4", devices=8))
 
-    single = np.load(tmp_path / "single" / "restored_0.npz")
-    for i in range(2):
-        multi = np.load(tmp_path / "multi" / f"restored_{i}.npz")
-        assert sorted(multi) == sorted(single)
-        for name in single:
-            # Tolerance: the same global batch and keys; only the all-reduce differs (gloo across
-            # processes vs in-process), which can reorder float32 sums.
-            np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    single, multi = _params(config, tmp_path / "single"), _params(config, tmp_path / "multi")
+    assert sorted(multi) == sorted(single)
+    for name in single:
+        # Tolerance: the same global batch and keys; only the all-reduce differs (gloo across
+        # processes vs in-process), which can reorder float32 sums.
+        np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
     # Saved at 4, 6 (evaluation), 8 and 12, once each; kept: the latest 3 (6, 8, 12) and the best (6 or 12).
-    steps = {p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()}
-    assert steps == {"6", "8", "12"}, steps
+    assert _steps(tmp_path / "multi") == {6, 8, 12}
     results = json.loads((tmp_path / "multi" / "results.json").read_text())
-    assert results["steps"] == 12 and os.path.exists(tmp_path / "multi" / "config.json")
+    assert results["steps"] == 12 and results["devices"] == 4
+
+
+def _stopped_pair(config, run_dir, signalled, signum):
+    """Starts a pair, signals process ``signalled`` once it has joined; returns the step both saved."""
+    workers = _pair(config, run_dir)
+    before = {signalled: _wait_for(workers[signalled], "joined the run")}
+    time.sleep(0.5)  # into start-up (data, compilation): the stop comes at the first step every process reaches
+    workers[signalled].send_signal(signum)
+    outputs = [_finish(w, 128 + signum, before.get(i, "")) for i, w in enumerate(workers)]
+    name = signal.Signals(signum).name
+    assert re.search(rf"{name} received by .* of 2: saving step \d+", outputs[0]), outputs[0]  # process 0 logs
+    ended = [re.search(r"signal at step (\d+)", out) for out in outputs]
+    assert all(ended), "\n=====\n".join(outputs)
+    (step,) = {int(match.group(1)) for match in ended}  # one step, the same in both processes
+    assert step in _steps(run_dir)
+    return step
+
+
+def test_a_signal_to_one_process_stops_both_at_one_saved_step_and_the_run_resumes_bit_identically(tmp_path):
+    config = tmp_path / "config.json"
+    trainer = {**CONFIG["trainer"], "max_steps": 200, "eval_every": 50, "checkpoint_every": 50}
+    config.write_text(json.dumps({**CONFIG, "trainer": trainer}))
+    first = _stopped_pair(config, tmp_path / "stopped", signalled=1, signum=signal.SIGTERM)
+    second = _stopped_pair(config, tmp_path / "stopped", signalled=0, signum=signal.SIGINT)  # resumes, then Ctrl-C
+    assert first < second < 200
+    outputs = [_finish(w) for w in _pair(config, tmp_path / "stopped")]
+    assert f"resuming from step {second}" in outputs[0], outputs[0]  # process 0 writes the run's messages
+    for w in _pair(config, tmp_path / "straight"):
+        _finish(w)
+    resumed, straight = _params(config, tmp_path / "stopped"), _params(config, tmp_path / "straight")
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+
+def test_a_killed_process_ends_the_other_within_the_peer_timeout_with_one_line(tmp_path):
+    config = tmp_path / "config.json"
+    trainer = {**CONFIG["trainer"], "max_steps": 10**6, "eval_every": 50, "checkpoint_every": 50, "peer_timeout": 5}
+    config.write_text(json.dumps({**CONFIG, "trainer": trainer}))
+    workers = _pair(config, tmp_path / "run")
+    while not _steps(tmp_path / "run"):  # training is under way: a checkpoint is complete
+        assert all(w.poll() is None for w in workers)
+        time.sleep(0.2)
+    (child,) = Path(f"/proc/{workers[1].pid}/task/{workers[1].pid}/children").read_text().split()
+    os.kill(int(child), signal.SIGKILL)  # the Python process itself: `timeout` cannot pass SIGKILL on
+    killed = time.monotonic()
+    out = _finish(workers[0], code=1)
+    waited = time.monotonic() - killed
+    workers[1].communicate()
+    # Bound: peer_timeout (5 s) plus a heartbeat period; a gloo error seen at once ends it sooner.
+    assert waited < 5 + 10, waited
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Last complete checkpoint: step" in last, out[-3000:]
+    assert "process 1 of 2" in last or "collective with the other processes failed" in last, last
