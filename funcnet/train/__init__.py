@@ -39,6 +39,7 @@ from .data import Batches as Batches
 from .data import GeneratorBatches as GeneratorBatches
 from .data import Position as Position
 from .devices import cpu_devices as cpu_devices
+from .distributed import join as join
 from .loop import Callback as Callback
 from .loop import FitResult as FitResult
 from .loop import StopTraining as StopTraining
@@ -54,7 +55,9 @@ from .registry import OPTIMIZERS as OPTIMIZERS
 from .registry import SCHEDULES as SCHEDULES
 from .state import TrainState as TrainState
 from .state import create_train_state as create_train_state
+from .state import data_mesh as data_mesh
 from .step import eval_step_fn as eval_step_fn
 from .step import make_eval_step as make_eval_step
 from .step import make_train_step as make_train_step
 from .step import train_step_fn as train_step_fn
+from .stopping import exit_code as exit_code

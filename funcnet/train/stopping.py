@@ -1,6 +1,7 @@
 """Stopping on a signal at one step that every process agrees on, and the exit codes that say why a run ended.
 
 One process: SIGTERM and SIGINT set a flag the loop reads after each step; it saves that step and stops.
+A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, without saving.
 
 Several processes (``jax.distributed``): each process must save the SAME step, or the collectives of a
 checkpoint wait forever for the processes that went on stepping. After ``jax.distributed.initialize``,
@@ -77,6 +78,8 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
         if not self._several:
             self.signum = signum
             return

@@ -117,7 +117,9 @@ def test_treelstm_compiles_once_per_bucket_and_times_no_compilation():
     (compiles,) = records["compilations"]  # funcnet_level over a whole epoch of batches, timed apart
     assert compiles["system"] == "funcnet_level" and compiles["epoch_batches"] == setup["epoch_batches"]
     assert compiles["batches"] == setup["epoch_batches"]  # the whole epoch without --quick
-    assert compiles["compilations"] == compiles["traces"] == compiles["shapes_met"] == compiles["buckets"] <= 8
+    # One compilation per bucket shape the epoch meets (SST meets all 4; the synthetic trees used without
+    # ../shared/data meet fewer), never more.
+    assert 1 <= compiles["compilations"] == compiles["traces"] == compiles["shapes_met"] <= compiles["buckets"] <= 8
     scheduling = by_system(records["host_scheduling"])
     assert 0.5 < scheduling["funcnet_level"]["real_slot_fraction"] <= 1.0
     rows = {r["system"]: r for r in records[None]}

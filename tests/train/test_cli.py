@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
+
+from funcnet.train import cli
 
 FUNCNET = str(Path(sys.executable).parent / "funcnet")  # the console script installed by pip
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -137,3 +140,25 @@ def test_another_config_in_the_same_run_dir_is_refused(user_project):
     root, _ = user_project
     result = _run("train", "config.toml", "-s", "run", "-o", "optimizer.learning_rate=0.1", cwd=root)
     assert result.returncode != 0 and "holds a run with another config" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-processes", "2"], "needs --coordinator HOST:PORT, --num-processes N and --process-id I"),
+        (
+            ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+            "--process-id: expected 0 to 1",
+        ),
+        (["--coordinator", "host0", "--num-processes", "2", "--process-id", "0"], "--coordinator: expected HOST:PORT"),
+    ],
+)
+def test_incomplete_or_wrong_process_flags_exit_2_before_joining(tmp_path, capsys, flags, message):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model": {"type": "mlp", "hidden": [4], "features": 1}, "dataset": {"type": "iris_like"},
+        "loss": {"type": "mse"}, "optimizer": {"type": "sgd", "learning_rate": 0.1}, "trainer": {"max_steps": 1},
+    }))  # fmt: skip
+    code = cli.main(["train", str(config), "-s", str(tmp_path / "run"), *flags])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and jax.process_count() == 1  # nothing joined, nothing written

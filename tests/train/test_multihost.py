@@ -33,7 +33,7 @@ CONFIG = {
     "dataset": {"type": "iris_like", "n_per_species": 30},
     "loss": {"type": "mse"},
     "optimizer": {"type": "adam", "learning_rate": 0.01},
-    "trainer": {"max_steps": 12, "batch_size": 16, "eval_every": 6, "checkpoint_every": 4, "progress": False},
+    "trainer": {"max_steps": 200, "batch_size": 16, "eval_every": 50, "checkpoint_every": 50, "progress": False},
 }
 HARD_LIMIT = 240  # seconds: the kill that bounds every process
 
@@ -88,26 +88,6 @@ def _steps(run_dir):
     return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.exists() else set()
 
 
-def test_funcnet_train_joins_two_processes_that_train_like_one_process_with_four_devices(tmp_path):
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(CONFIG))
-    outputs = [_finish(w) for w in _pair(config, tmp_path / "multi")]
-    for i, out in enumerate(outputs):
-        assert f"process {i} of 2 joined the run: 4 devices" in out, out
-    _finish(_launch(config, tmp_path / "single", "--cpu-devices", "4", devices=8))
-
-    single, multi = _params(config, tmp_path / "single"), _params(config, tmp_path / "multi")
-    assert sorted(multi) == sorted(single)
-    for name in single:
-        # Tolerance: the same global batch and keys; only the all-reduce differs (gloo across
-        # processes vs in-process), which can reorder float32 sums.
-        np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    # Saved at 4, 6 (evaluation), 8 and 12, once each; kept: the latest 3 (6, 8, 12) and the best (6 or 12).
-    assert _steps(tmp_path / "multi") == {6, 8, 12}
-    results = json.loads((tmp_path / "multi" / "results.json").read_text())
-    assert results["steps"] == 12 and results["devices"] == 4
-
-
 def _stopped_pair(config, run_dir, signalled, signum):
     """Starts a pair, signals process ``signalled`` once it has joined; returns the step both saved."""
     workers = _pair(config, run_dir)
@@ -124,25 +104,37 @@ def _stopped_pair(config, run_dir, signalled, signum):
     return step
 
 
-def test_a_signal_to_one_process_stops_both_at_one_saved_step_and_the_run_resumes_bit_identically(tmp_path):
+def test_two_joined_processes_train_like_one_stop_together_on_a_signal_to_either_and_resume_bit_identically(tmp_path):
     config = tmp_path / "config.json"
-    trainer = {**CONFIG["trainer"], "max_steps": 200, "eval_every": 50, "checkpoint_every": 50}
-    config.write_text(json.dumps({**CONFIG, "trainer": trainer}))
+    config.write_text(json.dumps(CONFIG))
+    straight = [_finish(w) for w in _pair(config, tmp_path / "straight")]
+    for i, out in enumerate(straight):
+        assert f"process {i} of 2 joined the run: 4 devices" in out, out
+    _finish(_launch(config, tmp_path / "single", "--cpu-devices", "4", devices=8))
+    single, multi = _params(config, tmp_path / "single"), _params(config, tmp_path / "straight")
+    assert sorted(multi) == sorted(single)
+    for name in single:
+        # Tolerance: the same global batch and keys; only the all-reduce differs (gloo across
+        # processes vs in-process), which can reorder float32 sums.
+        np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # Saved every 50 steps and at evaluations; kept: the latest 3 and the best.
+    assert {150, 200} <= _steps(tmp_path / "straight") and len(_steps(tmp_path / "straight")) <= 4
+    results = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert results["steps"] == 200 and results["devices"] == 4
+
     first = _stopped_pair(config, tmp_path / "stopped", signalled=1, signum=signal.SIGTERM)
     second = _stopped_pair(config, tmp_path / "stopped", signalled=0, signum=signal.SIGINT)  # resumes, then Ctrl-C
     assert first < second < 200
     outputs = [_finish(w) for w in _pair(config, tmp_path / "stopped")]
     assert f"resuming from step {second}" in outputs[0], outputs[0]  # process 0 writes the run's messages
-    for w in _pair(config, tmp_path / "straight"):
-        _finish(w)
-    resumed, straight = _params(config, tmp_path / "stopped"), _params(config, tmp_path / "straight")
-    for name in straight:
-        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    resumed = _params(config, tmp_path / "stopped")
+    for name in multi:
+        np.testing.assert_array_equal(resumed[name], multi[name], err_msg=name)
 
 
 def test_a_killed_process_ends_the_other_within_the_peer_timeout_with_one_line(tmp_path):
     config = tmp_path / "config.json"
-    trainer = {**CONFIG["trainer"], "max_steps": 10**6, "eval_every": 50, "checkpoint_every": 50, "peer_timeout": 5}
+    trainer = {**CONFIG["trainer"], "max_steps": 10**6, "peer_timeout": 5}
     config.write_text(json.dumps({**CONFIG, "trainer": trainer}))
     workers = _pair(config, tmp_path / "run")
     while not _steps(tmp_path / "run"):  # training is under way: a checkpoint is complete
