@@ -1,7 +1,9 @@
 """``fit``: the training loop users do not write again.
 
 It owns epochs and step budgets, evaluation, checkpoints (latest and best), early stopping,
-NaN/Inf detection, logs, the progress bar, callbacks and graceful stops. Everything on the host
+NaN/Inf detection, logs, the progress bar, callbacks and graceful stops: a signal saves a step and
+stops, every process of a multi-process run at the same step (``funcnet.train.stopping``), and a lost
+peer process ends the others in one line (``funcnet.train.distributed``). Everything on the host
 stays outside the jitted step, and the host does as little as it can per step: each step's metrics
 stay on the devices (``funcnet.train.pending``) and are read back many steps at a time: at log steps
 (and at least every second in a single-process run), before each evaluation and checkpoint, and at
@@ -178,7 +180,7 @@ def fit(
       run_dir: checkpoints and logs go here.
       trainer: a ``TrainerConfig`` (epochs, max_steps, eval_every, log_every, checkpoint_every,
         keep_checkpoints, keep_best, metric, mode, patience, seed, skip_nan_updates, log_grad_norm,
-        prefetch, device_data_mib, progress).
+        prefetch, device_data_mib, progress, peer_timeout).
       validation: batches to evaluate on (``epoch(0)`` is one pass), or None.
       learning_rate: ``step -> learning rate`` for the logs.
       inputs: batch keys fed to the model.
