@@ -32,7 +32,7 @@ from . import builtins as _builtins  # noqa: F401  (registers the built-in compo
 from .builtins import DataSplits
 from .checkpoint import restore_run
 from .components import ConfigError, build_component
-from .config import RunConfig, TrainerConfig, apply_overrides, load_config, resolved_config, validate_config
+from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
 from .data import make_batches
 from .devices import add_cpu_devices_flag, use_cpu_devices_flag
 from .distributed import Processes, SetupError, join
@@ -122,8 +122,7 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = (), process
     ``mpirun``, Cloud TPU). The config is validated first: a bad config exits before any process waits.
     """
     resolved = _load(config_path, overrides)
-    peer_timeout = resolved["trainer"].get("peer_timeout", TrainerConfig.peer_timeout)
-    if join(*(processes or Processes()), peer_timeout=peer_timeout):
+    if join(*(processes or Processes()), peer_timeout=resolved["trainer"]["peer_timeout"]):
         print(f"process {jax.process_index()} of {jax.process_count()} joined the run: {jax.device_count()} devices")
     saved = Path(run_dir) / "config.json"
     if saved.exists():
