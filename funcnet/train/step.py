@@ -121,6 +121,18 @@ def _model_inputs(batch: Mapping[str, jax.Array], inputs: Sequence[str]) -> list
     return [batch[name] for name in inputs]
 
 
+def _check_axis(axis_name: str | None) -> None:
+    """Raises at trace time if the step runs under ``shard_map``/``pmap`` but was built without ``axis_name``:
+    each shard would then average, and update the params on, its own examples only."""
+    mapped = tuple(jax.sharding.get_abstract_mesh().manual_axes)
+    if axis_name is None and mapped:
+        raise ValueError(
+            f"the step runs under shard_map/pmap over the axes {mapped}, but was built with axis_name=None, so each "
+            f"shard would train on its own examples only. Fix: build it with axis_name={mapped[0]!r}, or use "
+            "make_train_step / make_eval_step (jax.jit over a sharded batch) with no map around it."
+        )
+
+
 def _shard_key(key: jax.Array, axis_name: str) -> jax.Array:
     """Each shard's key: the step's key folded with the shard's index along ``axis_name``, so that shards draw
     independent dropout masks (the global view of ``jax.jit`` needs no such thing: one key draws the masks of
@@ -204,6 +216,7 @@ def train_step_fn(
         )
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        _check_axis(axis_name)
         key = step_key(state) if axis_name is None else _shard_key(step_key(state), axis_name)
         params, opt_state = state.params, state.opt_state
         if sparse_rows:  # differentiate and update compact tables: only the rows this batch uses
@@ -256,6 +269,7 @@ def eval_step_fn(
     """
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
+        _check_axis(axis_name)
         outputs, _ = model.apply(state.params, state.model_state, *_model_inputs(batch, inputs), train=False)
         means, count = _masked_means(_per_example(loss_fn, outputs, batch, inputs), batch.get("mask"), axis_name)
         return {**means, "count": count}

@@ -86,3 +86,13 @@ def test_the_example_command_prints_every_form_close_to_one_device(capsys):
     for form in ("pmap", "jit_explicit"):
         (line,) = [line for line in out.splitlines() if line.strip().startswith(form)]
         assert float(line.split("1 device|")[1].split()[0]) < 1e-5, line  # see the tolerance above
+
+
+def test_a_step_built_without_axis_name_under_pmap_is_refused_with_the_fix():
+    net, (batch,) = data_parallel.model(), data_parallel.batches(steps=1)
+    state = create_train_state(net, data_parallel.OPTIMIZER, jax.random.key(0), batch["x"])
+    state = jax.tree.map(lambda a: np.stack([np.asarray(a)] * 8), state)
+    split = {k: v.reshape(8, -1, *v.shape[1:]) for k, v in batch.items()}
+    step = jax.pmap(train_step_fn(net, data_parallel.loss_fn, data_parallel.OPTIMIZER), axis_name="data")
+    with pytest.raises(ValueError, match=r"built with axis_name=None.*axis_name='data'"):
+        step(state, split)
