@@ -80,6 +80,8 @@ def join(
     Raises:
       SetupError: incomplete settings with no cluster to fill them in; the message says which flags to give.
     """
+    if jax.distributed.is_initialized():  # joined already (e.g. by the caller's own jax.distributed.initialize)
+        return True
     explicit = (coordinator, num_processes, process_id)
     if all(value is None for value in explicit) and detected_cluster() is None:
         return False
