@@ -249,7 +249,7 @@ class TrainerConfig:
 
 _MINIMUM = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "eval_every": 1, "log_every": 1}
 _MINIMUM.update(checkpoint_every=1, keep_checkpoints=1, keep_best=1, patience=0, seed=0, prefetch=0, device_data_mib=0)
-_MINIMUM.update(peer_timeout=1)
+_MINIMUM["peer_timeout"] = 1
 
 
 def _check_trainer(values: Mapping[str, Any], path: str) -> None:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import jax
 
-from .stopping import FAILED, _client
+from .stopping import FAILED, coordination_client
 
 _HEARTBEAT_SECONDS = 1.0
 _JAX_HEARTBEAT_MARGIN = 30  # JAX's own heartbeat timeout is this much longer than PeerWatch's
@@ -82,10 +82,10 @@ def join(
     """
     if jax.distributed.is_initialized():  # joined already (e.g. by the caller's own jax.distributed.initialize)
         return True
-    explicit = (coordinator, num_processes, process_id)
-    if all(value is None for value in explicit) and detected_cluster() is None:
+    explicit, cluster = (coordinator, num_processes, process_id), detected_cluster()
+    if all(value is None for value in explicit) and cluster is None:
         return False
-    if None in explicit and detected_cluster() is None:
+    if None in explicit and cluster is None:
         raise SetupError(
             "joining a multi-process run needs --coordinator HOST:PORT, --num-processes N and --process-id I "
             "(or a launcher JAX detects: srun, mpirun, a Cloud TPU pod); got "
@@ -146,11 +146,13 @@ class PeerWatch:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            _client().key_value_set(self._prefix + str(jax.process_index()), "done", allow_overwrite=True)
+    def __exit__(self, error_type: object, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        if error_type is None:  # a clean end: the peers stop watching this one
+            coordination_client().key_value_set(self._prefix + str(jax.process_index()), "done", allow_overwrite=True)
 
     def lost(self, reason: str) -> None:
         """Prints ``error: <reason>. Last complete checkpoint: ...`` and ends the process with code 1, at once:
@@ -166,7 +168,7 @@ class PeerWatch:
 
     def _watch(self) -> None:
         me, count = jax.process_index(), jax.process_count()
-        client, beat = _client(), 0
+        client, beat = coordination_client(), 0
         heard = {peer: (None, time.monotonic()) for peer in range(count) if peer != me}  # last value, when it changed
         while not self._stop.wait(_HEARTBEAT_SECONDS):
             beat, now, failure = beat + 1, time.monotonic(), ""

@@ -286,7 +286,7 @@ def fit(
                     or last
                 )
                 due_save = (trainer.checkpoint_every and step % trainer.checkpoint_every == 0) or last
-                preempted = signals.reached(step)  # every process, every step: they all stop at one step
+                preempted = signals.reached()  # every process, every step: they all stop at one step
                 if not (due_eval or due_save or preempted or stop_reason != "done"):
                     now = time.perf_counter()
                     logged = any(done % trainer.log_every == 0 for done, _ in finished)

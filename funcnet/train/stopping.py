@@ -40,8 +40,9 @@ def exit_code(stop_reason: str, signum: int | None = None) -> int:
     return FAILED if stop_reason == "nan" else FINISHED
 
 
-def _client() -> Any:
-    from jax._src import distributed  # the coordination service's client: JAX has no public handle to it
+def coordination_client() -> Any:
+    """The client of JAX's coordination service (its key-value store) in a multi-process run."""
+    from jax._src import distributed  # JAX has no public handle to it
 
     return distributed.global_state.client
 
@@ -49,12 +50,12 @@ def _client() -> Any:
 class StopSignals:
     """SIGTERM and SIGINT as a stop at one step, the same in every process (see the module docstring).
 
-    Use it around the loop; call ``reached(step)`` after every step, in every process. After it returns
+    Use it around the loop; call ``reached()`` after every step, in every process. After it returns
     True, ``signum`` is the signal and ``describe()`` says who received it.
 
     Example:
       >>> with StopSignals() as signals:
-      ...     signals.reached(1)
+      ...     signals.reached()
       False
     """
 
@@ -84,12 +85,12 @@ class StopSignals:
             self.signum = signum
             return
         name = signal.Signals(signum).name
-        _client().key_value_set(_SIGNAL_KEY, f"{name} {jax.process_index()}", allow_overwrite=True)
+        coordination_client().key_value_set(_SIGNAL_KEY, f"{name} {jax.process_index()}", allow_overwrite=True)
         os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler: the preemption notice every process syncs on
 
-    def reached(self, step: int) -> bool:
-        """Whether to save ``step`` and stop. With several processes, every process must call it once at every
-        step, in order, and nothing else may call JAX's ``reached_preemption_sync_point``."""
+    def reached(self) -> bool:
+        """Whether to save the step just taken and stop. With several processes, every process must call it once
+        after every step, and nothing else may call JAX's ``reached_preemption_sync_point``."""
         if not self._several:
             return self.signum is not None
         # JAX's sync point counts calls from 1 in each process (a notice before the first call sets it to 1):
@@ -98,7 +99,7 @@ class StopSignals:
         if not multihost_utils.reached_preemption_sync_point(self._calls):
             return False
         try:
-            name, receiver = _client().key_value_try_get(_SIGNAL_KEY).split()
+            name, receiver = coordination_client().key_value_try_get(_SIGNAL_KEY).split()
             self.signum, self.receiver = signal.Signals[name].value, int(receiver)
         except Exception:  # no SIGINT recorded: a SIGTERM (or a preemption notice) reached some process
             self.signum = signal.SIGTERM
