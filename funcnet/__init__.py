@@ -53,8 +53,11 @@ Mistakes are reported at trace time with the layer's path::
 What is where
 -------------
 
-- The contract and utilities: ``Model``, ``function``, ``param_count``, ``summary``.
-- Combinators: ``serial``, ``parallel``, ``fanout``, ``residual``, ``stack``, ``cond``, ``switch``.
+- The contract and utilities: ``Model``, ``function``, ``output_spec``, ``param_count``, ``summary``.
+  Keyword inputs (``lengths``, ``mask``) reach every child whose ``apply`` names them.
+- Combinators: ``serial``, ``parallel``, ``fanout``, ``residual``, ``stack``, ``cond``, ``switch``; they
+  take plain callables (``jax.nn.relu``) as children. Your own: ``init_child``, ``apply_child``,
+  ``forwarding`` (``funcnet.children``).
 - Recurrence (``lax.scan``): cells ``lstm_cell``, ``gru_cell``, ``simple_rnn_cell``; ``rnn`` (lengths,
   reverse), ``bidirectional``, ``stacked_rnn``.
 - Trees (compiled once, batched): ``funcnet.trees`` parses PTB trees and list-schedules batches into
@@ -64,16 +67,23 @@ What is where
   ``embed`` (``deferred=True``: ``Embedded`` rows an LSTM folds into its input projection),
   ``layer_norm``/``rms_norm``/``batch_norm``, ``dropout``, ``multi_head_attention``,
   ``flatten``/``reshape`` and activations (``relu``, ``gelu``, ``tanh``, ...).
-- ``funcnet.initializers``, ``funcnet.losses``, ``funcnet.metrics``.
-- Errors: ``ShapeError``, ``DTypeError``, ``ParamsError``, ``KeyMissingError`` (all ``LayerError``).
+- ``funcnet.initializers``; ``funcnet.losses`` and ``funcnet.metrics`` with ``reduction=`` (``"per_example"`` for
+  the engine: ``losses.per_example(losses.mse)``).
+- Errors: ``ShapeError``, ``DTypeError``, ``ParamsError``, ``KeyMissingError``, ``ContractError`` (all ``LayerError``).
 - Training: ``funcnet.train`` (``fit``, pure data-parallel steps, checkpoints, configs; the ``funcnet`` command).
 - Examples: ``python -m funcnet.experiments.rnn`` (character LSTM language model, the main job),
   ``python -m funcnet.experiments.mlp``, ``python -m funcnet.experiments.regression``.
 """
 
+from . import children as children
+from . import core as core
 from . import initializers as initializers
 from . import losses as losses
 from . import metrics as metrics
+from .children import apply_child as apply_child
+from .children import forwarding as forwarding
+from .children import init_child as init_child
+from .children import name_children as name_children
 from .combinators import fanout as fanout
 from .combinators import parallel as parallel
 from .combinators import residual as residual
@@ -81,8 +91,10 @@ from .combinators import serial as serial
 from .combinators import stack as stack
 from .core import Model as Model
 from .core import function as function
+from .core import output_spec as output_spec
 from .core import param_count as param_count
 from .core import summary as summary
+from .errors import ContractError as ContractError
 from .errors import DTypeError as DTypeError
 from .errors import KeyMissingError as KeyMissingError
 from .errors import LayerError as LayerError
@@ -137,3 +149,78 @@ from .layers import tree as tree
 from .layers import tree_rnn_cell as tree_rnn_cell
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Cell",
+    "ContractError",
+    "DTypeError",
+    "Embedded",
+    "KeyMissingError",
+    "LSTMCarry",
+    "LayerError",
+    "Model",
+    "ParamsError",
+    "ShapeError",
+    "TreeCarry",
+    "TreeCell",
+    "apply_child",
+    "avg_pool",
+    "batch_norm",
+    "bidirectional",
+    "binary_tree_lstm_cell",
+    "causal_mask",
+    "child_sum_tree_lstm_cell",
+    "children",
+    "combine_masks",
+    "cond",
+    "conv",
+    "conv1d",
+    "conv2d",
+    "core",
+    "dense",
+    "dropout",
+    "elu",
+    "embed",
+    "fanout",
+    "flatten",
+    "forwarding",
+    "function",
+    "gelu",
+    "global_avg_pool",
+    "gru_cell",
+    "init_child",
+    "initializers",
+    "layer_norm",
+    "leaky_relu",
+    "log_softmax",
+    "losses",
+    "lstm_cell",
+    "max_pool",
+    "metrics",
+    "multi_head_attention",
+    "name_children",
+    "node_scan",
+    "output_spec",
+    "padding_mask",
+    "parallel",
+    "param_count",
+    "relu",
+    "reshape",
+    "residual",
+    "reverse_sequences",
+    "rms_norm",
+    "rnn",
+    "serial",
+    "sigmoid",
+    "silu",
+    "simple_rnn_cell",
+    "softmax",
+    "softplus",
+    "stack",
+    "stacked_rnn",
+    "summary",
+    "switch",
+    "tanh",
+    "tree",
+    "tree_rnn_cell",
+]

@@ -13,56 +13,61 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .core import Model, apply_child, check_children, init_child, init_children, output_spec, put
-from .core import name_children as _name_children
-from .errors import LayerError, ShapeError, describe, prefix_path
+from .children import (
+    apply_child,
+    check_children,
+    child_output_spec,
+    forwarding,
+    init_child,
+    init_children,
+    keywords_for,
+    name_children,
+    put,
+)
+from .core import Model, output_spec
+from .errors import ShapeError, describe
 
 
-def serial(*models: Model, **named: Model) -> Model:
+def serial(*models: Any, **named: Any) -> Model:
     """Applies models one after another: the output of each is the input of the next.
 
     The first child receives all inputs; every later child receives the previous output as its
-    one argument (a tuple stays one tuple: use ``parallel`` to split it).
+    one argument (a tuple stays one tuple: use ``parallel`` to split it). Keyword inputs
+    (``lengths``, ``mask``, ...) go to every child that takes them. Plain callables
+    (``jax.nn.relu``) are wrapped with ``function``.
 
     Example:
       >>> import jax, jax.numpy as jnp, funcnet as fn
-      >>> mlp = fn.serial(hidden=fn.dense(100), act=fn.relu(), out=fn.dense(10))
+      >>> mlp = fn.serial(hidden=fn.dense(100), act=jax.nn.relu, out=fn.dense(10))
       >>> params, state = mlp.init(jax.random.key(0), jnp.ones((64, 1000)))
       >>> sorted(params)
       ['hidden', 'out']
       >>> mlp.apply(params, state, jnp.ones((64, 1000)))[0].shape
       (64, 10)
     """
-    children = _name_children(models, named)
+    children = name_children(models, named)
 
-    def init(key, *inputs):
+    def init(key, *inputs, **keywords):
         params, state = {}, {}
         for i, (name, model) in enumerate(children.items()):
-            p, s = init_child(name, model, key, *inputs)
+            p, s = init_child(name, model, key, *inputs, **keywords)
             put(params, name, p)
             put(state, name, s)
             if i + 1 < len(children):
-                inputs = (_child_output_spec(name, model, p, s, *inputs),)
+                inputs = (child_output_spec(name, model, p, s, *inputs, **keywords),)
         return params, state
 
-    def apply(params, state, *inputs, key=None, train=False):
+    def apply(params, state, *inputs, key=None, train=False, **keywords):
         check_children("serial", params, list(children))
         check_children("serial", state, list(children), "state")
         new_state = {}
         for name, model in children.items():
-            out, s = apply_child(name, model, params, state, *inputs, key=key, train=train)
+            out, s = apply_child(name, model, params, state, *inputs, key=key, train=train, **keywords)
             put(new_state, name, s)
             inputs = (out,)
         return inputs[0], new_state
 
-    return Model(init, apply, "serial")
-
-
-def _child_output_spec(name, model, params, state, *inputs):
-    try:
-        return output_spec(model, params, state, *inputs)
-    except LayerError as error:
-        raise prefix_path(error, name) from None
+    return forwarding(Model(init, apply, "serial"), children.values())
 
 
 def _split_inputs(layer: str, inputs: tuple[Any, ...], n: int) -> tuple[Any, ...]:
@@ -73,10 +78,11 @@ def _split_inputs(layer: str, inputs: tuple[Any, ...], n: int) -> tuple[Any, ...
     return inputs
 
 
-def parallel(*models: Model, **named: Model) -> Model:
+def parallel(*models: Any, **named: Any) -> Model:
     """Applies the i-th child to the i-th input; returns a tuple of outputs.
 
-    Inputs may be given as separate arguments or as one tuple (the output of ``fanout``).
+    Inputs may be given as separate arguments or as one tuple (the output of ``fanout``). Keyword
+    inputs go to every child that takes them.
 
     Example:
       >>> import jax, jax.numpy as jnp, funcnet as fn
@@ -86,33 +92,33 @@ def parallel(*models: Model, **named: Model) -> Model:
       >>> [y.shape for y in model.apply(params, state, *xs)[0]]
       [(1, 2), (1, 3)]
     """
-    children = _name_children(models, named)
+    children = name_children(models, named)
 
-    def init(key, *inputs):
+    def init(key, *inputs, **keywords):
         inputs = _split_inputs("parallel", inputs, len(children))
         params, state = {}, {}
         for (name, model), x in zip(children.items(), inputs, strict=True):
-            p, s = init_child(name, model, key, x)
+            p, s = init_child(name, model, key, x, **keywords)
             put(params, name, p)
             put(state, name, s)
         return params, state
 
-    def apply(params, state, *inputs, key=None, train=False):
+    def apply(params, state, *inputs, key=None, train=False, **keywords):
         inputs = _split_inputs("parallel", inputs, len(children))
         check_children("parallel", params, list(children))
         check_children("parallel", state, list(children), "state")
         outputs, new_state = [], {}
         for (name, model), x in zip(children.items(), inputs, strict=True):
-            out, s = apply_child(name, model, params, state, x, key=key, train=train)
+            out, s = apply_child(name, model, params, state, x, key=key, train=train, **keywords)
             outputs.append(out)
             put(new_state, name, s)
         return tuple(outputs), new_state
 
-    return Model(init, apply, "parallel")
+    return forwarding(Model(init, apply, "parallel"), children.values())
 
 
-def fanout(*models: Model, **named: Model) -> Model:
-    """Applies every child to the same inputs; returns a tuple of outputs.
+def fanout(*models: Any, **named: Any) -> Model:
+    """Applies every child to the same inputs (and keyword inputs); returns a tuple of outputs.
 
     Example:
       >>> import jax, jax.numpy as jnp, funcnet as fn
@@ -121,42 +127,45 @@ def fanout(*models: Model, **named: Model) -> Model:
       >>> [y.shape for y in model.apply(params, state, jnp.ones((1, 4)))[0]]
       [(1, 2), (1, 2)]
     """
-    children = _name_children(models, named)
+    children = name_children(models, named)
 
-    def init(key, *inputs):
-        return init_children(children, key, *inputs)
+    def init(key, *inputs, **keywords):
+        return init_children(children, key, *inputs, **keywords)
 
-    def apply(params, state, *inputs, key=None, train=False):
+    def apply(params, state, *inputs, key=None, train=False, **keywords):
         check_children("fanout", params, list(children))
         check_children("fanout", state, list(children), "state")
         outputs, new_state = [], {}
         for name, model in children.items():
-            out, s = apply_child(name, model, params, state, *inputs, key=key, train=train)
+            out, s = apply_child(name, model, params, state, *inputs, key=key, train=train, **keywords)
             outputs.append(out)
             put(new_state, name, s)
         return tuple(outputs), new_state
 
-    return Model(init, apply, "fanout")
+    return forwarding(Model(init, apply, "fanout"), children.values())
 
 
-def residual(*models: Model, **named: Model) -> Model:
+def residual(*models: Any, **named: Any) -> Model:
     """``x + serial(*models)(x)``: a skip connection around one or more models.
+
+    Keyword inputs go to the wrapped models that take them: a pre-norm attention block over padded
+    sequences is ``residual(layer_norm(), multi_head_attention(4))`` applied with ``lengths=``.
 
     Raises:
       ShapeError: at init, if the wrapped models change the shape of their input.
 
     Example:
       >>> import jax, jax.numpy as jnp, funcnet as fn
-      >>> block = fn.residual(fn.dense(4), fn.relu())
+      >>> block = fn.residual(fn.dense(4), jax.nn.relu)
       >>> params, state = block.init(jax.random.key(0), jnp.ones((2, 4)))
       >>> block.apply(params, state, jnp.ones((2, 4)))[0].shape
       (2, 4)
     """
     body = serial(*models, **named)
 
-    def init(key, x):
-        params, state = body.init(key, x)
-        out = output_spec(body, params, state, x)
+    def init(key, x, **keywords):
+        params, state = body.init(key, x, **keywords)
+        out = output_spec(body, params, state, x, **keywords)
         if getattr(out, "shape", None) != tuple(x.shape):
             raise ShapeError(
                 "residual",
@@ -165,11 +174,11 @@ def residual(*models: Model, **named: Model) -> Model:
             )
         return params, state
 
-    def apply(params, state, x, *, key=None, train=False):
-        y, state = body.apply(params, state, x, key=key, train=train)
+    def apply(params, state, x, *, key=None, train=False, **keywords):
+        y, state = body.apply(params, state, x, key=key, train=train, **keywords)
         return x + y, state
 
-    return Model(init, apply, "residual")
+    return forwarding(Model(init, apply, "residual"), [body])
 
 
 def stack(model: Model, n: int) -> Model:
@@ -195,10 +204,10 @@ def stack(model: Model, n: int) -> Model:
     def layer_keys(key):
         return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
-    def init(key, x):
-        params, state = jax.vmap(lambda k: model.init(k, x))(layer_keys(key))
+    def init(key, x, **keywords):
+        params, state = jax.vmap(lambda k: model.init(k, x, **keywords_for(model.init, keywords)))(layer_keys(key))
         one = jax.tree.map(lambda a: a[0], (params, state))
-        out = output_spec(model, *one, x)
+        out = output_spec(model, *one, x, **keywords_for(model.apply, keywords))
         if getattr(out, "shape", None) != tuple(x.shape) or out.dtype != x.dtype:
             raise ShapeError(
                 "stack",
@@ -207,13 +216,15 @@ def stack(model: Model, n: int) -> Model:
             )
         return params, state
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, **keywords):
+        taken = keywords_for(model.apply, keywords)
+
         def body(h, layer):
             p, s, k = layer
-            h, s = model.apply(p, s, h, key=k, train=train)
+            h, s = model.apply(p, s, h, key=k, train=train, **taken)
             return h, s
 
         keys = None if key is None else layer_keys(key)
         return lax.scan(body, x, (params, state, keys))
 
-    return Model(init, apply, "stack")
+    return forwarding(Model(init, apply, "stack"), [model])

@@ -3,8 +3,8 @@
 .. code-block:: python
 
     class Model(NamedTuple):
-        init:  (key, *inputs) -> (params, state)
-        apply: (params, state, *inputs, key=None, train=False) -> (outputs, state)
+        init:  (key, *inputs, **keyword_inputs) -> (params, state)
+        apply: (params, state, *inputs, key=None, train=False, **keyword_inputs) -> (outputs, state)
         name:  str   # the type name combinators use for positional names ("dense" -> "dense_0")
 
 ``init`` infers every shape from its inputs, which may be arrays or ``jax.ShapeDtypeStruct``;
@@ -12,35 +12,51 @@
 ``apply`` always returns ``(outputs, state)``. Randomness comes from the one keyword ``key``;
 ``train`` switches dropout and batch statistics. Nothing is hidden: ``jax.grad``, ``jax.jit`` and
 ``jax.vmap`` compose with ``apply`` directly.
+
+**Keyword inputs** travel beside the main input: ``lengths`` of padded sequences, an attention
+``mask``, an ``initial_carry``. A layer takes one by naming it as a parameter with a default (or
+keyword-only); a combinator hands each keyword input to every child whose ``init``/``apply`` names
+it, and refuses one that none of its children takes. So a padded sequence model stays a plain
+``serial`` called with ``apply(params, state, ids, lengths=lengths)``.
+
+Cells (``funcnet.layers.Cell``: one step of a recurrence) and tree cells (``TreeCell``) follow the
+same contract, with extra functions for the loops that run them.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+import weakref
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import LayerError, ParamsError, prefix_path
+from .errors import ContractError, ParamsError
 
 Params = dict[str, Any]
 State = dict[str, Any]
 
 
 class InitFn(Protocol):
-    """``init(key, *inputs) -> (params, state)``; inputs may be arrays or ShapeDtypeStructs."""
+    """``init(key, *inputs, **keyword_inputs) -> (params, state)``; inputs may be arrays or ShapeDtypeStructs."""
 
-    def __call__(self, key: jax.Array, *inputs: Any) -> tuple[Params, State]: ...
+    def __call__(self, key: jax.Array, *inputs: Any, **keyword_inputs: Any) -> tuple[Params, State]: ...
 
 
 class ApplyFn(Protocol):
-    """``apply(params, state, *inputs, key=None, train=False) -> (outputs, state)``."""
+    """``apply(params, state, *inputs, key=None, train=False, **keyword_inputs) -> (outputs, state)``."""
 
     def __call__(
-        self, params: Params, state: State, *inputs: Any, key: jax.Array | None = None, train: bool = False
+        self,
+        params: Params,
+        state: State,
+        *inputs: Any,
+        key: jax.Array | None = None,
+        train: bool = False,
+        **keyword_inputs: Any,
     ) -> tuple[Any, State]: ...
 
 
@@ -48,8 +64,8 @@ class Model(NamedTuple):
     """A model: ``init`` makes params and state from example inputs, ``apply`` runs it.
 
     Attributes:
-      init: ``(key, *inputs) -> (params, state)``.
-      apply: ``(params, state, *inputs, key=None, train=False) -> (outputs, state)``.
+      init: ``(key, *inputs, **keyword_inputs) -> (params, state)``.
+      apply: ``(params, state, *inputs, key=None, train=False, **keyword_inputs) -> (outputs, state)``.
       name: type name used for positional child names (``dense`` -> ``dense_0``).
 
     Example:
@@ -66,8 +82,136 @@ class Model(NamedTuple):
     name: str = "model"
 
 
+# --- keyword inputs, read from signatures -------------------------------------------------
+
+_RESERVED = frozenset({"key", "train"})
+
+
+class _Signature(NamedTuple):
+    keywords: frozenset[str] | None  # keyword inputs it names; None: it takes **kwargs (any)
+    key_and_train: bool  # whether key= and train= can be passed (named, or **kwargs)
+    text: str  # the signature as written, for messages
+
+
+_SIGNATURES: weakref.WeakKeyDictionary[Any, _Signature] = weakref.WeakKeyDictionary()
+
+
+def _signature(f: Callable[..., Any]) -> _Signature:
+    try:
+        return _SIGNATURES[f]
+    except (KeyError, TypeError):
+        pass
+    try:
+        parameters = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): takes no keyword inputs
+        return _Signature(frozenset(), True, "(...)")
+    any_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    named = {
+        p.name
+        for p in parameters
+        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+    }
+    found = _Signature(
+        None if any_keyword else frozenset(named - _RESERVED),
+        any_keyword or _RESERVED <= named,
+        str(inspect.signature(f)),
+    )
+    try:
+        _SIGNATURES[f] = found
+    except TypeError:  # not weakly referenceable: read again next time
+        pass
+    return found
+
+
+def keyword_inputs(f: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword inputs ``f`` takes: parameters with a default or keyword-only, but ``key`` and ``train``.
+
+    ``None`` means any (``f`` takes ``**kwargs``). Combinators hand a child exactly these.
+
+    Example:
+      >>> import funcnet as fn
+      >>> sorted(keyword_inputs(fn.rnn(fn.lstm_cell(4)).apply))
+      ['initial_carry', 'lengths']
+      >>> keyword_inputs(fn.dense(4).apply)
+      frozenset()
+    """
+    return _signature(f).keywords
+
+
+def announce(f: Callable[..., Any], keywords: frozenset[str] | None) -> None:
+    """Sets the signature of ``f(..., **keywords)`` to name ``keywords`` (kept as ``**`` if None).
+
+    Combinators call it on the ``init``/``apply`` they return, so that ``keyword_inputs`` and
+    ``help`` show the keyword inputs their children take.
+    """
+    if keywords is None:
+        return
+    signature = inspect.signature(f)
+    kept = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    have = {p.name for p in kept}
+    added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in sorted(keywords - have)]
+    f.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
+
+
+def check_takes_key_and_train(model: Any) -> None:
+    """Raises ContractError unless ``model.apply`` takes the keywords ``key`` and ``train``."""
+    found = _signature(model.apply)
+    if not found.key_and_train:
+        raise ContractError(
+            model.name,
+            f"apply must take the keywords key and train (the contract: apply(params, state, *inputs, "
+            f"key=None, train=False)), but {model.name}'s apply is apply{found.text}. Fix: add "
+            "'*, key=None, train=False' to its parameters (and 'del key, train' if it uses neither).",
+        )
+
+
+def check_returns_pair(model: Any, result: Any, method: str) -> None:
+    """Raises ContractError unless ``result`` is ``(outputs, state)`` (apply) or ``(params, state)`` (init)."""
+    first = "params" if method == "init" else "outputs"
+    ok = isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)
+    if ok and method == "init":
+        ok = isinstance(result[0], dict)
+    if not ok:
+        got = jax.tree.map(_describe_leaf, result) if isinstance(result, tuple) else _describe_leaf(result)
+        raise ContractError(
+            model.name,
+            f"{method} must return ({first}, state) with {'params and state' if method == 'init' else 'state'} "
+            f"as dicts, got {got}. Fix: return {first}, state (state is {{}} for a model without state).",
+        )
+
+
+def _describe_leaf(x: Any) -> str:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{tuple(x.shape)} {jnp.dtype(x.dtype).name}"
+    return type(x).__name__
+
+
+def _is_model_like(x: Any) -> bool:
+    return all(callable(getattr(x, a, None)) for a in ("init", "apply")) and isinstance(getattr(x, "name", None), str)
+
+
+def _check_binds(label: str, f: Callable[..., Any], inputs: tuple[Any, ...], keywords: dict[str, Any]) -> None:
+    """Raises ContractError if ``f`` cannot be called with these inputs (a factory such as ``block()``)."""
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*inputs, **keywords)
+    except TypeError as error:
+        got = ", ".join(_describe_leaf(x) for x in inputs)
+        raise ContractError(
+            label,
+            f"{label}{signature} cannot take the inputs {got} ({error}). Fix: a function in a model takes the "
+            f"previous layer's outputs; if {label} builds a layer, call it: {label}().",
+        ) from None
+
+
 def function(f: Callable[..., Any], name: str | None = None, check: Callable[..., Any] | None = None) -> Model:
-    """Wraps a pure function ``f(*inputs) -> outputs`` as a parameter-free model.
+    """Wraps a pure function ``f(*inputs, **keyword_inputs) -> outputs`` as a parameter-free model.
+
+    Combinators wrap plain callables with it for you (``serial(fn.dense(8), jax.nn.relu)``). Keyword
+    inputs that ``f`` names (``def pool(ys, *, lengths)``) reach it like any layer's.
 
     Args:
       f: a pure function of the inputs (no key, no train flag).
@@ -78,6 +222,9 @@ def function(f: Callable[..., Any], name: str | None = None, check: Callable[...
     Returns:
       A Model with ``params == state == {}``.
 
+    Raises:
+      ContractError: at trace time, if ``f`` returns a model (``f`` is a layer factory: call it).
+
     Example:
       >>> import jax, jax.numpy as jnp, funcnet as fn
       >>> double = fn.function(lambda x: 2 * x, name="double")
@@ -87,128 +234,52 @@ def function(f: Callable[..., Any], name: str | None = None, check: Callable[...
     label = name or getattr(f, "__name__", "function")
     if label == "<lambda>":
         label = "function"
+    keywords = keyword_inputs(f)
 
-    def init(key, *inputs):
-        del key
+    def init(key, *inputs, **keyword_inputs):
+        del key, keyword_inputs
         if check is not None:
             check(*inputs)
         return {}, {}
 
-    def apply(params, state, *inputs, key=None, train=False):
+    def apply(params, state, *inputs, key=None, train=False, **keyword_inputs):
         del key, train
         if params or state:
             got = f"got params {sorted(params)} / state {sorted(state)}"
             raise ParamsError(label, f"{label} has no params or state, {got}.")
         if check is not None:
             check(*inputs)
-        return f(*inputs), state
+        _check_binds(label, f, inputs, keyword_inputs)
+        outputs = f(*inputs, **keyword_inputs)
+        if _is_model_like(outputs):
+            raise ContractError(
+                label,
+                f"{label}(inputs) returned a model ({outputs.name}), not arrays: {label} builds a layer. "
+                f"Fix: call it once where the model is built, e.g. serial(..., {label}(), ...).",
+            )
+        return outputs, state
 
+    announce(init, keywords)
+    announce(apply, keywords)
     return Model(init, apply, label)
 
 
-# --- children: names, keys, and calls that put the child's name into errors -------------
-
-
-def name_hash(name: str) -> int:
-    """A stable 31-bit hash of a child's name (the same in every process and Python version)."""
-    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
-
-
-def child_key(key: jax.Array | None, name: str) -> jax.Array | None:
-    """The key a combinator gives the child called ``name``: ``fold_in(key, name_hash(name))``."""
-    return None if key is None else jax.random.fold_in(key, name_hash(name))
-
-
-def _check_model(model: Any, where: str) -> None:
-    if isinstance(model, Model):
-        return
-    hint = ""
-    if callable(model):
-        hint = (
-            " Fix: call layer factories (relu(), not relu), or wrap a plain function as a model "
-            "with funcnet.function(f)."
-        )
-    raise TypeError(f"{where}: expected a funcnet Model, got {type(model).__name__} {model!r}.{hint}")
-
-
-def name_children(models: Sequence[Model], named: Mapping[str, Model]) -> dict[str, Model]:
-    """Names positional children by type and position (``dense_0``, ``dense_1``) then adds named ones.
+def output_spec(model: Model, params: Params, state: State, *inputs: Any, **keyword_inputs: Any) -> Any:
+    """The ShapeDtypeStructs of ``model.apply``'s outputs (eval mode), computed without running it.
 
     Example:
-      >>> import funcnet as fn
-      >>> list(name_children([fn.dense(2), fn.relu(), fn.dense(1)], {"head": fn.dense(1)}))
-      ['dense_0', 'relu_0', 'dense_1', 'head']
+      >>> import jax, funcnet as fn
+      >>> x = jax.ShapeDtypeStruct((2, 5), "float32")
+      >>> params, state = jax.eval_shape(fn.dense(3).init, jax.random.key(0), x)
+      >>> output_spec(fn.dense(3), params, state, x).shape
+      (2, 3)
     """
-    children: dict[str, Model] = {}
-    counts: dict[str, int] = {}
-    for model in models:
-        _check_model(model, f"child {len(children)}")
-        index = counts.get(model.name, 0)
-        counts[model.name] = index + 1
-        children[f"{model.name}_{index}"] = model
-    for name, model in named.items():
-        _check_model(model, f"child {name!r}")
-        if name in children:
-            raise ValueError(f"child name {name!r} is used twice; positional children are named {list(children)}")
-        if "/" in name:
-            raise ValueError(f"child name {name!r} may not contain '/'")
-        children[name] = model
-    if not children:
-        raise ValueError("a combinator needs at least one child model")
-    return children
 
+    def run(p, s, xs, kw):
+        return model.apply(p, s, *xs, **kw)
 
-def init_child(name: str, model: Model, key: jax.Array, *inputs: Any) -> tuple[Params, State]:
-    """``model.init`` with the child's key, its name prepended to any LayerError's path."""
-    try:
-        return model.init(child_key(key, name), *inputs)
-    except LayerError as error:
-        raise prefix_path(error, name) from None
-
-
-def init_children(children: Mapping[str, Model], key: jax.Array, *inputs: Any) -> tuple[Params, State]:
-    """Initializes every child on the same inputs; returns their params and state by name."""
-    params, state = {}, {}
-    for name, model in children.items():
-        p, s = init_child(name, model, key, *inputs)
-        put(params, name, p)
-        put(state, name, s)
-    return params, state
-
-
-def apply_child(
-    name: str, model: Model, params: Params, state: State, *inputs: Any, key=None, train: bool = False
-) -> tuple[Any, State]:
-    """``model.apply`` on the child's slice of params/state, with its key and its name in errors."""
-    try:
-        return model.apply(params.get(name, {}), state.get(name, {}), *inputs, key=child_key(key, name), train=train)
-    except LayerError as error:
-        raise prefix_path(error, name) from None
-
-
-def output_spec(model: Model, params: Params, state: State, *inputs: Any) -> Any:
-    """The ShapeDtypeStructs of ``model.apply``'s outputs (eval mode), computed without running it."""
-    out, _ = jax.eval_shape(lambda p, s, *xs: model.apply(p, s, *xs), params, state, *inputs)
+    out, _ = jax.eval_shape(run, params, state, inputs, keyword_inputs)
     return out
-
-
-def put(tree: dict[str, Any], name: str, value: dict[str, Any]) -> None:
-    """Stores a child's params or state under ``name``, leaving out empty dicts."""
-    if value:
-        tree[name] = value
-
-
-def check_children(layer: str, tree: Params, names: Sequence[str], what: str = "params") -> None:
-    """Raises ParamsError if ``tree`` holds keys that are not children of this combinator."""
-    if not isinstance(tree, dict):
-        raise ParamsError(layer, f"expected {what} as a dict, got {type(tree).__name__}.")
-    unknown = sorted(set(tree) - set(names))
-    if unknown:
-        raise ParamsError(
-            layer,
-            f"{what} do not belong to this model: unexpected keys {unknown}; its children are "
-            f"{list(names)}. Fix: pass the {what} returned by this model's init.",
-        )
 
 
 # --- utilities --------------------------------------------------------------------------
@@ -230,7 +301,7 @@ def _path_str(path: tuple[Any, ...]) -> str:
     return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
 
 
-def summary(model: Model, *inputs: Any) -> str:
+def summary(model: Model, *inputs: Any, **keyword_inputs: Any) -> str:
     """A table of every parameter and state array: path, shape, dtype and count.
 
     Computed with ``jax.eval_shape``: no arrays are allocated, so it works for models too large
@@ -247,8 +318,10 @@ def summary(model: Model, *inputs: Any) -> str:
       output (8, 3) float32
       params 15 (60 B), state 0 (0 B)
     """
-    params, state = jax.eval_shape(model.init, jax.random.key(0), *inputs)
-    outputs = output_spec(model, params, state, *inputs)
+    params, state = jax.eval_shape(
+        lambda k, xs, kw: model.init(k, *xs, **kw), jax.random.key(0), inputs, keyword_inputs
+    )
+    outputs = output_spec(model, params, state, *inputs, **keyword_inputs)
     rows = [("path", "shape", "dtype", "count")]
     for kind, tree in (("params", params), ("state", state)):
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:

@@ -96,6 +96,21 @@ class KeyMissingError(LayerError, ValueError):
     """
 
 
+class ContractError(LayerError, TypeError):
+    """A model, cell or function does not keep the model contract (``funcnet.core``).
+
+    >>> import jax, jax.numpy as jnp, funcnet as fn
+    >>> def scale(params, state, x):  # no key= and train=
+    ...     return x * 2, state
+    >>> model = fn.serial(fn.dense(2), fn.Model(lambda key, x: ({}, {}), scale, "scale"))
+    >>> try:
+    ...     model.init(jax.random.key(0), jnp.ones((1, 2)))
+    ... except fn.ContractError as e:
+    ...     print(str(e)[:70])
+    at scale_0: apply must take the keywords key and train (the contract:
+    """
+
+
 def prefix_path(error: LayerError, name: str) -> LayerError:
     """Returns ``error`` with ``name`` prepended to its path (used by combinators)."""
     error.path = (name, *error.path)
@@ -116,7 +131,14 @@ def check_array(layer: str, x: Any) -> None:
     A tuple with a shape (``funcnet.Embedded``: rows not gathered yet) names its fix in ``ARRAY_HINT``.
     """
     if isinstance(x, tuple):
-        raise DTypeError(layer, f"expected an array, got {type(x).__name__}{getattr(x, 'ARRAY_HINT', '')}.")
+        hint = getattr(x, "ARRAY_HINT", None)
+        if hint is None:
+            got = ", ".join(describe(item) for item in x)
+            hint = (
+                f" ({got}). Fix: pass side inputs such as lengths or a mask as keywords, apply(..., lengths=lengths):"
+                " combinators hand them to the layers that take them; or split a tuple with parallel(...)"
+            )
+        raise DTypeError(layer, f"expected an array, got {type(x).__name__}{hint}.")
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise DTypeError(layer, f"expected an array, got {describe(x)}.")
 

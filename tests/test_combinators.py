@@ -70,8 +70,8 @@ def test_serial_gives_each_child_its_own_key():
     params, state = model.init(jax.random.key(0), X)
     key = jax.random.key(5)
     out, _ = model.apply(params, state, jnp.zeros(3), key=key)
-    first = jax.random.uniform(jax.random.fold_in(key, fn.core.name_hash("noise_0")), (3,))
-    second = jax.random.uniform(jax.random.fold_in(key, fn.core.name_hash("noise_1")), (3,))
+    first = jax.random.uniform(jax.random.fold_in(key, fn.children.name_hash("noise_0")), (3,))
+    second = jax.random.uniform(jax.random.fold_in(key, fn.children.name_hash("noise_1")), (3,))
     chex.assert_trees_all_close(out, first + second, rtol=1e-6)
 
 

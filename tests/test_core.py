@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import funcnet as fn
-from funcnet.core import child_key, name_children, name_hash
+from funcnet.children import child_key, name_children, name_hash
 
 
 def test_function_wraps_a_pure_function_without_params():
@@ -36,9 +36,11 @@ def test_positional_names_count_per_type_and_keywords_are_kept():
 def test_name_clash_and_non_models_are_rejected():
     with pytest.raises(ValueError, match="'dense_0' is used twice"):
         fn.serial(fn.dense(1), dense_0=fn.dense(2))
-    with pytest.raises(TypeError, match=r"child 0: expected a funcnet Model.*Fix: call layer factories \(relu\(\)"):
+    with pytest.raises(TypeError, match=r"child 0: relu is a layer factory, not a layer. Fix: call it: relu\(\)"):
         fn.serial(fn.relu)
-    with pytest.raises(TypeError, match=r"child 'head': expected a funcnet Model, got int"):
+    with pytest.raises(TypeError, match=r"child 1: dense is a layer factory.*call it: dense\(\.\.\.\)"):
+        fn.serial(fn.relu(), fn.dense)
+    with pytest.raises(TypeError, match=r"child 'head': expected a funcnet Model or a function of arrays, got int"):
         fn.serial(fn.dense(1), head=3)
     with pytest.raises(ValueError, match="at least one child"):
         fn.serial()

@@ -20,7 +20,8 @@ import optax
 from jax import lax
 
 import funcnet as fn
-from funcnet.core import Model, apply_child, init_child
+from funcnet.children import apply_child, init_child
+from funcnet.core import Model, output_spec
 
 from .text import Vocabulary
 
@@ -83,10 +84,10 @@ def char_lm(
     def init(key, ids):
         params: dict[str, Any] = {}
         params["embed"], _ = init_child("embed", children["embed"], key, ids)
-        x = jax.ShapeDtypeStruct((*ids.shape, embed), jnp.float32)
-        params["rnn"], _ = init_child("rnn", children["rnn"], key, x)
-        h = jax.ShapeDtypeStruct((*ids.shape, hidden), jnp.float32)
-        params["head"], _ = init_child("head", children["head"], key, h)
+        rows = output_spec(children["embed"], params["embed"], {}, ids)  # Embedded(table, ids) specs
+        params["rnn"], _ = init_child("rnn", children["rnn"], key, rows)
+        ys, _ = output_spec(children["rnn"], params["rnn"], {}, rows)  # (ys, final carries)
+        params["head"], _ = init_child("head", children["head"], key, ys)
         return params, {"carry": initial_carry(ids.shape[0])}
 
     def forward(params, ids, carry, *, key=None, train=False):
@@ -114,7 +115,7 @@ def lm_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Arr
     >>> [round(float(metrics[k][0]), 4) for k in ("loss", "bpc")]  # uniform over 4: ln 4 nats, 2 bits
     [1.3863, 2.0]
     """
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(axis=-1)
+    nll = fn.losses.softmax_cross_entropy(logits, batch["y"], reduction="per_example")
     return {"loss": nll, "bpc": nll / math.log(2.0)}
 
 

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import optax
 
 import funcnet as fn
-from funcnet.core import Model, apply_child, init_child
+from funcnet.children import apply_child, init_child
+from funcnet.core import Model, output_spec
 from funcnet.datasets import sentiment_language
 from funcnet.trees import Vocabulary, parse_tree, read_trees
 
@@ -105,9 +106,10 @@ def sentiment_model(
         group = dict(zip(FIELDS, (jax.ShapeDtypeStruct(f.shape[1:], f.dtype) for f in fields), strict=True))
         params = {}
         params["embed"], _ = init_child("embed", children["embed"], key, group["leaf_tokens"])
-        x = jax.ShapeDtypeStruct((*group["leaf_tokens"].shape, embed), jnp.float32)
+        x = output_spec(children["embed"], params["embed"], {}, group["leaf_tokens"])
         params["tree"], _ = init_child("tree", children["tree"], key, x, group)
-        params["head"], _ = init_child("head", children["head"], key, jax.ShapeDtypeStruct((1, hidden), jnp.float32))
+        states = output_spec(children["tree"], params["tree"], {}, x, group)
+        params["head"], _ = init_child("head", children["head"], key, states.h)
         return params, {}
 
     def one_group(params, fields, key, train):

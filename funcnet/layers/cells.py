@@ -42,11 +42,16 @@ class LSTMCarry(NamedTuple):
 
 
 class Cell(NamedTuple):
-    """One step of a recurrence.
+    """One step of a recurrence: a model over the inputs ``(carry, x)`` with outputs ``(carry, y)``.
+
+    A cell keeps the model contract (``funcnet.core``: ``init`` and ``apply`` take and return what
+    a ``Model``'s do, so ``summary``, ``init_child`` and ``apply_child`` work on it), plus
+    ``initial_carry``, as Haiku's ``RNNCore`` and Flax's ``RNNCellBase`` are modules with an initial
+    state. ``rnn(cell)`` runs it over sequences.
 
     Attributes:
-      init: ``(key, x) -> (params, state)``; ``x`` is one step's input ``[*batch, features]``
-        (an array or a ``jax.ShapeDtypeStruct``).
+      init: ``(key, carry, x) -> (params, state)``; ``x`` is one step's input ``[*batch, features]``,
+        ``carry`` like ``initial_carry(x.shape[:-1])`` (arrays or ``jax.ShapeDtypeStruct``).
       apply: ``(params, state, carry, x, *, key=None, train=False) -> ((carry, y), state)``.
       initial_carry: ``(batch_shape, dtype=jnp.float32) -> carry`` of zeros.
       name: type name used for positional child names (``"lstm"`` -> ``"lstm_0"``).
@@ -61,7 +66,7 @@ class Cell(NamedTuple):
       >>> import jax, jax.numpy as jnp
       >>> cell = lstm_cell(8)
       >>> xs = jnp.ones((5, 2, 3))  # [time, batch, features]
-      >>> params, state = cell.init(jax.random.key(0), xs[0])
+      >>> params, state = cell.init(jax.random.key(0), cell.initial_carry((2,)), xs[0])
       >>> def step(carry, x):
       ...     (carry, y), _ = cell.apply(params, state, carry, x)
       ...     return carry, y
@@ -113,9 +118,10 @@ def _gated_cell(
     kernel_init = kernel_init or initializers.glorot_uniform()
     recurrent_init = recurrent_init or initializers.orthogonal()
 
-    def init(key, x):
+    def init(key, carry, x):
         check_rank(name, x, 1, what="[*batch, features]")
         check_floating(name, x)
+        check_carry(carry, x)
         param_dtype = dtype or x.dtype
         input_keys = jax.random.split(jax.random.fold_in(key, 0), gates)
         recurrent_keys = jax.random.split(jax.random.fold_in(key, 1), gates)
@@ -149,6 +155,9 @@ def _gated_cell(
             )
         check_floating(name, x)
         check_last_axis(name, x, w_ih.shape[0])
+        check_carry(carry, x)
+
+    def check_carry(carry, x):
         want = (*x.shape[:-1], hidden)
         for h in carry_arrays(carry):
             if getattr(h, "shape", None) != want:
@@ -200,7 +209,7 @@ def simple_rnn_cell(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> cell = simple_rnn_cell(4)
-      >>> params, state = cell.init(jax.random.key(0), jnp.ones((2, 3)))
+      >>> params, state = cell.init(jax.random.key(0), cell.initial_carry((2,)), jnp.ones((2, 3)))
       >>> (h, y), state = cell.apply(params, state, cell.initial_carry((2,)), jnp.ones((2, 3)))
       >>> h.shape, bool((h == y).all())
       ((2, 4), True)
@@ -284,7 +293,7 @@ def lstm_cell(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> cell = lstm_cell(3)
-      >>> params, state = cell.init(jax.random.key(0), jnp.ones((2, 5)))
+      >>> params, state = cell.init(jax.random.key(0), cell.initial_carry((2,)), jnp.ones((2, 5)))
       >>> params["w_ih"].shape, params["w_hh"].shape, params["b"].tolist()
       ((5, 12), (3, 12), [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     """
@@ -380,7 +389,7 @@ def gru_cell(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> cell = gru_cell(4)
-      >>> params, state = cell.init(jax.random.key(0), jnp.ones((2, 3)))
+      >>> params, state = cell.init(jax.random.key(0), cell.initial_carry((2,)), jnp.ones((2, 3)))
       >>> sorted(params), params["w_hh"].shape
       (['b', 'b_hn', 'w_hh', 'w_ih'], (4, 12))
     """

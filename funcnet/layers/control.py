@@ -13,14 +13,15 @@ from typing import Any
 import jax
 from jax import lax
 
-from ..core import Model, apply_child, check_children, init_children, name_children
+from ..children import apply_child, check_children, forwarding, init_children, name_children
+from ..core import Model
 from ..errors import ShapeError
 
 
 def _branch_fn(name: str, model: Model, train: bool):
     def run(operands):
-        params, state, inputs, key = operands
-        out, child_state = apply_child(name, model, params, state, *inputs, key=key, train=train)
+        params, state, inputs, key, keywords = operands
+        out, child_state = apply_child(name, model, params, state, *inputs, key=key, train=train, **keywords)
         new_state = dict(state)
         if child_state:
             new_state[name] = child_state
@@ -30,14 +31,14 @@ def _branch_fn(name: str, model: Model, train: bool):
 
 
 def _branched(layer: str, select: Callable[..., Any], children: dict[str, Model], is_cond: bool) -> Model:
-    def init(key, *inputs):
-        return init_children(children, key, *inputs)
+    def init(key, *inputs, **keywords):
+        return init_children(children, key, *inputs, **keywords)
 
-    def apply(params, state, *inputs, key=None, train=False):
+    def apply(params, state, *inputs, key=None, train=False, **keywords):
         check_children(layer, params, list(children))
         check_children(layer, state, list(children), "state")
         branches = [_branch_fn(name, model, train) for name, model in children.items()]
-        operands = (params, state, inputs, key)
+        operands = (params, state, inputs, key, keywords)
         selector = select(*inputs)
         try:
             if is_cond:
@@ -52,7 +53,7 @@ def _branched(layer: str, select: Callable[..., Any], children: dict[str, Model]
                 layer, f"every branch must return outputs of the same shapes and dtypes, got {shapes}."
             ) from error
 
-    return Model(init, apply, layer)
+    return forwarding(Model(init, apply, layer), children.values())
 
 
 def cond(pred_fn: Callable[..., Any], true_model: Model, false_model: Model) -> Model:

@@ -148,19 +148,49 @@ def avg_pool(
 def global_avg_pool() -> Model:
     """The mean over every spatial axis: ``[batch, *spatial, channels] -> [batch, channels]``.
 
+    Takes the keyword input ``lengths: int [batch]`` for padded sequences ``[batch, time, channels]``:
+    the mean over each sequence's first ``lengths[b]`` positions (zeros for an empty sequence), so the
+    padding changes nothing.
+
     Raises:
-      ShapeError: the input has no spatial axis (rank below 3).
-      DTypeError: the input is not floating point.
+      ShapeError: the input has no spatial axis (rank below 3), or ``lengths`` is not ``[batch]`` of a
+        rank-3 input.
+      DTypeError: the input is not floating point, or ``lengths`` is not integer.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from funcnet.layers.pool import global_avg_pool
       >>> global_avg_pool().apply({}, {}, jnp.ones((2, 5, 5, 3)))[0].shape
       (2, 3)
+      >>> xs = jnp.array([[1.0, 3.0, 100.0], [2.0, 4.0, 6.0]])[..., None]  # [batch 2, time 3, channels 1]
+      >>> global_avg_pool().apply({}, {}, xs, lengths=jnp.array([2, 3]))[0][:, 0]
+      Array([2., 4.], dtype=float32)
     """
 
     def check(x):
         check_rank("global_avg_pool", x, 3, what="[batch, *spatial, channels]")
         check_floating("global_avg_pool", x)
 
-    return function(lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1))), "global_avg_pool", check=check)
+    def global_avg_pool(x, *, lengths=None):
+        if lengths is None:
+            return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+        _check_lengths(x, lengths)
+        time = x.shape[1]
+        valid = jnp.arange(time)[None, :] < lengths[:, None]  # [batch, time]
+        total = jnp.sum(jnp.where(valid[..., None], x, jnp.zeros_like(x)), axis=1)  # [batch, channels]
+        count = jnp.clip(lengths, 1, time).astype(x.dtype)[:, None]  # [batch, 1]
+        return total / count
+
+    return function(global_avg_pool, "global_avg_pool", check=check)
+
+
+def _check_lengths(x, lengths) -> None:
+    check_array("global_avg_pool", lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise DTypeError("global_avg_pool", f"expected integer lengths, got {describe(lengths)}.")
+    if x.ndim != 3 or tuple(lengths.shape) != x.shape[:1]:
+        raise ShapeError(
+            "global_avg_pool",
+            f"lengths need sequences [batch, time, channels] and one length per sequence: got input "
+            f"{describe(x)}, lengths {describe(lengths)}. Fix: lengths of shape ({x.shape[0]},) for a rank-3 input.",
+        )

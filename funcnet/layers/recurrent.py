@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..core import Model, apply_child, check_children, init_child, output_spec, put
+from ..children import apply_child, check_children, init_child, put
+from ..core import Model, output_spec
 from ..errors import DTypeError, LayerError, ParamsError, ShapeError, check_floating, check_rank, describe, prefix_path
 from ._sharding import reshard_like
 from .cells import Cell
@@ -92,9 +93,15 @@ def _step_spec(xs: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((xs.shape[0], xs.shape[2]), xs.dtype)
 
 
+def _carry_spec(cell: Cell, batch: int) -> Any:
+    return jax.eval_shape(lambda: cell.initial_carry((batch,)))
+
+
 def _check_params_fit(cell: Cell, params: Any, xs: Any) -> None:
     """Raises unless ``params`` have the structure and shapes ``cell.init`` makes for this input."""
-    want, _ = jax.eval_shape(lambda x: cell.init(jax.random.key(0), x), _step_spec(xs))
+    want, _ = jax.eval_shape(
+        lambda c, x: cell.init(jax.random.key(0), c, x), _carry_spec(cell, xs.shape[0]), _step_spec(xs)
+    )
     want_leaves, want_tree = jax.tree_util.tree_flatten_with_path(want)
     got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(params)
     if want_tree != got_tree:
@@ -185,7 +192,7 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
         _check_sequences("rnn", xs, lengths)
         if initial_carry is not None:
             _check_carry("rnn", cell, initial_carry, xs.shape[0])
-        return cell.init(key, _step_spec(xs))
+        return cell.init(key, _carry_spec(cell, xs.shape[0]), _step_spec(xs))
 
     def apply(params, state, xs, lengths=None, initial_carry=None, *, key=None, train=False):
         _check_sequences("rnn", xs, lengths)
@@ -224,6 +231,7 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
         ys = jnp.swapaxes(ys, 0, 1)  # [batch, time, hidden]
         return ((ys, carry) if return_carry else ys), state
 
+    apply.reads_backward = reverse  # type: ignore[attr-defined]  (bidirectional refuses a reversed child)
     return Model(init, apply, "rnn")
 
 
@@ -236,8 +244,8 @@ def bidirectional(forward: Model, backward: Model, *, merge: str = "concat") -> 
 
     ``backward`` is an ordinary forward-reading model (``rnn(cell)``, ``reverse=False``): this
     layer reverses its input with ``reverse_sequences(xs, lengths)`` and reverses its outputs back,
-    so both outputs are aligned with the input positions. Build it with ``reverse=True`` and it
-    would read forwards. Any model taking ``(xs, lengths)`` works, e.g. a ``stacked_rnn``.
+    so both outputs are aligned with the input positions (an ``rnn(cell, reverse=True)`` child is
+    refused: it would read forwards). Any model taking ``(xs, lengths)`` works, e.g. a ``stacked_rnn``.
 
     ``apply(params, state, xs, lengths=None, *, key=None, train=False)`` merges the two outputs on
     the feature axis: ``"concat"`` (``[batch, time, H_fwd + H_bwd]``) or ``"sum"``. If both
@@ -245,7 +253,7 @@ def bidirectional(forward: Model, backward: Model, *, merge: str = "concat") -> 
     ``(merged_ys, (forward_carry, backward_carry))``. Params are ``{"forward": ..., "backward": ...}``.
 
     Raises:
-      ValueError: ``merge`` is not ``"concat"`` or ``"sum"``.
+      ValueError: ``merge`` is not ``"concat"`` or ``"sum"``, or a child is ``rnn(..., reverse=True)``.
       ShapeError: the outputs cannot be merged, or the inputs are invalid (see ``rnn``).
 
     Example:
@@ -263,6 +271,17 @@ def bidirectional(forward: Model, backward: Model, *, merge: str = "concat") -> 
     for name, model in children.items():
         if not isinstance(model, Model):
             raise TypeError(f"bidirectional: {name} must be a Model such as rnn(lstm_cell(128)), got {model!r}")
+    if getattr(backward.apply, "reads_backward", False):
+        raise ValueError(
+            "bidirectional: backward is rnn(..., reverse=True), but bidirectional reverses each sequence itself, "
+            "so it would read the reversed sequences backwards, i.e. forwards. Fix: build it with reverse=False: "
+            "bidirectional(rnn(cell_f), rnn(cell_b))."
+        )
+    if getattr(forward.apply, "reads_backward", False):
+        raise ValueError(
+            "bidirectional: forward is rnn(..., reverse=True), so both directions would read backwards. Fix: build "
+            "both with reverse=False: bidirectional(rnn(cell_f), rnn(cell_b))."
+        )
 
     def init(key, xs, lengths=None):
         _check_sequences("bidirectional", xs, lengths)

@@ -36,8 +36,13 @@ class TreeCarry(NamedTuple):
 class TreeCell(NamedTuple):
     """A tree cell: how leaves read their input and how a node combines its children.
 
+    It keeps the model contract (``funcnet.core``): ``init`` and ``apply`` are a ``Model``'s, one
+    step of the recursion for ``N`` nodes at once, and ``leaf``/``node`` are the two equations that
+    step is made of, which ``tree`` calls separately (leaves first, then one ``node`` per scan step).
+
     Attributes:
-      init: ``(key, x) -> (params, state)``; ``x: [N, F]`` leaf inputs (array or ShapeDtypeStruct).
+      init: ``(key, x, children=None, child_mask=None) -> (params, state)``; ``x: [N, F]`` leaf
+        inputs (array or ShapeDtypeStruct); the params depend on ``F`` only.
       leaf: ``(params, x [N, F]) -> TreeCarry [N, H]``.
       node: ``(params, children: TreeCarry [N, K, H], child_mask [N, K]) -> TreeCarry [N, H]``; masked
         children count as absent (zero state).
@@ -53,6 +58,9 @@ class TreeCell(NamedTuple):
         batched call. The built-in cells provide them.
       compute_dtype: the dtype of the cell's matmul operands (``None``: the params' own dtype);
         ``tree`` rounds the weights to it once, before its loop (see ``funcnet.precision``).
+      apply: ``(params, state, x, children=None, child_mask=None, *, key=None, train=False) ->
+        (TreeCarry [N, H], state)``: ``leaf`` for nodes without children (every node when
+        ``children`` is None), ``node`` for the others.
 
     Example (a two-leaf tree by hand):
       >>> import jax, jax.numpy as jnp
@@ -62,6 +70,9 @@ class TreeCell(NamedTuple):
       >>> root = cell.node(params, jax.tree.map(lambda a: a[None], leaves), jnp.ones((1, 2)))
       >>> root.h.shape
       (1, 4)
+      >>> step, _ = cell.apply(params, {}, jnp.ones((1, 3)), jax.tree.map(lambda a: a[None], leaves), jnp.ones((1, 2)))
+      >>> bool(jnp.allclose(step.h, root.h))
+      True
     """
 
     init: Callable[..., Any]
@@ -73,6 +84,7 @@ class TreeCell(NamedTuple):
     pre: Callable[..., Any] | None = None
     post: Callable[..., Any] | None = None
     compute_dtype: Any = None
+    apply: Callable[..., Any] | None = None
 
 
 def _blocks(initializer: Initializer, key: jax.Array, shape: tuple[int, ...], count: int, dtype: Any) -> jax.Array:
@@ -106,7 +118,8 @@ def _make_cell(name, hidden, arity, shapes, init_params, leaf, pre, post, dtype,
     if arity is not None and (not isinstance(arity, int) or arity < 1):
         raise ValueError(f"{name}: arity must be a positive int, got {arity!r}")
 
-    def init(key, x):
+    def init(key, x, children=None, child_mask=None):
+        del children, child_mask  # the params depend on the input's features only
         check_rank(name, x, 1, what="[N, features]")
         check_floating(name, x)
         return init_params(key, x.shape[-1], dtype or x.dtype), {}
@@ -132,7 +145,18 @@ def _make_cell(name, hidden, arity, shapes, init_params, leaf, pre, post, dtype,
         kids = _masked(children, child_mask)
         return post(pre(params, kids), kids)
 
-    return TreeCell(init, checked_leaf, checked_node, hidden, arity, name, pre, post, compute_dtype)
+    def apply(params, state, x, children=None, child_mask=None, *, key=None, train=False):
+        del key, train
+        leaves = checked_leaf(params, x)
+        if children is None:
+            return leaves, state
+        if child_mask is None:
+            raise ShapeError(name, "children were given without child_mask. Fix: pass child_mask [N, K] (1 = present).")
+        nodes = checked_node(params, children, child_mask)
+        is_leaf = (jnp.sum(child_mask, axis=-1) == 0)[:, None]  # [N, 1]
+        return TreeCarry(*(jnp.where(is_leaf, a, b) for a, b in zip(leaves, nodes, strict=True))), state
+
+    return TreeCell(init, checked_leaf, checked_node, hidden, arity, name, pre, post, compute_dtype, apply)
 
 
 def binary_tree_lstm_cell(

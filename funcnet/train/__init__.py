@@ -7,6 +7,7 @@
 - ``make_train_step`` / ``make_eval_step``: jit-compiled, data-parallel steps
   ``(state, batch) -> (state, metrics)``; ``train_step_fn`` is the un-jitted pure step for your own
   ``shard_map``.
+- Per-example losses for the engine: ``funcnet.losses.per_example(fn.losses.mse)`` etc. (``target=``, metrics).
 - ``Batches`` (seeded shuffling, padding with masked examples, restorable position) and
   ``prefetch`` (next batches put on the devices while a step runs).
 - ``make_optimizer``: optax optimizers, schedules, clipping, weight decay, accumulation and
@@ -22,7 +23,7 @@
 >>> data = train.Batches(train.ArrayDataset(x=np.ones((16, 3), np.float32), y=np.zeros((16, 1), np.float32)), 8)
 >>> model = fn.dense(1)
 >>> state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), jnp.ones((8, 3)))
->>> step = train.make_train_step(model, lambda out, b: jnp.mean((out - b["y"]) ** 2, -1), optax.sgd(0.1))
+>>> step = train.make_train_step(model, fn.losses.per_example(fn.losses.mse), optax.sgd(0.1))
 >>> state, metrics = step(state, next(data.iterate()))
 >>> int(state.step)
 1

@@ -11,17 +11,15 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from .. import layers
+from .. import layers, losses, metrics
 from ..combinators import serial
 from ..core import Model
 from ..datasets import iris_like as _iris_like
+from ..losses import LossFn
 from .data import ArrayDataset, Dataset
 from .registry import DATASETS, LOSSES, MODELS
 
@@ -101,38 +99,34 @@ def iris_like(n_per_species: int = 100, seed: int = 0, validation_fraction: floa
     return DataSplits(split(train), split(valid), split(test))
 
 
-def _per_example(values: jax.Array) -> jax.Array:
-    return values.reshape(values.shape[0], -1).mean(axis=1)
-
-
 @LOSSES.register("mse")
-def mse(target: str = "y") -> Any:
-    """Per-example mean squared error against ``batch[target]``.
+def mse(target: str = "y") -> LossFn:
+    """Per-example mean squared error against ``batch[target]``: ``funcnet.losses.per_example(losses.mse)``.
 
     >>> import jax.numpy as jnp
-    >>> mse()(jnp.ones((2, 3)), {"y": jnp.zeros((2, 3))}).tolist()
+    >>> mse()(jnp.ones((2, 3)), {"y": jnp.zeros((2, 3))})["loss"].tolist()
     [1.0, 1.0]
     """
-
-    def loss(outputs: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
-        return _per_example(jnp.square(outputs - batch[target]))
-
-    return loss
+    return losses.per_example(losses.mse, target)
 
 
 @LOSSES.register("softmax_cross_entropy")
-def softmax_cross_entropy(target: str = "y") -> Any:
+def softmax_cross_entropy(target: str = "y") -> LossFn:
     """Per-example cross-entropy with integer labels ``batch[target]``, and accuracy.
 
     >>> import jax.numpy as jnp
     >>> sorted(softmax_cross_entropy()(jnp.zeros((2, 3)), {"y": jnp.array([0, 2])}))
     ['accuracy', 'loss']
     """
+    return losses.per_example(losses.softmax_cross_entropy, target, accuracy=metrics.accuracy)
 
-    def loss(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        labels = batch[target]
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-        return {"loss": _per_example(nll), "accuracy": _per_example(correct)}
 
-    return loss
+@LOSSES.register("binary_cross_entropy")
+def binary_cross_entropy(target: str = "y") -> LossFn:
+    """Per-example cross-entropy of binary labels (0/1) ``batch[target]`` given logits of the same shape.
+
+    >>> import jax.numpy as jnp
+    >>> [round(v, 4) for v in binary_cross_entropy()(jnp.zeros((2, 1)), {"y": jnp.ones((2, 1))})["loss"].tolist()]
+    [0.6931, 0.6931]
+    """
+    return losses.per_example(losses.binary_cross_entropy, target)

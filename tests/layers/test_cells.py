@@ -18,13 +18,18 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 F, H = 3, 2
 
 
+def init_cell(cell, x):
+    """``cell.init`` with the zero carry for the batch axes of ``x``."""
+    return cell.init(jax.random.key(0), cell.initial_carry(x.shape[:-1]), x)
+
+
 def sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
 
 def fixed_params(cell, seed):
     """The params init makes, filled with fixed N(0, 1) numbers (so every bias is non-zero)."""
-    shapes, _ = jax.eval_shape(cell.init, jax.random.key(0), jax.ShapeDtypeStruct((1, F), jnp.float32))
+    shapes, _ = jax.eval_shape(lambda x: init_cell(cell, x), jax.ShapeDtypeStruct((1, F), jnp.float32))
     rng = np.random.default_rng(seed)
     return {name: rng.standard_normal(s.shape).astype(np.float32) for name, s in sorted(shapes.items())}
 
@@ -72,7 +77,7 @@ def test_lstm_step_matches_numpy_gate_by_gate():
 def test_lstm_toy_case_by_hand():
     # Zero kernels, default bias: i = o = sigmoid(0) = 1/2, f = sigmoid(1), g = tanh(0) = 0.
     cell = lstm_cell(1)
-    params, _ = cell.init(jax.random.key(0), jnp.ones((1, 1)))
+    params, _ = init_cell(cell, jnp.ones((1, 1)))
     params = {**params, "w_ih": jnp.zeros((1, 4)), "w_hh": jnp.zeros((1, 4))}
     (carry, _), _ = cell.apply(params, {}, LSTMCarry(jnp.zeros((1, 1)), jnp.full((1, 1), 2.0)), jnp.ones((1, 1)))
     c = 2.0 / (1 + np.exp(-1.0))
@@ -96,7 +101,7 @@ def test_gru_step_matches_numpy_pytorch_equations():
 @pytest.mark.parametrize("make", [simple_rnn_cell, lstm_cell, gru_cell])
 def test_use_bias_false_drops_biases(make):
     cell = make(H, use_bias=False)
-    params, _ = cell.init(jax.random.key(0), jnp.ones((2, F)))
+    params, _ = init_cell(cell, jnp.ones((2, F)))
     assert sorted(params) == ["w_hh", "w_ih"]
     carry = cell.initial_carry((2,))
     (_, y), _ = cell.apply(params, {}, carry, jnp.zeros((2, F)))
@@ -106,7 +111,7 @@ def test_use_bias_false_drops_biases(make):
 
 def test_init_shapes_blocks_and_forget_bias():
     features, hidden = 40, 30
-    params, state = lstm_cell(hidden, forget_bias=2.0).init(jax.random.key(0), jnp.ones((1, features)))
+    params, state = init_cell(lstm_cell(hidden, forget_bias=2.0), jnp.ones((1, features)))
     assert state == {}
     chex.assert_shape([params["w_ih"], params["w_hh"], params["b"]], [(40, 120), (30, 120), (120,)])
     np.testing.assert_array_equal(params["b"], np.repeat([0.0, 2.0, 0.0, 0.0], hidden))
@@ -122,14 +127,14 @@ def test_init_shapes_blocks_and_forget_bias():
 
 def test_custom_initializers_and_dtypes():
     cell = gru_cell(2, kernel_init=fn.initializers.constant(0.5), recurrent_init=fn.initializers.zeros())
-    params, _ = cell.init(jax.random.key(0), jnp.ones((1, 3)))
+    params, _ = init_cell(cell, jnp.ones((1, 3)))
     np.testing.assert_array_equal(params["w_ih"], np.full((3, 6), 0.5))
     np.testing.assert_array_equal(params["w_hh"], np.zeros((2, 6)))
-    params, _ = lstm_cell(2).init(jax.random.key(0), jnp.ones((1, 3), jnp.bfloat16))
+    params, _ = init_cell(lstm_cell(2), jnp.ones((1, 3), jnp.bfloat16))
     assert {p.dtype for p in params.values()} == {jnp.dtype(jnp.bfloat16)}
-    params, _ = lstm_cell(2, dtype=jnp.float32).init(jax.random.key(0), jnp.ones((1, 3), jnp.bfloat16))
+    params, _ = init_cell(lstm_cell(2, dtype=jnp.float32), jnp.ones((1, 3), jnp.bfloat16))
     assert {p.dtype for p in params.values()} == {jnp.dtype(jnp.float32)}
-    spec_params, _ = jax.eval_shape(lstm_cell(2).init, jax.random.key(0), jax.ShapeDtypeStruct((4, 3), jnp.float32))
+    spec_params, _ = jax.eval_shape(lambda x: init_cell(lstm_cell(2), x), jax.ShapeDtypeStruct((4, 3), jnp.float32))
     assert spec_params["w_ih"].shape == (3, 8)
 
 
@@ -137,7 +142,7 @@ def test_custom_initializers_and_dtypes():
 def test_any_leading_batch_shape(batch_shape):
     cell = lstm_cell(H)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((*batch_shape, F)), jnp.float32)
-    params, _ = cell.init(jax.random.key(0), x)
+    params, _ = init_cell(cell, x)
     carry = cell.initial_carry(batch_shape)
     chex.assert_shape(list(carry), [(*batch_shape, H)] * 2)
     (_, y), _ = cell.apply(params, {}, carry, x)
@@ -162,7 +167,7 @@ def test_step_gradients_float64(make):
     with jax.enable_x64(True):
         cell = make(2)
         x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3)))
-        params, _ = cell.init(jax.random.key(0), x)
+        params, _ = init_cell(cell, x)
         carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry((2,), jnp.float64))
 
         def f(params, carry, x):
@@ -177,7 +182,7 @@ def test_cell_errors():
     with pytest.raises(ValueError, match="lstm: hidden must be a positive int, got 0"):
         lstm_cell(0)
     cell = lstm_cell(H)
-    params, _ = cell.init(jax.random.key(0), jnp.ones((2, F)))
+    params, _ = init_cell(cell, jnp.ones((2, F)))
     carry = cell.initial_carry((2,))
     with pytest.raises(fn.ShapeError, match=r"at lstm: expected last axis 3, got \(2, 5\) float32"):
         cell.apply(params, {}, carry, jnp.ones((2, 5)))
@@ -188,8 +193,8 @@ def test_cell_errors():
     with pytest.raises(fn.ShapeError, match=r"at lstm: expected the carry LSTMCarry\(h, c\), got \(2, 2\) float32"):
         cell.apply(params, {}, jnp.zeros((2, H)), jnp.ones((2, F)))
     with pytest.raises(fn.ParamsError, match=r"expected keys \['b', 'w_hh', 'w_ih'\], got \['b', 'b_hn'"):
-        cell.apply(gru_cell(H).init(jax.random.key(0), jnp.ones((2, F)))[0], {}, carry, jnp.ones((2, F)))
+        cell.apply(init_cell(gru_cell(H), jnp.ones((2, F)))[0], {}, carry, jnp.ones((2, F)))
     with pytest.raises(fn.ParamsError, match=r"'w_hh' should have shape \(2, 8\), got \(4, 16\) float32"):
-        cell.apply(lstm_cell(4).init(jax.random.key(0), jnp.ones((2, F)))[0], {}, carry, jnp.ones((2, F)))
+        cell.apply(init_cell(lstm_cell(4), jnp.ones((2, F)))[0], {}, carry, jnp.ones((2, F)))
     with pytest.raises(fn.ShapeError, match=r"at gru: expected input of rank >= 1 \(\[\*batch, features\]\)"):
-        gru_cell(H).init(jax.random.key(0), jnp.float32(1.0))
+        init_cell(gru_cell(H), jnp.float32(1.0))

@@ -225,8 +225,8 @@ def test_vmap_over_examples():
 def test_step_keys_and_state_reach_the_cell():
     """A toy cell whose output is its step key's first random bit: rnn passes fold_in(key, t)."""
 
-    def init(key, x):
-        del key, x
+    def init(key, carry, x):
+        del key, carry, x
         return {}, {"steps": jnp.zeros((), jnp.int32)}
 
     def apply(params, state, carry, x, *, key=None, train=False):
@@ -279,7 +279,7 @@ def test_stacked_rnn_dropout_in_training():
         np.testing.assert_array_equal(train1[b, n:], 0.0)
     # No dropout after the last layer: its output is layer 1 applied to dropped-out layer-0 outputs.
     h0, _ = rnn(lstm_cell(H)).apply(params["lstm_0"], {}, xs, lengths)
-    dropped, _ = fn.dropout(0.5).apply({}, {}, h0, key=fn.core.child_key(key, "dropout_0"), train=True)
+    dropped, _ = fn.dropout(0.5).apply({}, {}, h0, key=fn.children.child_key(key, "dropout_0"), train=True)
     want, _ = rnn(lstm_cell(H)).apply(params["lstm_1"], {}, dropped, lengths)
     chex.assert_trees_all_close(train1, want, **TOL)
     abstract_run(stacked_rnn([lstm_cell(H)], dropout=0.5), xs, train=True)  # no layer after: no key needed

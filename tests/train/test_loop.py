@@ -18,7 +18,7 @@ from funcnet.train.checkpoint import Checkpointer
 from funcnet.train.config import TrainerConfig
 from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches
 from funcnet.train.log import read_events, read_scalars
-from funcnet.train.loop import Callback, StopTraining, evaluate, fit
+from funcnet.train.loop import Callback, FitResult, StopTraining, evaluate, fit
 from funcnet.train.state import create_train_state
 from funcnet.train.step import make_train_step
 from tests.train.test_step import _nan_gradient_where
@@ -302,3 +302,17 @@ def test_fit_runs_epochs_of_a_generator_dataset(tmp_path, steps_per_epoch):
     result = fit(MODEL, mse, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer)
     assert (result.stop_reason, result.step, result.epoch) == ("done", 6, 2)
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 6
+
+
+def test_fit_result_repr_is_short_and_prints_no_arrays():
+    state = create_train_state(MODEL, optax.adam(1e-2), jax.random.key(0), X[:16])
+    state = state._replace(step=jnp.asarray(12, state.step.dtype))
+    history = [{"step": 8 * i, "epoch": i, "loss": 1 / (i + 2), "count": 32.0} for i in range(1, 20)]
+    result = FitResult(state, 12, 3, 0.0476190476, 152, "early_stopping", history, compilations=1)
+    text = repr(result)
+    assert len(text) < 600, text
+    assert "Array(" not in text and "array(" not in text, text
+    assert "stop_reason='early_stopping'" in text and "\n  step=12,\n" in text, text
+    assert "TrainState(step=12, params=<4 arrays, 0 scalars>)" in text, text  # two dense layers: w and b each
+    assert "best_metric=0.04762, best_step=152" in text, text
+    assert "history=<19 entries, last {'step': 152, 'epoch': 19, 'loss': 0.04762, 'count': 32}>" in text, text
