@@ -264,3 +264,30 @@ def test_numpy_reference_of_global_avg_pool_with_lengths():
         fn.ShapeError, match="one length per sequence: got input \\(3, 5, 2\\) float32, lengths \\(2,\\)"
     ):
         fn.global_avg_pool().apply({}, {}, jnp.asarray(xs), lengths=jnp.array([1, 2]))
+
+
+def encoder_block(features=8):
+    # The README's pre-norm Transformer encoder block: lengths reach only the attention.
+    return fn.serial(
+        fn.residual(fn.layer_norm(), fn.multi_head_attention(2)),
+        fn.residual(fn.layer_norm(), fn.dense(16), jax.nn.gelu, fn.dense(features)),
+    )
+
+
+def test_padded_transformer_encoder_block_ignores_padding_and_equals_unpadded_runs():
+    block = encoder_block()
+    lengths = jnp.array([5, 2, 4])
+    x = jax.random.normal(jax.random.key(0), (3, 6, 8))
+    params, state = block.init(jax.random.key(1), x, lengths=lengths)
+    y, _ = block.apply(params, state, x, lengths=lengths)
+    real = jnp.arange(6)[None, :, None] < lengths[:, None, None]  # [batch, time, 1]
+    noise = jax.random.normal(jax.random.key(2), x.shape)
+    y_other, _ = block.apply(params, state, jnp.where(real, x, noise), lengths=lengths)  # other padding
+    chex.assert_trees_all_close(jnp.where(real, y, 0.0), jnp.where(real, y_other, 0.0), rtol=1e-5, atol=1e-6)
+    for i, n in enumerate(lengths.tolist()):
+        alone, _ = block.apply(params, state, x[i : i + 1, :n])  # no padding, no lengths
+        chex.assert_trees_all_close(y[i, :n], alone[0], rtol=1e-5, atol=1e-5)
+    unmasked, _ = block.apply(params, state, x)  # without lengths the padding is attended to
+    assert not jnp.allclose(unmasked[1, :2], y[1, :2], atol=1e-4)
+    six, _ = fn.stack(block, 2).init(jax.random.key(3), x, lengths=lengths)
+    assert jax.tree.leaves(six)[0].shape[0] == 2

@@ -2,7 +2,7 @@
 
 Shapes: query ``[batch..., Tq, Dq]``, context ``[batch..., Tk, Dk]`` (the query itself for
 self-attention), masks broadcastable to ``[batch..., heads, Tq, Tk]`` with True where a query
-may attend to a key::
+may attend to a key (self-attention also takes ``lengths [batch...]``, which masks the padded keys)::
 
     q = query @ Wq + bq                        # [batch..., Tq, H, Dh]
     k, v = context @ Wk + bk, context @ Wv + bv  # [batch..., Tk, H, Dh]
@@ -13,6 +13,7 @@ may attend to a key::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ from ..errors import (
     describe,
 )
 from ..initializers import Initializer
+from ..precision import compute_dtype_of, matmul
 from .dropout import keep_mask
 
 _NAME = "attention"
@@ -115,15 +117,19 @@ def multi_head_attention(
     causal: bool = False,
     kernel_init: Initializer | None = None,
     dtype: jnp.dtype | None = None,
+    compute_dtype: Any = None,
 ) -> Model:
     """Multi-head attention of ``query [batch..., Tq, Dq]`` over ``context [batch..., Tk, Dk]``.
 
-    ``apply(params, state, query, context=None, mask=None, *, key=None, train=False)`` returns
-    ``[batch..., Tq, out_features]``; ``context=None`` is self-attention. ``mask`` is boolean,
+    ``apply(params, state, query, context=None, mask=None, *, lengths=None, key=None, train=False)``
+    returns ``[batch..., Tq, out_features]``; ``context=None`` is self-attention. ``mask`` is boolean,
     broadcastable to ``[batch..., num_heads, Tq, Tk]``, True where a query may attend to a key
-    (see ``padding_mask``, ``causal_mask``, ``combine_masks``). Logits and softmax are computed in
-    (at least) float32; masked logits are set to the most negative finite float, so a fully masked
-    query row attends uniformly instead of giving NaN.
+    (see ``padding_mask``, ``causal_mask``, ``combine_masks``). ``lengths``, integer ``[batch...]``,
+    is for self-attention of padded sequences: keys at positions ``>= lengths[b]`` are masked (as
+    ``mask=padding_mask(lengths, T)``, combined with ``mask`` and ``causal``); ``init`` takes the same
+    ``context``, ``mask`` and ``lengths``. Logits and softmax are computed in (at least) float32;
+    masked logits are set to the most negative finite float, so a fully masked query row attends
+    uniformly instead of giving NaN.
 
     Args:
       num_heads: number of heads ``H``.
@@ -136,6 +142,10 @@ def multi_head_attention(
       kernel_init: initializer, called with the flat 2-D shapes ``[D, H * Dh]`` and
         ``[H * Dh, out]`` then reshaped, so fans are those of a dense layer (Glorot uniform by default).
       dtype: params dtype; defaults to the query's dtype.
+      compute_dtype: the operand dtype of the four projections, e.g. ``"bfloat16"``: mixed precision,
+        products accumulated and returned in the inputs' dtype, params and gradients in their own
+        (``funcnet.precision``; reverse-mode derivatives only). Logits and softmax stay in float32.
+        ``None``: the projections in the operands' own dtype.
 
     Returns:
       A Model ("attention") with params ``{"query": {"kernel": [Dq, H, Dh], "bias": [H, Dh]},
@@ -144,10 +154,12 @@ def multi_head_attention(
 
     Raises:
       ValueError: bad hyper-parameters (at construction).
+      TypeError: ``compute_dtype`` is not a floating dtype (at construction).
       ShapeError: ``Dq`` not divisible by ``num_heads`` (at init), inputs of rank < 2, last axes
-        that differ from the params, different batch axes, a mask that does not broadcast, or
-        ``causal`` with ``Tq != Tk``.
-      DTypeError: non-floating inputs, or a non-boolean mask.
+        that differ from the params, different batch axes, a mask that does not broadcast,
+        ``causal`` with ``Tq != Tk``, ``lengths`` not of the batch axes' shape, or ``lengths``
+        with an explicit ``context``.
+      DTypeError: non-floating inputs, a non-boolean mask, or non-integer lengths.
       KeyMissingError: ``train=True`` with ``dropout_rate > 0`` and no ``key``.
 
     Example:
@@ -158,7 +170,7 @@ def multi_head_attention(
       >>> params, state = layer.init(jax.random.key(0), x)
       >>> params["query"]["kernel"].shape, params["out"]["kernel"].shape
       ((8, 2, 4), (2, 4, 8))
-      >>> y, state = layer.apply(params, state, x, mask=padding_mask(jnp.array([5, 2, 3]), 5))
+      >>> y, state = layer.apply(params, state, x, lengths=jnp.array([5, 2, 3]))  # padded sequences
       >>> y.shape
       (3, 5, 8)
     """
@@ -173,10 +185,12 @@ def multi_head_attention(
         raise ValueError(f"multi_head_attention: dropout_rate must be in [0, 1), got {dropout_rate!r}")
     kernel_init = kernel_init or initializers.glorot_uniform()
     bias_init = initializers.zeros()
+    cd = compute_dtype_of("multi_head_attention", compute_dtype)
 
-    def init(key, query, context=None, mask=None):
+    def init(key, query, context=None, mask=None, *, lengths=None):
+        _check_inputs(query, query if context is None else context, causal)
+        _check_lengths(lengths, query, context)
         context = query if context is None else context
-        _check_inputs(query, context, causal)
         dq, dk = query.shape[-1], context.shape[-1]
         features = qkv_features or dq
         if features % num_heads:
@@ -202,12 +216,13 @@ def multi_head_attention(
             params["out"]["bias"] = bias_init(kernel_keys[3], (out,), param_dtype)
         return params, {}
 
-    def apply(params, state, query, context=None, mask=None, *, key=None, train=False):
+    def apply(params, state, query, context=None, mask=None, *, lengths=None, key=None, train=False):
         if state:
             raise ParamsError(_NAME, f"attention has no state, got {sorted(state)}. Fix: pass the state init returned.")
         dq, dk, head_dim = _check_params(params, num_heads, qkv_features, out_features, use_bias)
+        _check_inputs(query, query if context is None else context, causal, dq, dk)
+        _check_lengths(lengths, query, context)
         context = query if context is None else context
-        _check_inputs(query, context, causal, dq, dk)
         mask_shape = (*query.shape[:-2], num_heads, query.shape[-2], context.shape[-2])
         _check_mask(mask, mask_shape)
         dropout = train and dropout_rate > 0.0
@@ -217,23 +232,26 @@ def multi_head_attention(
                 f"train=True with dropout_rate={dropout_rate} needs a PRNG key and none was given. Fix: call "
                 "apply(..., key=jax.random.key(seed), train=True), or train=False for evaluation.",
             )
+        if lengths is not None:
+            mask = combine_masks(mask, padding_mask(lengths, query.shape[-2]))
         if causal:
             mask = combine_masks(mask, jnp.tril(jnp.ones(mask_shape[-2:], dtype=bool)))
 
-        q = _project(query, params["query"])  # [batch..., Tq, H, Dh]
-        k = _project(context, params["key"])  # [batch..., Tk, H, Dh]
-        v = _project(context, params["value"])  # [batch..., Tk, H, Dh]
-        compute_dtype = jnp.promote_types(q.dtype, jnp.float32)
-        logits = jnp.einsum("...qhd,...khd->...hqk", q.astype(compute_dtype), k.astype(compute_dtype))
+        q = _project(query, params["query"], cd)  # [batch..., Tq, H, Dh]
+        k = _project(context, params["key"], cd)  # [batch..., Tk, H, Dh]
+        v = _project(context, params["value"], cd)  # [batch..., Tk, H, Dh]
+        logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+        logits = jnp.einsum("...qhd,...khd->...hqk", q.astype(logits_dtype), k.astype(logits_dtype))
         logits = logits / math.sqrt(head_dim)
         if mask is not None:
-            logits = jnp.where(jnp.broadcast_to(mask, logits.shape), logits, jnp.finfo(compute_dtype).min)
+            logits = jnp.where(jnp.broadcast_to(mask, logits.shape), logits, jnp.finfo(logits_dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)  # [batch..., H, Tq, Tk]
         if dropout:
             keep = keep_mask(key, dropout_rate, weights)
             weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
         heads = jnp.einsum("...hqk,...khd->...qhd", weights.astype(v.dtype), v)  # [batch..., Tq, H, Dh]
-        y = jnp.einsum("...qhd,hdo->...qo", heads, params["out"]["kernel"])
+        out_kernel = params["out"]["kernel"]  # [H, Dh, out]
+        y = matmul(heads.reshape(*heads.shape[:-2], -1), out_kernel.reshape(-1, out_kernel.shape[-1]), cd)
         if use_bias:
             y = y + params["out"]["bias"].reshape((1,) * (y.ndim - 1) + (-1,))
         return y, state
@@ -241,9 +259,10 @@ def multi_head_attention(
     return Model(init, apply, _NAME)
 
 
-def _project(x: jax.Array, params: dict[str, jax.Array]) -> jax.Array:
-    """``[batch..., T, D] @ [D, H, Dh] (+ [H, Dh]) -> [batch..., T, H, Dh]``."""
-    y = jnp.einsum("...td,dhf->...thf", x, params["kernel"])
+def _project(x: jax.Array, params: dict[str, jax.Array], compute_dtype: Any) -> jax.Array:
+    """``[batch..., T, D] @ [D, H, Dh] (+ [H, Dh]) -> [batch..., T, H, Dh]``, one (mixed-precision) matmul."""
+    kernel = params["kernel"]
+    y = matmul(x, kernel.reshape(kernel.shape[0], -1), compute_dtype).reshape(*x.shape[:-1], *kernel.shape[1:])
     if "bias" in params:
         y = y + params["bias"].reshape((1,) * (y.ndim - 2) + params["bias"].shape)
     return y
@@ -269,6 +288,32 @@ def _check_inputs(query, context, causal: bool, dq: int | None = None, dk: int |
             _NAME,
             f"causal=True needs as many queries as keys (Tq == Tk), got query {describe(query)} and context "
             f"{describe(context)}. Fix: use causal=False and pass an explicit mask for cross-attention.",
+        )
+
+
+def _check_lengths(lengths, query, context) -> None:
+    """Raises unless ``lengths`` is None, or integer ``[batch...]`` for self-attention (``context`` None)."""
+    if lengths is None:
+        return
+    check_array(_NAME, lengths)
+    if context is not None:
+        raise ShapeError(
+            _NAME,
+            f"lengths are those of the self-attended sequence, but an explicit context was given: got lengths "
+            f"{describe(lengths)} with query {describe(query)} and context {describe(context)}. Fix: for "
+            f"cross-attention mask the context's padding with mask=padding_mask(context_lengths, Tk), "
+            f"Tk = {context.shape[-2]}; for self-attention leave context=None.",
+        )
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise DTypeError(
+            _NAME, f"lengths: expected integer lengths, got {describe(lengths)}. Fix: pass lengths.astype(jnp.int32)."
+        )
+    batch = tuple(query.shape[:-2])
+    if tuple(lengths.shape) != batch:
+        raise ShapeError(
+            _NAME,
+            f"lengths: expected one length per sequence, shape {batch} (the query's batch axes [batch...] of "
+            f"{describe(query)}), got {describe(lengths)}. Fix: pass lengths of shape {batch}.",
         )
 
 

@@ -2,13 +2,15 @@
 
 Kernels are ``[*kernel_size, in_channels // feature_group_count, features]`` (``HWIO`` in 2D), the
 layout ``funcnet.initializers`` computes fan-in and fan-out for. The work is one call to
-``lax.conv_general_dilated``.
+``lax.conv_general_dilated``; with ``compute_dtype`` (mixed precision, as ``funcnet.precision.matmul``)
+its operands are rounded and a custom VJP runs the two gradient convolutions on rounded operands too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ from .. import initializers
 from ..core import Model
 from ..errors import ParamsError, ShapeError, check_floating, check_params, describe
 from ..initializers import Initializer
+from ..precision import compute_dtype_of
 from ._spatial import Padding, check_spatial_rank, explicit_padding, is_int, padding_pairs, sizes
 
 
@@ -34,7 +37,9 @@ def _conv(
     kernel_init: Initializer | None = None,
     bias_init: Initializer | None = None,
     dtype: jnp.dtype | None = None,
+    compute_dtype: Any = None,
 ) -> Model:
+    cd = compute_dtype_of(name, compute_dtype)
     if not is_int(features) or features < 1:
         raise ValueError(f"{name}: features must be a positive int, got {features!r}")
     if is_int(kernel_size) or not isinstance(kernel_size, Sequence) or not kernel_size:
@@ -98,21 +103,102 @@ def _conv(
                 f"expected {in_channels} input channels (last axis), got {describe(x)}. Fix: feed inputs with "
                 f"{in_channels} channels, or re-initialize the layer with this input.",
             )
-        compute_dtype = jnp.result_type(x.dtype, kernel.dtype)
-        y = lax.conv_general_dilated(
-            x.astype(compute_dtype),
-            kernel.astype(compute_dtype),
-            window_strides=strides,
-            padding=pads,
-            rhs_dilation=dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=groups,
-        )
+        spec = _ConvSpec(strides, pads, dilation, dimension_numbers, groups)
+        result_dtype = jnp.result_type(x.dtype, kernel.dtype)
+        if cd is None or cd == result_dtype:
+            y = _plain_conv(x.astype(result_dtype), kernel.astype(result_dtype), spec, None)
+        else:
+            y, result_dtype = _mixed_conv(x, kernel, spec, cd), x.dtype
         if use_bias:
-            y = y + params["bias"].astype(compute_dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+            y = y + params["bias"].astype(result_dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         return y, state
 
     return Model(init, apply, name)
+
+
+class _ConvSpec(NamedTuple):
+    """The static arguments of one channels-last convolution (hashable: the custom VJP keeps it)."""
+
+    strides: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]  # (low, high) per spatial axis
+    dilation: tuple[int, ...]  # of the kernel
+    dimension_numbers: lax.ConvDimensionNumbers
+    groups: int  # feature_group_count
+
+
+def _plain_conv(x: jax.Array, kernel: jax.Array, spec: _ConvSpec, out_dtype: Any) -> jax.Array:
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=spec.strides,
+        padding=spec.padding,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=spec.dimension_numbers,
+        feature_group_count=spec.groups,
+        preferred_element_type=out_dtype,
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _mixed_conv(x: jax.Array, kernel: jax.Array, spec: _ConvSpec, dtype: Any) -> jax.Array:
+    """The convolution of ``x`` and ``kernel`` rounded to ``dtype``, accumulated and returned in ``x``'s dtype."""
+    return _mixed_conv_fwd(x, kernel, spec, dtype)[0]
+
+
+def _mixed_conv_fwd(x, kernel, spec, dtype):
+    low_x, low_kernel = x.astype(dtype), kernel.astype(dtype)
+    y = _plain_conv(low_x, low_kernel, spec, jnp.promote_types(x.dtype, dtype)).astype(x.dtype)
+    primal_dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))  # residuals must be arrays
+    return y, (low_x, low_kernel, primal_dtypes)
+
+
+def _mixed_conv_bwd(spec, dtype, residuals, g):
+    """Both gradients as convolutions of rounded operands, products in float32.
+
+    They are the convolutions of JAX's transpose rules (no input dilation, no batch groups): the
+    input's gradient convolves the cotangent, dilated by the strides, with the spatially reversed
+    kernel; the kernel's correlates the input with the cotangent, batch and channel axes swapped so
+    that the batch is summed over. (The rules themselves would cast the rounded operand back up, run
+    both in float32 with the cotangent unrounded, and round the gradients to ``dtype``.)
+    """
+    low_x, low_kernel, (x_like, kernel_like) = residuals
+    low_g, accumulate = g.astype(dtype), jnp.promote_types(dtype, jnp.float32)
+    n, groups = low_x.ndim - 2, spec.groups
+    windows = [(k - 1) * d + 1 for k, d in zip(low_kernel.shape[:n], spec.dilation, strict=True)]
+    reach = [(o - 1) * s + 1 for o, s in zip(g.shape[1:-1], spec.strides, strict=True)]  # dilated output extent
+    lows, sizes = [lo for lo, _ in spec.padding], low_x.shape[1:-1]
+    channels_last, swapped = (0, n + 1, *range(1, n + 1)), (n + 1, 0, *range(1, n + 1))
+
+    kernel = low_kernel  # [*k, in / G, features] -> [*k, in, features / G]: group g's outputs become its inputs
+    if groups > 1:
+        *k, group_in, features = kernel.shape
+        kernel = jnp.moveaxis(kernel.reshape(*k, group_in, groups, features // groups), n + 1, n)
+        kernel = kernel.reshape(*k, groups * group_in, features // groups)
+    d_x = lax.conv_general_dilated(
+        low_g,
+        lax.rev(kernel, tuple(range(n))),
+        window_strides=(1,) * n,
+        padding=[(w - 1 - lo, size - r + lo) for w, lo, size, r in zip(windows, lows, sizes, reach, strict=True)],
+        lhs_dilation=spec.strides,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=lax.ConvDimensionNumbers(channels_last, (n, n + 1, *range(n)), channels_last),
+        feature_group_count=groups,
+        preferred_element_type=accumulate,
+    )
+    d_kernel = lax.conv_general_dilated(
+        low_x,
+        low_g,
+        window_strides=spec.dilation,
+        padding=[(lo, r - size + w - lo - 1) for w, lo, size, r in zip(windows, lows, sizes, reach, strict=True)],
+        rhs_dilation=spec.strides,
+        dimension_numbers=lax.ConvDimensionNumbers(swapped, swapped, (n, n + 1, *range(n))),
+        batch_group_count=groups,
+        preferred_element_type=accumulate,
+    )
+    return d_x.astype(x_like.dtype), d_kernel.astype(kernel_like.dtype)
+
+
+_mixed_conv.defvjp(_mixed_conv_fwd, _mixed_conv_bwd)
 
 
 def conv(
@@ -127,6 +213,7 @@ def conv(
     kernel_init: Initializer | None = None,
     bias_init: Initializer | None = None,
     dtype: jnp.dtype | None = None,
+    compute_dtype: Any = None,
 ) -> Model:
     """An N-d convolution ``[batch, *spatial, in] -> [batch, *spatial_out, features]``, N = len(kernel_size).
 
@@ -146,6 +233,10 @@ def conv(
       kernel_init: initializer of the kernel (Glorot uniform by default).
       bias_init: initializer of the bias (zeros by default).
       dtype: params dtype; defaults to the input's dtype.
+      compute_dtype: the convolution's operand dtype, e.g. ``"bfloat16"``: mixed precision, the
+        products accumulated and returned in the input's dtype, params and gradients in their own
+        (as ``funcnet.precision.matmul``; reverse-mode derivatives only). ``None``: the operands
+        in their common dtype.
 
     Returns:
       A Model with params ``{"kernel": [*kernel_size, in // feature_group_count, features],
@@ -153,6 +244,7 @@ def conv(
 
     Raises:
       ValueError: at construction, for bad hyper-parameters.
+      TypeError: at construction, ``compute_dtype`` is not a floating dtype.
       ShapeError: the input is not ``[batch, *spatial, channels]`` with N spatial axes, its channels
         differ from the kernel's (or are not divisible by ``feature_group_count``), or a spatial
         axis is smaller than the dilated window.
@@ -178,10 +270,24 @@ def conv(
         kernel_init=kernel_init,
         bias_init=bias_init,
         dtype=dtype,
+        compute_dtype=compute_dtype,
     )
 
 
-def conv1d(features: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Model:
+def conv1d(
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    kernel_init: Initializer | None = None,
+    bias_init: Initializer | None = None,
+    dtype: jnp.dtype | None = None,
+    compute_dtype: Any = None,
+) -> Model:
     """A 1D convolution over ``[batch, length, channels]``; keyword arguments as for ``conv``.
 
     Example:
@@ -192,10 +298,36 @@ def conv1d(features: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Mo
       >>> params["kernel"].shape, layer.apply(params, state, jnp.ones((2, 20, 3)))[0].shape
       ((5, 3, 8), (2, 16, 8))
     """
-    return _conv("conv1d", features, sizes("conv1d", kernel_size, 1, "kernel_size"), **kwargs)
+    return _conv(
+        "conv1d",
+        features,
+        sizes("conv1d", kernel_size, 1, "kernel_size"),
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        feature_group_count=feature_group_count,
+        use_bias=use_bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        compute_dtype=compute_dtype,
+    )
 
 
-def conv2d(features: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Model:
+def conv2d(
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    kernel_init: Initializer | None = None,
+    bias_init: Initializer | None = None,
+    dtype: jnp.dtype | None = None,
+    compute_dtype: Any = None,
+) -> Model:
     """A 2D convolution over ``[batch, height, width, channels]``; keyword arguments as for ``conv``.
 
     An int ``kernel_size`` means a square window.
@@ -203,9 +335,23 @@ def conv2d(features: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Mo
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from funcnet.layers.conv import conv2d
-      >>> layer = conv2d(16, 3, strides=2)
+      >>> layer = conv2d(16, 3, strides=2, compute_dtype="bfloat16")  # bfloat16 operands, float32 sums
       >>> params, state = layer.init(jax.random.key(0), jnp.ones((2, 28, 28, 1)))
-      >>> params["kernel"].shape, layer.apply(params, state, jnp.ones((2, 28, 28, 1)))[0].shape
-      ((3, 3, 1, 16), (2, 14, 14, 16))
+      >>> y, state = layer.apply(params, state, jnp.ones((2, 28, 28, 1)))
+      >>> params["kernel"].shape, y.shape, y.dtype
+      ((3, 3, 1, 16), (2, 14, 14, 16), dtype('float32'))
     """
-    return _conv("conv2d", features, sizes("conv2d", kernel_size, 2, "kernel_size"), **kwargs)
+    return _conv(
+        "conv2d",
+        features,
+        sizes("conv2d", kernel_size, 2, "kernel_size"),
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        feature_group_count=feature_group_count,
+        use_bias=use_bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        compute_dtype=compute_dtype,
+    )

@@ -211,6 +211,153 @@ def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=5e-2, atol=5e-2)
 
 
+# --- lengths: self-attention of padded sequences ----------------------------------------
+
+
+def pad_with_junk(x, lengths, seed):
+    """``x [batch..., T, D]`` with every position ``t >= lengths[b]`` replaced by large random values."""
+    positions = jnp.arange(x.shape[-2]).reshape((1,) * lengths.ndim + (-1,))
+    return jnp.where((positions >= lengths[..., None])[..., None], 100.0 * normal(seed, x.shape), x)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lengths_mask_the_padded_keys(causal):
+    model = multi_head_attention(2, causal=causal)
+    apply = jax.jit(model.apply, static_argnames="train")
+    x, lengths = normal(0, (3, 5, 4)), jnp.array([5, 2, 3])
+    params, state = random_params(model, 1, x)
+    y, _ = apply(params, state, x, lengths=lengths)
+    mask = combine_masks(padding_mask(lengths, 5), causal_mask(5) if causal else None)
+    np.testing.assert_allclose(y, reference_attention(params, x, x, mask, 2), **TOL)
+    y_mask, _ = apply(params, state, x, mask=padding_mask(lengths, 5))  # what lengths stands for
+    np.testing.assert_array_equal(y_mask, y)
+    assert not np.allclose(apply(params, state, x)[0], y)  # and it masks something
+
+    real = np.arange(5)[None, :] < np.asarray(lengths)[:, None]  # [batch, T]
+    padded = pad_with_junk(x, lengths, 2)
+    y_junk, _ = apply(params, state, padded, lengths=lengths)
+    np.testing.assert_array_equal(np.asarray(y_junk)[real], np.asarray(y)[real])  # exactly: weights are exactly 0
+    if not causal:  # (causal alone hides later keys from the real queries)
+        assert not np.allclose(np.asarray(apply(params, state, padded)[0])[real], np.asarray(y)[real])
+
+
+def test_lengths_combine_with_mask_and_causal_over_several_batch_axes():
+    model = multi_head_attention(2, causal=True)
+    apply = jax.jit(model.apply, static_argnames="train")
+    x, lengths = normal(0, (2, 3, 4, 4)), jnp.array([[1, 4, 3], [2, 4, 0]])  # a 0 length: rows attend uniformly
+    mask = jax.random.bernoulli(jax.random.key(1), 0.7, (2, 3, 2, 4, 4))
+    shapes, _ = jax.eval_shape(lambda x, lengths: model.init(jax.random.key(0), x, lengths=lengths), x, lengths)
+    params, state = random_params(model, 1, x)
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
+    y, _ = apply(params, state, x, mask=mask, lengths=lengths)
+    combined = combine_masks(mask, padding_mask(lengths, 4), causal_mask(4))
+    np.testing.assert_allclose(y, reference_attention(params, x, x, combined, 2), **TOL)
+
+
+def test_lengths_under_jit_match_eager_and_do_not_retrace():
+    model = multi_head_attention(2, causal=True)
+    x = normal(0, (2, 4, 4))
+    params, state = model.init(jax.random.key(0), x, lengths=jnp.array([4, 2]))
+    chex.assert_trees_all_equal(params, model.init(jax.random.key(0), x)[0])  # lengths change no param
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(p, x, lengths):
+        return model.apply(p, state, x, lengths=lengths)[0]
+
+    for lengths in (jnp.array([4, 2]), jnp.array([1, 3])):  # new values, same shapes: one trace
+        chex.assert_trees_all_close(
+            forward(params, x, lengths), model.apply(params, state, x, lengths=lengths)[0], **TOL
+        )
+
+
+# --- compute_dtype: bfloat16 projections, float32 products -------------------------------
+
+# Against the float32 layer: each projection's operands are off by <= 2^-9 relative, its products by
+# <= ~2^-8, with random signs partly cancelling; four chained projections (and the softmax between)
+# give ~0.4-0.7% relative (the norm of the difference over the norm of the result). 2e-2 leaves room;
+# above 1e-5 shows that something was rounded.
+BF16 = 2e-2
+
+
+def rounded(a):
+    """``a`` rounded to bfloat16 by hand, back in float32 (exact: bfloat16 is a truncated float32)."""
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@jax.custom_vjp
+def rounded_product(a, w):
+    """``a [..., F] @ w [F, N]`` of operands rounded by hand, in float32; the backward rounds the cotangent too."""
+    return jnp.matmul(rounded(a), rounded(w), precision="highest")
+
+
+def _rounded_product_fwd(a, w):
+    return rounded_product(a, w), (a, w)
+
+
+def _rounded_product_bwd(residuals, g):
+    a, w = (rounded(r) for r in residuals)
+    d_a = jnp.matmul(rounded(g), w.T, precision="highest")
+    d_w = jnp.matmul(a.reshape(-1, a.shape[-1]).T, rounded(g).reshape(-1, g.shape[-1]), precision="highest")
+    return d_a, d_w
+
+
+rounded_product.defvjp(_rounded_product_fwd, _rounded_product_bwd)
+
+
+def rounded_attention(params, x):
+    """Self-attention, float32 but for the four projections' operands, rounded to bfloat16 by hand."""
+
+    def project(x, p):
+        kernel = p["kernel"]
+        flat = rounded_product(x, kernel.reshape(kernel.shape[0], -1))
+        return flat.reshape(*x.shape[:-1], *kernel.shape[1:]) + p["bias"][None, None]
+
+    q, k, v = (project(x, params[name]) for name in ("query", "key", "value"))
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, precision="highest") / np.sqrt(q.shape[-1])
+    heads = jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(logits, axis=-1), v, precision="highest")
+    out = params["out"]["kernel"]
+    y = rounded_product(heads.reshape(*heads.shape[:-2], -1), out.reshape(-1, out.shape[-1]))
+    return y + params["out"]["bias"][None, None]
+
+
+def relative_error(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def test_bfloat16_compute_dtype_is_float32_products_of_rounded_operands():
+    mixed, full = multi_head_attention(2, compute_dtype="bfloat16"), multi_head_attention(2)
+    x = normal(0, (3, 5, 8))
+    params, state = random_params(full, 1, x)
+    g = normal(2, (3, 5, 8))
+    y, pull = jax.vjp(jax.jit(lambda p, x: mixed.apply(p, state, x)[0]), params, x)
+    grads = pull(g)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((y, grads)))
+    # Tight: the same float32 computation on operands rounded by hand. Only the float32 sums' order differs
+    # (relative ~1e-7 on O(1) values), which bfloat16 rounding of the out projection's input can turn into one
+    # bfloat16 step (4e-3) on an element only when a value lies within ~1e-7 of a rounding boundary.
+    want, pull_rounded = jax.vjp(rounded_attention, params, x)
+    chex.assert_trees_all_close((y, grads), (want, pull_rounded(g)), rtol=1e-5, atol=1e-5)
+    # Close to the float32 layer, but not equal: something was rounded.
+    y32, pull32 = jax.vjp(lambda p, x: full.apply(p, state, x)[0], params, x)
+    grads32 = pull32(g)
+    (d_params, d_x), (d_params32, d_x32) = grads, grads32
+    kernels = [(d_params[name]["kernel"], d_params32[name]["kernel"]) for name in ("query", "key", "value", "out")]
+    for got, full_precision in [(y, y32), (d_x, d_x32), *kernels]:
+        assert 1e-5 < relative_error(got, full_precision) < BF16
+    for name in ("query", "value"):
+        assert relative_error(d_params[name]["bias"], d_params32[name]["bias"]) < BF16
+    np.testing.assert_array_equal(d_params["out"]["bias"], d_params32["out"]["bias"])  # sums g: nothing rounded
+    # (The key bias's gradient is zero but for rounding: the softmax ignores the q . bias_k it adds to a row.)
+    # bfloat16 params keep their dtype in the gradients; the output stays in the inputs' float32.
+    low = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    y_low, pull_low = jax.vjp(lambda p: mixed.apply(p, state, x)[0], low)
+    assert y_low.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(pull_low(g)))
+
+
 # --- dropout ----------------------------------------------------------------------------
 
 
@@ -403,3 +550,37 @@ def test_params_errors():
         multi_head_attention(2, out_features=5).apply(wider, state, x)
     with pytest.raises(ParamsError, match="attention has no state"):
         model.apply(params, {"count": jnp.zeros(())}, x)
+
+
+def test_bad_compute_dtype_names_the_factory():
+    expected = r"^multi_head_attention: compute_dtype must be a floating dtype such as 'bfloat16', got 'int32'$"
+    with pytest.raises(TypeError, match=expected):
+        multi_head_attention(2, compute_dtype="int32")
+
+
+def test_lengths_errors():
+    model = multi_head_attention(2)
+    x, context, lengths = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)), jnp.array([3, 1])
+    params, state = random_params(model, 0, x, context)
+    cross = (
+        r"^at attention: lengths are those of the self-attended sequence, but an explicit context was given: got "
+        r"lengths \(2,\) int32 with query \(2, 3, 4\) float32 and context \(2, 5, 4\) float32\. Fix: for "
+        r"cross-attention mask the context's padding with mask=padding_mask\(context_lengths, Tk\), Tk = 5"
+    )
+    with pytest.raises(ShapeError, match=cross):
+        model.init(jax.random.key(0), x, context, lengths=lengths)
+    with pytest.raises(ShapeError, match=cross):
+        model.apply(params, state, x, context, lengths=lengths)
+    dtype = r"^at attention: lengths: expected integer lengths, got \(2,\) float32\. Fix: pass lengths.astype"
+    with pytest.raises(DTypeError, match=dtype):
+        model.apply(params, state, x, lengths=lengths.astype(jnp.float32))
+    shape = re.escape(
+        "lengths: expected one length per sequence, shape (2,) (the query's batch axes [batch...] of (2, 3, 4) "
+        "float32), got (2, 1) int32. Fix: pass lengths of shape (2,)."
+    )
+    with pytest.raises(ShapeError, match=shape):
+        model.apply(params, state, x, lengths=lengths[:, None])
+    with pytest.raises(ShapeError, match=shape):
+        model.init(jax.random.key(0), x, lengths=lengths[:, None])
+    with pytest.raises(DTypeError, match=r"expected an array, got list"):
+        model.apply(params, state, x, lengths=[3, 1])

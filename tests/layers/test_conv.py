@@ -228,9 +228,122 @@ def test_params_from_another_model():
         (lambda: conv2d(4, 3, padding=((1, 1),)), r"2 \(low, high\) pairs"),
         (lambda: conv2d(4, 3, padding=-1), r"2 \(low, high\) pairs"),
         (lambda: conv2d(4, 3, feature_group_count=3), "feature_group_count must be a positive int that divides"),
-        (lambda: conv2d(4, 3, unknown=1), "unexpected keyword argument"),
+        (lambda: conv2d(4, 3, unknown=1), r"conv2d\(\) got an unexpected keyword argument 'unknown'"),
     ],
 )
 def test_bad_hyper_parameters_fail_at_construction(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+# --- compute_dtype: bfloat16 operands, float32 products -----------------------------------------
+
+MIXED_CASES = [
+    # (factory, features, kernel_size, strides, padding, dilation, groups, input shape): transposes differ with each
+    (conv1d, 8, (3,), (1,), 1, (3,), 4, (2, 11, 4)),
+    (conv1d, 4, (4,), (2,), "SAME", (1,), 1, (2, 11, 3)),
+    (conv2d, 4, (3, 2), (2, 1), "SAME", (1, 2), 1, (2, 7, 6, 4)),
+    (conv2d, 4, (3, 3), (3, 3), "VALID", (1, 1), 2, (2, 8, 7, 4)),  # strides skip the last rows: negative pads
+    (conv2d, 4, (3, 3), (2, 2), ((1, 0), (2, 2)), (1, 1), 1, (2, 7, 6, 4)),
+    (conv, 3, (2, 3, 2), (1, 2, 1), "SAME", (2, 1, 1), 1, (1, 5, 5, 4, 2)),
+]
+# float32 sums of products of bfloat16 operands: each product is exact in float32 (8 x 8 significant
+# bits), so only the float32 accumulation of <= 36 terms differs from the float64 reference (~1e-6).
+EXACT = {"rtol": 1e-5, "atol": 1e-5}
+# Against the float32 layer: each operand is off by <= 2^-9 relative, each product by <= ~2^-8, and the
+# random-sign errors partly cancel over the window: ~0.2-0.3% relative (the norm of the difference over the
+# norm of the result). 1e-2 leaves room; above 1e-5 shows that something was rounded.
+BF16 = 1e-2
+
+
+def rounded(a):
+    """``a`` rounded to bfloat16 by hand, back in float32 (exact: bfloat16 is a truncated float32)."""
+    return jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def relative_error(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("make,features,kernel_size,strides,padding,dilation,groups,shape", MIXED_CASES)
+def test_bfloat16_compute_dtype_is_float32_products_of_rounded_operands(
+    make, features, kernel_size, strides, padding, dilation, groups, shape
+):
+    hyper = {"strides": strides, "padding": padding, "dilation": dilation, "feature_group_count": groups}
+    mixed, full = make(features, kernel_size, compute_dtype="bfloat16", **hyper), make(features, kernel_size, **hyper)
+    params, state, x = _setup(full, shape)
+    y, pull = jax.vjp(jax.jit(lambda p, x: mixed.apply(p, state, x)[0]), params, x)
+    g = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
+    d_params, d_x = pull(g)
+    assert y.dtype == d_x.dtype == d_params["kernel"].dtype == d_params["bias"].dtype == jnp.float32
+
+    # The output: the NumPy loop on the rounded operands, in float64.
+    expected = reference_conv(rounded(x), rounded(params["kernel"]), params["bias"], strides, padding, dilation, groups)
+    chex.assert_trees_all_close(y, expected.astype(np.float32), **EXACT)
+    # The gradients: the float32 layer's, at the rounded operands, of the rounded cotangent (as precision.matmul
+    # rounds it); the bias is added in float32 after the convolution, so its gradient sums the cotangent as is.
+    with jax.default_matmul_precision("float32"):
+        _, pull_rounded = jax.vjp(lambda p, x: full.apply(p, state, x)[0], jax.tree.map(rounded, params), rounded(x))
+        want_params, want_x = pull_rounded(rounded(g))
+    chex.assert_trees_all_close(d_x, want_x, **EXACT)
+    chex.assert_trees_all_close(d_params["kernel"], want_params["kernel"], **EXACT)
+    chex.assert_trees_all_close(d_params["bias"], g.sum(axis=tuple(range(g.ndim - 1))), **EXACT)
+    # Close to the float32 layer's output and gradients, but not equal: something was rounded.
+    y32, pull32 = jax.vjp(lambda p, x: full.apply(p, state, x)[0], params, x)
+    d_params32, d_x32 = pull32(g)
+    for got, want in ((y, y32), (d_x, d_x32), (d_params["kernel"], d_params32["kernel"])):
+        assert 1e-5 < relative_error(got, want) < BF16
+
+
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs nested in its equations' params."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_bfloat16_gradient_convolutions_run_on_bfloat16_operands():
+    # Plain autodiff of conv(x.astype(bf16), w.astype(bf16), preferred_element_type=float32) would run both
+    # gradient convolutions on float32 operands (the cotangent unrounded, the bfloat16 operand cast up) and
+    # round the gradients to bfloat16 on the way back; the custom VJP runs them as the forward one.
+    layer = conv2d(4, 3, strides=2, feature_group_count=2, compute_dtype="bfloat16")
+    params, state, x = _setup(layer, (2, 7, 6, 4))
+    grad = jax.grad(lambda p, x: layer.apply(p, state, x)[0].sum(), argnums=(0, 1))
+    convs = [e for e in _equations(jax.make_jaxpr(grad)(params, x).jaxpr) if e.primitive.name == "conv_general_dilated"]
+    assert len(convs) == 3  # forward, input gradient, kernel gradient
+    for eqn in convs:
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2
+        assert [v.aval.dtype for v in eqn.outvars] == [jnp.float32]
+
+
+def test_bfloat16_params_keep_their_dtype_in_gradients_and_float32_compute_dtype_is_plain():
+    layer = conv1d(3, 3, dtype=jnp.bfloat16, compute_dtype="bfloat16")
+    params, state = layer.init(jax.random.key(0), jnp.ones((2, 6, 2)))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 2)), jnp.float32)
+    d_params, d_x = jax.grad(lambda p, x: layer.apply(p, state, x)[0].sum(), argnums=(0, 1))(params, x)
+    assert layer.apply(params, state, x)[0].dtype == d_x.dtype == jnp.float32  # the input's dtype
+    assert d_params["kernel"].dtype == d_params["bias"].dtype == jnp.bfloat16  # the params' dtype
+    # compute_dtype equal to the operands' dtype: nothing to round, the plain convolution (forward mode too).
+    full, same = conv1d(3, 3), conv1d(3, 3, compute_dtype="float32")
+    params32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    chex.assert_trees_all_equal(same.apply(params32, state, x), full.apply(params32, state, x))
+    jax.jvp(lambda x: same.apply(params32, state, x)[0], (x,), (x,))
+
+
+@pytest.mark.parametrize("make", [conv, conv1d, conv2d], ids=lambda f: f.__name__)
+def test_bad_compute_dtype_names_the_factory(make):
+    kernel_size = (3,) if make is conv else 3
+    expected = rf"^{make.__name__}: compute_dtype must be a floating dtype such as 'bfloat16', got 'int32'$"
+    with pytest.raises(TypeError, match=expected):
+        make(4, kernel_size, compute_dtype="int32")
+
+
+@pytest.mark.parametrize("make", [conv, conv1d, conv2d], ids=lambda f: f.__name__)
+def test_unknown_keyword_names_the_public_factory(make):
+    with pytest.raises(TypeError, match=rf"^{make.__name__}\(\) got an unexpected keyword argument 'stride'$"):
+        make(4, (3,), stride=2)
