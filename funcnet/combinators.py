@@ -145,6 +145,17 @@ def fanout(*models: Any, **named: Any) -> Model:
     return forwarding(Model(init, apply, "fanout"), children.values())
 
 
+def _one_input(layer: str, inputs: tuple[Any, ...]) -> Any:
+    if len(inputs) != 1:
+        got = ", ".join(describe(x) if x is not None else "None" for x in inputs)
+        raise ShapeError(
+            layer,
+            f"takes one input x, got {len(inputs)}: ({got}). Fix: pass the others as keyword inputs, e.g. "
+            "apply(params, state, x, mask=mask) or lengths=lengths, which reach the layers that take them.",
+        )
+    return inputs[0]
+
+
 def residual(*models: Any, **named: Any) -> Model:
     """``x + serial(*models)(x)``: a skip connection around one or more models.
 
@@ -163,7 +174,8 @@ def residual(*models: Any, **named: Any) -> Model:
     """
     body = serial(*models, **named)
 
-    def init(key, x, **keywords):
+    def init(key, *inputs, **keywords):
+        x = _one_input("residual", inputs)
         params, state = body.init(key, x, **keywords)
         out = output_spec(body, params, state, x, **keywords)
         if getattr(out, "shape", None) != tuple(x.shape):
@@ -174,7 +186,8 @@ def residual(*models: Any, **named: Any) -> Model:
             )
         return params, state
 
-    def apply(params, state, x, *, key=None, train=False, **keywords):
+    def apply(params, state, *inputs, key=None, train=False, **keywords):
+        x = _one_input("residual", inputs)
         y, state = body.apply(params, state, x, key=key, train=train, **keywords)
         return x + y, state
 
@@ -204,7 +217,8 @@ def stack(model: Model, n: int) -> Model:
     def layer_keys(key):
         return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
-    def init(key, x, **keywords):
+    def init(key, *inputs, **keywords):
+        x = _one_input("stack", inputs)
         params, state = jax.vmap(lambda k: model.init(k, x, **keywords_for(model.init, keywords)))(layer_keys(key))
         one = jax.tree.map(lambda a: a[0], (params, state))
         out = output_spec(model, *one, x, **keywords_for(model.apply, keywords))
@@ -216,7 +230,8 @@ def stack(model: Model, n: int) -> Model:
             )
         return params, state
 
-    def apply(params, state, x, *, key=None, train=False, **keywords):
+    def apply(params, state, *inputs, key=None, train=False, **keywords):
+        x = _one_input("stack", inputs)
         taken = keywords_for(model.apply, keywords)
 
         def body(h, layer):

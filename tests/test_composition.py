@@ -291,3 +291,14 @@ def test_padded_transformer_encoder_block_ignores_padding_and_equals_unpadded_ru
     assert not jnp.allclose(unmasked[1, :2], y[1, :2], atol=1e-4)
     six, _ = fn.stack(block, 2).init(jax.random.key(3), x, lengths=lengths)
     assert jax.tree.leaves(six)[0].shape[0] == 2
+
+
+def test_residual_and_stack_given_several_positional_inputs_point_to_keyword_inputs():
+    block = fn.residual(fn.layer_norm(), fn.multi_head_attention(2))
+    x, mask = jnp.ones((2, 3, 4)), fn.padding_mask(jnp.array([3, 1]), 3)
+    got = r"got 3: \(\(2, 3, 4\) float32, None, \(2, 1, 1, 3\) bool\)\. "
+    with pytest.raises(fn.ShapeError, match=r"at residual: takes one input x, " + got + r"Fix: .* keyword .*mask=mask"):
+        block.init(jax.random.key(0), x, None, mask)
+    params, state = block.init(jax.random.key(0), x, mask=mask)
+    with pytest.raises(fn.ShapeError, match=r"at stack: takes one input x, got 2"):
+        fn.stack(block, 2).apply(jax.tree.map(lambda a: a[None], params), state, x, mask)

@@ -1,22 +1,23 @@
 """A character-level LSTM language model: embedding -> stacked LSTM -> dense over the vocabulary.
 
-For truncated back-propagation through time the LSTM carry lives in the model's ``state``: in
-training, each batch starts from the carry the previous batch ended with (batches continue each
-stream, see ``text.tbptt_dataset``), and the new carry is stored back without gradient. In
-evaluation (``train=False``) every chunk starts from zeros. ``forward`` runs the network from any
-carry, for streaming evaluation and sampling.
+One ``Model``, like every other: ``apply(params, state, ids, *, initial_carry=None, key=None,
+train=False)``. Its ``state`` is ``{"carry": per-layer LSTM carries}``, the carry the last chunk
+ended with (without gradient). Where a chunk starts:
+
+- ``initial_carry`` given: from it (streaming evaluation and sampling hand ``state["carry"]`` on);
+- else in training: from ``state["carry"]``, for truncated back-propagation through time (batches
+  continue each stream, see ``text.tbptt_dataset``);
+- else in evaluation: from zeros.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 import funcnet as fn
@@ -24,20 +25,6 @@ from funcnet.children import apply_child, init_child
 from funcnet.core import Model, output_spec
 
 from .text import Vocabulary
-
-
-class CharLM(NamedTuple):
-    """The engine-facing model and the functions that run it from a given carry.
-
-    Attributes:
-      model: ``Model`` whose state is ``{"carry": per-layer LSTM carries}`` (TBPTT).
-      forward: ``(params, ids [B, T], carry, *, key=None, train=False) -> (logits [B, T, V], carry)``.
-      initial_carry: ``batch_size -> zero carries``.
-    """
-
-    model: Model
-    forward: Callable[..., tuple[jax.Array, Any]]
-    initial_carry: Callable[[int], Any]
 
 
 def char_lm(
@@ -48,7 +35,7 @@ def char_lm(
     dropout: float = 0.0,
     unroll: int = 1,
     compute_dtype: Any = None,
-) -> CharLM:
+) -> Model:
     """Builds the language model.
 
     Args:
@@ -61,11 +48,17 @@ def char_lm(
       compute_dtype: the LSTMs' and the output layer's matmul operand dtype (``"bfloat16"``: mixed
         precision, see ``funcnet.precision``; ``None`` or ``""``: float32 throughout).
 
+    Returns:
+      A Model: ``apply(params, state, ids [B, T], *, initial_carry=None, key=None, train=False) ->
+      (logits [B, T, V], {"carry": final carries})``, params ``{"embed", "rnn", "head"}``.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> lm = char_lm(10, embed=4, hidden=8)
-      >>> params, state = lm.model.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
-      >>> logits, state = lm.model.apply(params, state, jnp.zeros((2, 5), jnp.int32), train=True)
+      >>> ids = jnp.zeros((2, 5), jnp.int32)
+      >>> params, state = lm.init(jax.random.key(0), ids)
+      >>> logits, state = lm.apply(params, state, ids, train=True)
+      >>> more, state = lm.apply(params, state, ids, initial_carry=state["carry"])  # continue the streams
       >>> logits.shape, state["carry"][0].h.shape
       ((2, 5, 10), (2, 8))
     """
@@ -78,33 +71,31 @@ def char_lm(
         "head": fn.dense(vocab_size, compute_dtype=compute_dtype),
     }
 
-    def initial_carry(batch_size: int):
+    def zeros(batch_size: int):
         return tuple(cell.initial_carry((batch_size,)) for cell in cells)
 
-    def init(key, ids):
+    def init(key, ids, *, initial_carry=None):
+        del initial_carry
         params: dict[str, Any] = {}
         params["embed"], _ = init_child("embed", children["embed"], key, ids)
         rows = output_spec(children["embed"], params["embed"], {}, ids)  # Embedded(table, ids) specs
         params["rnn"], _ = init_child("rnn", children["rnn"], key, rows)
         ys, _ = output_spec(children["rnn"], params["rnn"], {}, rows)  # (ys, final carries)
         params["head"], _ = init_child("head", children["head"], key, ys)
-        return params, {"carry": initial_carry(ids.shape[0])}
+        return params, {"carry": zeros(ids.shape[0])}
 
-    def forward(params, ids, carry, *, key=None, train=False):
+    def apply(params, state, ids, *, initial_carry=None, key=None, train=False):
+        if initial_carry is None:
+            initial_carry = state["carry"] if train else zeros(ids.shape[0])
         x, _ = apply_child("embed", children["embed"], params, {}, ids)
-        (ys, carry), _ = apply_child("rnn", children["rnn"], params, {}, x, None, carry, key=key, train=train)
+        (ys, carry), _ = apply_child(
+            "rnn", children["rnn"], params, {}, x, key=key, train=train, initial_carry=initial_carry
+        )
         ys, _ = apply_child("drop", children["drop"], params, {}, ys, key=key, train=train)
         logits, _ = apply_child("head", children["head"], params, {}, ys)
-        return logits, carry
-
-    def apply(params, state, ids, *, key=None, train=False):
-        if not train:
-            logits, _ = forward(params, ids, initial_carry(ids.shape[0]))
-            return logits, state
-        logits, carry = forward(params, ids, state["carry"], key=key, train=True)
         return logits, {"carry": lax.stop_gradient(carry)}
 
-    return CharLM(Model(init, apply, "char_lm"), forward, initial_carry)
+    return Model(init, apply, "char_lm")
 
 
 def lm_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -119,7 +110,7 @@ def lm_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Arr
     return {"loss": nll, "bpc": nll / math.log(2.0)}
 
 
-def stream_bits_per_character(lm: CharLM, params: Any, ids: np.ndarray, *, rows: int = 16, seq_len: int = 256) -> float:
+def stream_bits_per_character(lm: Model, params: Any, ids: np.ndarray, *, rows: int = 16, seq_len: int = 256) -> float:
     """Bits per character over a whole text, the carry handed from chunk to chunk (no resets).
 
     The text is cut into ``rows`` contiguous streams evaluated in parallel; characters past the
@@ -127,7 +118,7 @@ def stream_bits_per_character(lm: CharLM, params: Any, ids: np.ndarray, *, rows:
 
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> lm = char_lm(5, embed=2, hidden=4)
-    >>> params, _ = lm.model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
     >>> 0 < stream_bits_per_character(lm, params, np.arange(200) % 5, rows=2, seq_len=10) < 5
     True
     """
@@ -140,10 +131,11 @@ def stream_bits_per_character(lm: CharLM, params: Any, ids: np.ndarray, *, rows:
 
     @jax.jit
     def chunk(carry, xs, ys):
-        logits, carry = lm.forward(params, xs, carry)
-        return carry, optax.softmax_cross_entropy_with_integer_labels(logits, ys).sum()
+        logits, state = lm.apply(params, {}, xs, initial_carry=carry)
+        return state["carry"], fn.losses.softmax_cross_entropy(logits, ys, reduction="sum")
 
-    carry, total = lm.initial_carry(rows), 0.0
+    _, zero_state = jax.eval_shape(lm.init, jax.random.key(0), jax.ShapeDtypeStruct((rows, seq_len), jnp.int32))
+    carry, total = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_state["carry"]), 0.0
     for t in range(0, length, seq_len):
         carry, nll = chunk(carry, x[:, t : t + seq_len], y[:, t : t + seq_len])
         total += float(nll)
@@ -151,7 +143,7 @@ def stream_bits_per_character(lm: CharLM, params: Any, ids: np.ndarray, *, rows:
 
 
 def sample(
-    lm: CharLM, params: Any, vocab: Vocabulary, *, length: int = 400, temperature: float = 0.8, prime: str = "",
+    lm: Model, params: Any, vocab: Vocabulary, *, length: int = 400, temperature: float = 0.8, prime: str = "",
     seed: int = 0,
 ) -> str:  # fmt: skip
     """Generates ``length`` characters after ``prime`` by temperature sampling under ``lax.scan``.
@@ -162,7 +154,7 @@ def sample(
     >>> import jax, jax.numpy as jnp
     >>> vocab = Vocabulary.from_text("ab\\n")
     >>> lm = char_lm(vocab.size, embed=2, hidden=4)
-    >>> params, _ = lm.model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
     >>> text = sample(lm, params, vocab, length=20, seed=1)
     >>> len(text) == 20 and set(text) <= set("ab\\n") and text == sample(lm, params, vocab, length=20, seed=1)
     True
@@ -174,13 +166,15 @@ def sample(
 
     @jax.jit
     def generate(params, prime_ids):
-        logits, carry = lm.forward(params, prime_ids[None], lm.initial_carry(1))
+        logits, state = lm.apply(params, {}, prime_ids[None])  # from zeros
+        carry = state["carry"]
 
         def step(state, t):
             carry, last = state
             scaled = (last / temperature).at[0].set(-jnp.inf)  # never the unknown marker
             token = jax.random.categorical(jax.random.fold_in(key, t), scaled)
-            logits, carry = lm.forward(params, token[None, None], carry)
+            logits, state = lm.apply(params, {}, token[None, None], initial_carry=carry)
+            carry = state["carry"]
             return (carry, logits[0, -1]), token
 
         _, tokens = lax.scan(step, (carry, logits[0, -1]), jnp.arange(length))

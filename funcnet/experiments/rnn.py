@@ -154,7 +154,7 @@ class Experiment:
         trainer = self.config["trainer"]
         example = next(iter(self.train.epoch(0)))["x"]
         optimizer = make_optimizer(self.config["optimizer"]).transform
-        abstract = abstract_train_state(self.lm.model, optimizer, jax.random.key(0), example, mesh=self.mesh)
+        abstract = abstract_train_state(self.lm, optimizer, jax.random.key(0), example, mesh=self.mesh)
         return restore_run(run_dir / "checkpoints", abstract, metric=trainer["metric"], mode=trainer["mode"])
 
     def samples(self, params, count: int = 1) -> list[str]:
@@ -178,7 +178,7 @@ def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     optimizer = make_optimizer(config["optimizer"])
     start = time.perf_counter()
     result = fit(
-        experiment.lm.model, lm_loss, optimizer.transform, experiment.train, run_dir=run_dir,
+        experiment.lm, lm_loss, optimizer.transform, experiment.train, run_dir=run_dir,
         trainer=TrainerConfig.from_dict(config["trainer"]), validation=experiment.validation,
         learning_rate=optimizer.learning_rate, config=config, mesh=experiment.mesh,
         items_per_example=data["seq_len"], item_name="chars",

@@ -43,7 +43,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh
 
-from ..core import Model
+from ..core import Model, check_takes_key_and_train
 from .resident import batch_of_step
 from .sparse import SparseRows, gather_rows, scatter_rows, unwrap
 from .state import TrainState, batch_sharded, check_divisible, data_mesh, replicated, step_key
@@ -207,7 +207,7 @@ def train_step_fn(
       >>> int(state.step), sorted(metrics), float(metrics["count"])
       (1, ['count', 'loss'], 8.0)
     """
-
+    check_takes_key_and_train(model)
     if axis_name is not None and sparse_rows:
         raise ValueError(
             "sparse_rows needs the whole batch in one view (its compact tables hold the rows the batch uses), "
@@ -267,6 +267,7 @@ def eval_step_fn(
       >>> float(metrics["count"])
       3.0
     """
+    check_takes_key_and_train(model)
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
         _check_axis(axis_name)

@@ -25,7 +25,7 @@ def test_char_lm_equals_its_layers_applied_in_turn():
     lm = char_lm(12, embed=5, hidden=7, layers=2, dropout=0.3)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 12, (3, 6)), jnp.int32)
     key, step_key = jax.random.key(1), jax.random.key(2)
-    params, state = lm.model.init(key, ids)
+    params, state = lm.init(key, ids)
 
     embed = fn.embed(12, 5, deferred=True)
     rnn = fn.stacked_rnn([fn.lstm_cell(7), fn.lstm_cell(7)], dropout=0.3, return_carry=True)
@@ -38,14 +38,14 @@ def test_char_lm_equals_its_layers_applied_in_turn():
     chex.assert_trees_all_equal(params, want)
 
     carry = tuple(fn.LSTMCarry(jnp.full((3, 7), 0.1 * i), jnp.full((3, 7), -0.2)) for i in range(2))
-    logits, new_state = lm.model.apply(params, {"carry": carry}, ids, key=step_key, train=True)
+    logits, new_state = lm.apply(params, {"carry": carry}, ids, key=step_key, train=True)
     rows, _ = embed.apply(want["embed"], {}, ids)
     (ys, final), _ = rnn.apply(want["rnn"], {}, rows, None, carry, key=child_key(step_key, "rnn"), train=True)
     ys, _ = fn.dropout(0.3).apply({}, {}, ys, key=child_key(step_key, "drop"), train=True)
     expected, _ = head.apply(want["head"], {}, ys)
     chex.assert_trees_all_close(logits, expected, rtol=1e-6, atol=1e-6)
     chex.assert_trees_all_close(new_state["carry"], final, rtol=1e-6, atol=1e-6)
-    evaluated, _ = lm.model.apply(params, state, ids)  # eval: from zero carries, no dropout
+    evaluated, _ = lm.apply(params, state, ids)  # eval: from zero carries, no dropout
     assert not jnp.allclose(evaluated, logits)
 
 

@@ -114,7 +114,7 @@ def test_the_char_lm_trains_through_the_fold_like_the_looked_up_model():
     from funcnet.experiments.charlm import char_lm
 
     lm = char_lm(V, embed=F, hidden=H, layers=2)
-    params, _ = lm.model.init(jax.random.key(0), jnp.asarray(IDS))
+    params, _ = lm.init(jax.random.key(0), jnp.asarray(IDS))
     reference = fn.embed(V, F)  # the same params, rows looked up first
 
     def loss(p, forward):
@@ -122,12 +122,12 @@ def test_the_char_lm_trains_through_the_fold_like_the_looked_up_model():
         return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
 
     def folded(p):
-        return lm.forward(p, jnp.asarray(IDS), lm.initial_carry(B))
+        return lm.apply(p, {}, jnp.asarray(IDS))  # evaluation: from zero carries
 
     def looked_up(p):
         x, _ = reference.apply(p["embed"], {}, jnp.asarray(IDS))
         stacked = fn.stacked_rnn([fn.lstm_cell(H), fn.lstm_cell(H)], return_carry=True)
-        (ys, _), _ = stacked.apply(p["rnn"], {}, x, None, lm.initial_carry(B))
+        (ys, _), _ = stacked.apply(p["rnn"], {}, x)
         return fn.dense(V).apply(p["head"], {}, ys)[0], None
 
     want = jax.grad(loss)(params, looked_up)

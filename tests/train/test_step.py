@@ -288,3 +288,14 @@ def test_finite_checks_the_gradient_when_updates_are_skipped():
     skipped, metrics = jax.jit(train_step_fn(model, poisoned_loss, OPTIMIZER, skip_nan_updates=True))(state, batch)
     assert float(metrics["finite"]) == 0.0 and "grad_norm" not in metrics
     chex.assert_trees_all_equal(skipped.params, state.params)
+
+
+def test_a_model_without_key_and_train_is_refused_when_the_step_is_built():
+    def apply(params, state, x):  # the contract's key= and train= are missing
+        return x, state
+
+    model = fn.Model(lambda key, x: ({}, {}), apply, "bare")
+    with pytest.raises(fn.ContractError, match=r"at bare: apply must take the keywords key and train"):
+        train_step_fn(model, lambda out, batch: out[:, 0], optax.sgd(0.1))
+    with pytest.raises(fn.ContractError, match=r"at bare: apply must take the keywords key and train"):
+        eval_step_fn(model, lambda out, batch: out[:, 0])
