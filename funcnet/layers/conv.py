@@ -8,6 +8,7 @@ its operands are rounded and a custom VJP runs the two gradient convolutions on 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -274,21 +275,11 @@ def conv(
     )
 
 
-def conv1d(
-    features: int,
-    kernel_size: int | Sequence[int],
-    *,
-    strides: int | Sequence[int] = 1,
-    padding: Padding = "SAME",
-    dilation: int | Sequence[int] = 1,
-    feature_group_count: int = 1,
-    use_bias: bool = True,
-    kernel_init: Initializer | None = None,
-    bias_init: Initializer | None = None,
-    dtype: jnp.dtype | None = None,
-    compute_dtype: Any = None,
-) -> Model:
-    """A 1D convolution over ``[batch, length, channels]``; keyword arguments as for ``conv``.
+def conv1d(features: int, kernel_size: int | Sequence[int], **options: Any) -> Model:
+    """A 1D convolution over ``[batch, length, channels]``; keyword ``options`` as for ``conv``.
+
+    Raises:
+      TypeError: an option ``conv`` does not take (the message lists those it takes).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -298,37 +289,12 @@ def conv1d(
       >>> params["kernel"].shape, layer.apply(params, state, jnp.ones((2, 20, 3)))[0].shape
       ((5, 3, 8), (2, 16, 8))
     """
-    return _conv(
-        "conv1d",
-        features,
-        sizes("conv1d", kernel_size, 1, "kernel_size"),
-        strides=strides,
-        padding=padding,
-        dilation=dilation,
-        feature_group_count=feature_group_count,
-        use_bias=use_bias,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
-        dtype=dtype,
-        compute_dtype=compute_dtype,
-    )
+    options = _options("conv1d", options)
+    return _conv("conv1d", features, sizes("conv1d", kernel_size, 1, "kernel_size"), **options)
 
 
-def conv2d(
-    features: int,
-    kernel_size: int | Sequence[int],
-    *,
-    strides: int | Sequence[int] = 1,
-    padding: Padding = "SAME",
-    dilation: int | Sequence[int] = 1,
-    feature_group_count: int = 1,
-    use_bias: bool = True,
-    kernel_init: Initializer | None = None,
-    bias_init: Initializer | None = None,
-    dtype: jnp.dtype | None = None,
-    compute_dtype: Any = None,
-) -> Model:
-    """A 2D convolution over ``[batch, height, width, channels]``; keyword arguments as for ``conv``.
+def conv2d(features: int, kernel_size: int | Sequence[int], **options: Any) -> Model:
+    """A 2D convolution over ``[batch, height, width, channels]``; keyword ``options`` as for ``conv``.
 
     An int ``kernel_size`` means a square window.
 
@@ -341,17 +307,14 @@ def conv2d(
       >>> params["kernel"].shape, y.shape, y.dtype
       ((3, 3, 1, 16), (2, 14, 14, 16), dtype('float32'))
     """
-    return _conv(
-        "conv2d",
-        features,
-        sizes("conv2d", kernel_size, 2, "kernel_size"),
-        strides=strides,
-        padding=padding,
-        dilation=dilation,
-        feature_group_count=feature_group_count,
-        use_bias=use_bias,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
-        dtype=dtype,
-        compute_dtype=compute_dtype,
-    )
+    options = _options("conv2d", options)
+    return _conv("conv2d", features, sizes("conv2d", kernel_size, 2, "kernel_size"), **options)
+
+
+def _options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` if ``conv`` takes every one; a TypeError naming the public factory otherwise."""
+    takes = [p.name for p in inspect.signature(conv).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    for option in options:
+        if option not in takes:
+            raise TypeError(f"{name}() got an unexpected keyword argument {option!r}; it takes {takes}")
+    return options

@@ -345,5 +345,6 @@ def test_bad_compute_dtype_names_the_factory(make):
 
 @pytest.mark.parametrize("make", [conv, conv1d, conv2d], ids=lambda f: f.__name__)
 def test_unknown_keyword_names_the_public_factory(make):
-    with pytest.raises(TypeError, match=rf"^{make.__name__}\(\) got an unexpected keyword argument 'stride'$"):
+    with pytest.raises(TypeError, match=rf"^{make.__name__}\(\) got an unexpected keyword argument 'stride'") as e:
         make(4, (3,), stride=2)
+    assert make is conv or "it takes ['strides', 'padding'" in str(e.value)
