@@ -39,6 +39,7 @@ from .core import (
     function,
     keyword_inputs,
     output_spec,
+    signature_of,
 )
 from .errors import ContractError, LayerError, ParamsError, prefix_path
 
@@ -72,13 +73,6 @@ def _returns_a_model(f: Callable[..., Any]) -> bool:
     return annotation in ("Model", "Cell", "TreeCell", Model)
 
 
-def _parameters(f: Callable[..., Any]) -> list[inspect.Parameter]:
-    try:
-        return list(inspect.signature(f).parameters.values())
-    except (TypeError, ValueError):
-        return []
-
-
 def as_model(child: Any, where: str) -> Model:
     """``child`` itself if it is a model, ``function(child)`` for a plain callable; TypeError otherwise."""
     if isinstance(child, Model):
@@ -91,7 +85,8 @@ def as_model(child: Any, where: str) -> Model:
     if hasattr(child, "leaf") and hasattr(child, "node"):
         raise TypeError(f"{where}: {child.name!r} is a tree cell. Fix: run it over batches of trees with tree(cell).")
     if callable(child) and _returns_a_model(child):
-        required = any(p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD for p in _parameters(child))
+        parameters = (signature_of(child) or inspect.Signature()).parameters.values()
+        required = any(p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD for p in parameters)
         call = f"{child.__name__}({'...' if required else ''})"
         raise TypeError(f"{where}: {child.__name__} is a layer factory, not a layer. Fix: call it: {call}.")
     if callable(child):

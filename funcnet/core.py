@@ -101,10 +101,10 @@ def _signature(f: Callable[..., Any]) -> _Signature:
         return _SIGNATURES[f]
     except (KeyError, TypeError):
         pass
-    try:
-        parameters = inspect.signature(f).parameters.values()
-    except (TypeError, ValueError):  # no signature to read (some builtins): takes no keyword inputs
+    signature = signature_of(f)
+    if signature is None:  # no signature to read (some builtins): takes no keyword inputs
         return _Signature(frozenset(), True, "(...)")
+    parameters = signature.parameters.values()
     any_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
     named = {
         p.name
@@ -114,7 +114,7 @@ def _signature(f: Callable[..., Any]) -> _Signature:
     found = _Signature(
         None if any_keyword else frozenset(named - _RESERVED),
         any_keyword or _RESERVED <= named,
-        str(inspect.signature(f)),
+        str(signature),
     )
     try:
         _SIGNATURES[f] = found
@@ -190,11 +190,11 @@ def _is_model_like(x: Any) -> bool:
     return all(callable(getattr(x, a, None)) for a in ("init", "apply")) and isinstance(getattr(x, "name", None), str)
 
 
-def _check_binds(label: str, f: Callable[..., Any], inputs: tuple[Any, ...], keywords: dict[str, Any]) -> None:
-    """Raises ContractError if ``f`` cannot be called with these inputs (a factory such as ``block()``)."""
-    try:
-        signature = inspect.signature(f)
-    except (TypeError, ValueError):
+def _check_binds(
+    label: str, signature: inspect.Signature | None, inputs: tuple[Any, ...], keywords: dict[str, Any]
+) -> None:
+    """Raises ContractError if a function of this signature cannot take these inputs (a factory: ``block()``)."""
+    if signature is None:
         return
     try:
         signature.bind(*inputs, **keywords)
@@ -205,6 +205,14 @@ def _check_binds(label: str, f: Callable[..., Any], inputs: tuple[Any, ...], key
             f"{label}{signature} cannot take the inputs {got} ({error}). Fix: a function in a model takes the "
             f"previous layer's outputs; if {label} builds a layer, call it: {label}().",
         ) from None
+
+
+def signature_of(f: Callable[..., Any]) -> inspect.Signature | None:
+    """``inspect.signature(f)``, or None for a callable without one (some builtins)."""
+    try:
+        return inspect.signature(f)
+    except (TypeError, ValueError):
+        return None
 
 
 def function(f: Callable[..., Any], name: str | None = None, check: Callable[..., Any] | None = None) -> Model:
@@ -234,7 +242,7 @@ def function(f: Callable[..., Any], name: str | None = None, check: Callable[...
     label = name or getattr(f, "__name__", "function")
     if label == "<lambda>":
         label = "function"
-    keywords = keyword_inputs(f)
+    keywords, signature = keyword_inputs(f), signature_of(f)
 
     def init(key, *inputs, **keyword_inputs):
         del key, keyword_inputs
@@ -249,7 +257,7 @@ def function(f: Callable[..., Any], name: str | None = None, check: Callable[...
             raise ParamsError(label, f"{label} has no params or state, {got}.")
         if check is not None:
             check(*inputs)
-        _check_binds(label, f, inputs, keyword_inputs)
+        _check_binds(label, signature, inputs, keyword_inputs)
         outputs = f(*inputs, **keyword_inputs)
         if _is_model_like(outputs):
             raise ContractError(
