@@ -18,6 +18,7 @@ previous checkpoints intact and the partial one is ignored. Call ``wait()`` befo
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -106,14 +107,16 @@ class Checkpointer:
         """Starts saving ``state`` (a pytree of global arrays) and ``meta`` (JSON) as ``step``.
 
         ``metrics`` (validation metrics) make the checkpoint a candidate for "best"; give them
-        at evaluations only. Saving a step that already exists is a no-op.
+        at evaluations only. ``meta`` is copied now: later changes to it are not saved. Saving a step
+        that already exists is a no-op.
         """
         if step in self.manager.all_steps():
             return
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         self.manager.save(
             int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
+            # A snapshot: the save finishes in the background, while the loop goes on changing its meta.
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))),
             metrics=metrics,
             force=True,
         )

@@ -36,6 +36,7 @@ from .config import RunConfig, apply_overrides, load_config, resolved_config, va
 from .data import make_batches
 from .devices import add_cpu_devices_flag, use_cpu_devices_flag
 from .distributed import Processes, SetupError, join
+from .lock import RunLocked
 from .loop import evaluate, fit
 from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
@@ -151,6 +152,10 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = (), process
         mesh=run.mesh,
         sparse_rows=run.optimizer.sparse_rows,
     )
+    done = Path(run_dir) / "results.json"
+    if done.exists() and _same_end(json.loads(done.read_text()), result):
+        print(f"the run had finished at step {result.step} ({result.stop_reason}); results unchanged in {done}")
+        return exit_code(result.stop_reason, result.signal)
     results = {
         "stop_reason": result.stop_reason,
         "steps": result.step,
@@ -168,6 +173,11 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = (), process
     write_json(Path(run_dir) / "results.json", results)
     print(f"{result.stop_reason} at step {result.step}; results in {Path(run_dir) / 'results.json'}")
     return exit_code(result.stop_reason, result.signal)
+
+
+def _same_end(results: dict[str, Any], result: Any) -> bool:
+    """Whether ``results.json`` already records this ending (a finished run run again)."""
+    return results.get("steps") == result.step and results.get("stop_reason") == result.stop_reason
 
 
 def evaluate_run(
@@ -216,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train(args.config, args.run_dir, args.override, processes)
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
-    except (ConfigError, FileNotFoundError, SetupError) as error:
+    except (ConfigError, FileNotFoundError, SetupError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return BAD_CONFIG
 

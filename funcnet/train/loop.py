@@ -20,11 +20,13 @@ A run directory holds::
     RUN_DIR/checkpoints/<step> Orbax checkpoints: the latest N and the best by the metric
     RUN_DIR/logs/              tensorboardX event files (tensorboard --logdir RUN_DIR)
     RUN_DIR/results.json       the final figures (written by the CLI)
+    RUN_DIR/.lock              the process training it (funcnet.train.lock): one trainer at a time
 
 Running ``fit`` again on the same directory resumes from the newest complete checkpoint and
 ends with bit-identical parameters to an uninterrupted run: the data order depends only on the
 seed and epoch, the step's PRNG key only on the step number, and the iterator position,
-best metric and patience counter are saved beside the arrays.
+best metric and patience counter are saved beside the arrays. A run that ended by early stopping
+(or a callback) records it, so running it again reports that it is finished and trains no further.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .checkpoint import Checkpointer
 from .data import Position, host_slice
 from .distributed import PeerWatch
 from .feed import batch_transfer, max_in_flight, on_cpu, prefetch_size
+from .lock import RunLock
 from .log import Progress, RunLogger
 from .pending import PendingMetrics
 from .prefetch import prefetch
@@ -253,7 +256,8 @@ def fit(
     mesh = mesh or data_mesh()
     checkpoints = os.path.join(os.fspath(run_dir), "checkpoints")
     # A signal from here on saves the first step it can; a lost peer process ends this one in one line.
-    with PeerWatch(trainer.peer_timeout, checkpoints) as peers, StopSignals() as signals:
+    # One trainer per run directory; a second is refused before it starts anything (funcnet.train.lock).
+    with RunLock(run_dir), PeerWatch(trainer.peer_timeout, checkpoints) as peers, StopSignals() as signals:
         total = _total_steps(trainer, getattr(train, "steps_per_epoch", None))
         checkpointer = Checkpointer(
             checkpoints,
@@ -311,6 +315,9 @@ def fit(
         hooked = step  # on_step_end has been called for every step up to this one
         last_read = time.perf_counter()
         stop_reason = "done"
+        if meta.get("finished"):  # early stopping or a callback ended this run: running it again trains no further
+            stop_reason = meta["finished"]
+            progress.write(f"the run finished at step {step} ({stop_reason}): nothing more to train")
 
         def hook(records: Sequence[tuple[int, Mapping[str, float]]]) -> str | None:
             nonlocal hooked
@@ -377,6 +384,8 @@ def fit(
                     progress.write(f"{signals.describe()}: saving step {step}, then exiting. Run again to resume.")
                     stop_reason = "signal"
                 meta.update(position=position._asdict(), epoch=position.epoch)
+                if stop_reason in ("early_stopping", "callback"):
+                    meta["finished"] = stop_reason
                 checkpointer.save(step, state, meta, metrics=_metric(eval_metrics, trainer.metric))
         except jax.errors.JaxRuntimeError as error:
             if jax.process_count() > 1:  # a peer died mid-collective: say so in one line, do not wait for it
