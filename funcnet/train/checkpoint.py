@@ -22,7 +22,8 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -37,6 +38,23 @@ class _QuietBetweenEvaluations(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietBetweenEvaluations())
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be restored.
+
+    >>> str(CheckpointError("no checkpoint of runs/x/checkpoints restores: 12 (JSONDecodeError: ...)"))[:24]
+    'no checkpoint of runs/x/'
+    """
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
 
 
 class Checkpointer:
@@ -95,6 +113,7 @@ class Checkpointer:
             create=True,
         )
         self.directory = os.fspath(directory)
+        self.broken: set[int] = set()  # steps that did not restore (restore_first)
         self.manager = ocp.CheckpointManager(
             os.path.abspath(self.directory), item_names=("state", "meta"), options=options
         )
@@ -110,6 +129,9 @@ class Checkpointer:
         at evaluations only. ``meta`` is copied now: later changes to it are not saved. Saving a step
         that already exists is a no-op.
         """
+        if step in self.broken:  # a damaged checkpoint the run has trained past again: replace it
+            self.manager.delete(step)
+            self.broken.discard(step)
         if step in self.manager.all_steps():
             return
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
@@ -132,6 +154,47 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
         )
         return restored.state, dict(restored.meta)
+
+    def restore_first(
+        self, steps: Sequence[int], abstract_state: Any, *, say: Callable[[str], Any] = _note
+    ) -> tuple[int, Any, dict[str, Any]]:
+        """Restores the first of ``steps`` that restores, saying in one line why each before it did not.
+
+        A damaged checkpoint (a truncated array file, unreadable meta, missing Orbax metadata) is skipped
+        and remembered: saving that step again replaces it.
+
+        Returns:
+          ``(step, state, meta)``.
+
+        Raises:
+          CheckpointError: none of ``steps`` restores (each with its cause, on one line).
+
+        Example:
+          >>> import os, tempfile, jax.numpy as jnp
+          >>> ckpt = Checkpointer(tempfile.mkdtemp(), asynchronous=False)
+          >>> for step in (1, 2):
+          ...     ckpt.save(step, {"w": jnp.full(2, step)}, {})
+          >>> with open(os.path.join(ckpt.directory, "2", "meta", "metadata"), "w") as f:
+          ...     _ = f.write("{ not json")
+          >>> step, state, _ = ckpt.restore_first([2, 1], {"w": jnp.zeros(2)}, say=lambda line: print(line[-34:]))
+          (char 2); trying the next (2 -> 1)
+          >>> step, state["w"].tolist()
+          (1, [1.0, 1.0])
+        """
+        failures = []
+        for i, step in enumerate(steps):
+            try:
+                state, meta = self.restore(step, abstract_state)
+            except Exception as error:
+                cause = _one_line(error)
+                failures.append(f"{step} ({cause})")
+                self.broken.add(step)
+                if i + 1 < len(steps):
+                    where = os.path.join(self.directory, str(step))
+                    say(f"checkpoint {where} does not restore: {cause}; trying the next ({step} -> {steps[i + 1]})")
+                continue
+            return step, state, meta
+        raise CheckpointError(f"no checkpoint of {self.directory} restores: {'; '.join(failures) or 'there are none'}")
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -160,11 +223,15 @@ def restore_run(
 ) -> tuple[int, Any]:
     """Restores the ``"best"``, ``"latest"`` or a numbered (``"120"``) checkpoint of ``directory``.
 
+    A best or latest checkpoint that does not restore is skipped with one line saying which and why,
+    for the newest that does (``Checkpointer.restore_first``); a numbered one is restored or refused.
+
     Returns:
       ``(step, state)``, the state in the shapes and shardings of ``abstract_state``.
 
     Raises:
       FileNotFoundError: the directory holds no checkpoint.
+      CheckpointError: none of the candidates restores.
 
     Example:
       >>> import tempfile, jax.numpy as jnp
@@ -177,10 +244,17 @@ def restore_run(
     """
     checkpointer = Checkpointer(directory, metric=metric, mode=mode)
     try:
-        step = {"best": checkpointer.best_step, "latest": checkpointer.latest_step}.get(which, lambda: int(which))()
-        if step is None:
+        newest_first = checkpointer.all_steps()[::-1]
+        if not newest_first:
             raise FileNotFoundError(f"{directory} holds no checkpoints")
-        state, _ = checkpointer.restore(step, abstract_state)
+        if which == "latest":
+            steps = newest_first
+        elif which == "best":
+            best = checkpointer.best_step()
+            steps = [best, *(s for s in newest_first if s != best)]
+        else:
+            steps = [int(which)]
+        step, state, _ = checkpointer.restore_first(steps, abstract_state)
     finally:
         checkpointer.close()
     return step, state

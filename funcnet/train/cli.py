@@ -30,7 +30,7 @@ import jax
 
 from . import builtins as _builtins  # noqa: F401  (registers the built-in components)
 from .builtins import DataSplits
-from .checkpoint import restore_run
+from .checkpoint import CheckpointError, restore_run
 from .components import ConfigError, build_component
 from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
 from .data import make_batches
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train(args.config, args.run_dir, args.override, processes)
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
-    except (ConfigError, FileNotFoundError, SetupError, RunLocked) as error:
+    except (ConfigError, FileNotFoundError, SetupError, RunLocked, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return BAD_CONFIG
 

@@ -276,7 +276,7 @@ def fit(
             state = create_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
         else:
             abstract = abstract_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
-            state, meta = checkpointer.restore(latest, abstract)
+            latest, state, meta = checkpointer.restore_first(checkpointer.all_steps()[::-1], abstract)
         step = int(state.step)
         resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
         train_step = make_train_step(

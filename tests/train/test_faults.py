@@ -11,7 +11,7 @@ import chex
 import jax.numpy as jnp
 import pytest
 
-from funcnet.train.checkpoint import Checkpointer
+from funcnet.train.checkpoint import Checkpointer, CheckpointError, restore_run
 from funcnet.train.cli import main
 from funcnet.train.lock import LOCK_FILE, RunLock, RunLocked
 from tests.train.test_loop import _fit
@@ -99,3 +99,48 @@ def test_checkpoint_meta_is_a_snapshot_taken_at_save_time(tmp_path):
     _, saved = checkpointer.restore(1, {"w": jnp.zeros(3)})
     checkpointer.close()
     assert saved == {"history": [{"step": 1, "loss": 0.5}]}
+
+
+def _damage(checkpoint, how):
+    """Damages one checkpoint folder the ways seen in practice."""
+    if how == "garbage_meta":
+        (checkpoint / "meta" / "metadata").write_text("garbage{")
+    elif how == "deleted_metadata":
+        (checkpoint / "state" / "_METADATA").unlink()
+    else:  # a truncated array file
+        for f in (checkpoint / "state" / "d").iterdir():
+            os.truncate(f, 10)
+
+
+@pytest.mark.parametrize("how", ["garbage_meta", "deleted_metadata", "truncated_array"])
+def test_a_damaged_checkpoint_is_skipped_in_one_line_and_resume_replaces_it(tmp_path, how, capfd):
+    straight = _fit(tmp_path / "straight", epochs=3)
+    _fit(tmp_path / "run", epochs=2)
+    steps = Checkpointer(tmp_path / "run" / "checkpoints").all_steps()
+    _damage(tmp_path / "run" / "checkpoints" / str(steps[-1]), how)
+    capfd.readouterr()
+
+    abstract = straight.state
+    step, _ = restore_run(tmp_path / "run" / "checkpoints", abstract, which="latest")  # evaluate's path
+    assert step == steps[-2]
+    note = capfd.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith(
+        f"checkpoint {tmp_path}/run/checkpoints/{steps[-1]} does not restore: "
+    )
+    assert note[0].endswith(f"trying the next ({steps[-1]} -> {steps[-2]})")
+
+    resumed = _fit(tmp_path / "run", epochs=3)  # resumes from the older one, and saves the damaged step again
+    chex.assert_trees_all_equal(resumed.state.params, straight.state.params)
+    assert restore_run(tmp_path / "run" / "checkpoints", abstract, which=str(steps[-1]))[0] == steps[-1]
+
+
+def test_no_checkpoint_that_restores_is_one_error_naming_each(tmp_path):
+    result = _fit(tmp_path / "run", epochs=2)
+    steps = Checkpointer(tmp_path / "run" / "checkpoints").all_steps()
+    for step in steps:
+        _damage(tmp_path / "run" / "checkpoints" / str(step), "garbage_meta")
+    with pytest.raises(CheckpointError, match=r"no checkpoint of .* restores: \d+ \(JSONDecodeError: .*\); \d+ \("):
+        restore_run(tmp_path / "run" / "checkpoints", result.state, which="best")
+    with pytest.raises(CheckpointError):
+        _fit(tmp_path / "run", epochs=3)  # nothing is overwritten by a fresh start
+    assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == steps
