@@ -57,6 +57,23 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
 
 
+def _drop_late_reads() -> None:
+    """Silences what a failed restore leaves behind: its aborted TensorStore reads finish after Orbax closed its
+    event loop, and Python reports each as an unraisable ``RuntimeError: Event loop is closed``, a screenful of
+    tracebacks that say nothing more. Other unraisable exceptions still reach the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_late_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_late_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     """Saves and restores TrainStates and their metadata in ``directory``.
 
@@ -182,10 +199,11 @@ class Checkpointer:
           (1, [1.0, 1.0])
         """
         failures = []
+        _drop_late_reads()  # before: a damaged read's leftovers may arrive while its error propagates
         for i, step in enumerate(steps):
             try:
                 state, meta = self.restore(step, abstract_state)
-            except Exception as error:
+            except Exception as error:  # any damage: Orbax, TensorStore and the JSON reader raise their own
                 cause = _one_line(error)
                 failures.append(f"{step} ({cause})")
                 self.broken.add(step)
