@@ -29,13 +29,13 @@ from typing import Any
 import jax
 
 from funcnet.train.checkpoint import restore_run
-from funcnet.train.cli import write_json
 from funcnet.train.components import ConfigError, check_arguments, check_compute_dtype
 from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
 from funcnet.train.data import Batches
 from funcnet.train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from funcnet.train.loop import fit
 from funcnet.train.optim import make_optimizer
+from funcnet.train.run_files import write_json
 from funcnet.train.state import abstract_train_state, data_mesh
 from funcnet.train.stopping import exit_code
 

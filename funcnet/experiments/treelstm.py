@@ -35,11 +35,11 @@ from funcnet.datasets import sentiment_language
 from funcnet.trees import Vocabulary, parse_tree, read_trees
 
 from ..train.checkpoint import restore_run
-from ..train.cli import write_json
 from ..train.components import ConfigError, check_arguments, check_compute_dtype
 from ..train.config import TrainerConfig, apply_overrides, merge_configs
 from ..train.loop import evaluate, fit
 from ..train.optim import make_optimizer
+from ..train.run_files import write_json
 from ..train.state import data_mesh
 from ..train.stopping import exit_code
 from .treedata import FIELDS, TreeBatches

@@ -131,6 +131,7 @@ class Checkpointer:
         )
         self.directory = os.fspath(directory)
         self.broken: set[int] = set()  # steps that did not restore (restore_first)
+        self.closed_at: int | None = None  # the newest complete step when closed
         self.manager = ocp.CheckpointManager(
             os.path.abspath(self.directory), item_names=("state", "meta"), options=options
         )
@@ -231,8 +232,9 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for saves, then releases Orbax's resources."""
+        """Waits for saves, then releases Orbax's resources; ``closed_at`` is then the newest complete step."""
         self.manager.wait_until_finished()
+        self.closed_at = self.manager.latest_step()
         self.manager.close()
 
 

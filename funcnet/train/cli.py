@@ -1,6 +1,7 @@
 """The ``funcnet`` command: train from a config file, evaluate a run.
 
     funcnet train CONFIG -s RUN_DIR [-o key=value ...]   # train, or resume if RUN_DIR has checkpoints
+    funcnet train CONFIG -s RUN_DIR --restart            # start over (the old checkpoints moved aside)
     funcnet train CONFIG -s RUN_DIR --cpu-devices [N]    # on N JAX CPU devices (alone: one per core)
     funcnet train CONFIG -s RUN_DIR --coordinator HOST:PORT --num-processes N --process-id I  # one of N processes
     funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
@@ -20,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,32 +40,9 @@ from .lock import RunLocked
 from .loop import evaluate, fit
 from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
+from .run_files import write_json
 from .state import abstract_train_state, data_mesh
 from .stopping import BAD_CONFIG, exit_code
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes JSON atomically (a temporary file renamed over the target): never a half-written file.
-
-    >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "x.json")
-    >>> write_json(path, {"a": 1})
-    >>> with open(path) as f:
-    ...     print(f.read().strip())
-    {
-      "a": 1
-    }
-    """
-    if jax.process_index() != 0:
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        json.dump(value, f, indent=2, default=float)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
 
 
 class Run:
@@ -115,12 +92,19 @@ def _load(config_path: str, overrides: Sequence[str]) -> dict[str, Any]:
     return resolved_config(run)
 
 
-def train(config_path: str, run_dir: str, overrides: Sequence[str] = (), processes: Processes | None = None) -> int:
+def train(
+    config_path: str,
+    run_dir: str,
+    overrides: Sequence[str] = (),
+    processes: Processes | None = None,
+    restart: bool = False,
+) -> int:
     """``funcnet train``: returns the process exit code (``funcnet.train.stopping.exit_code``).
 
     ``processes``: how to join a multi-process run (``--coordinator``, ``--num-processes``, ``--process-id``);
     with None, or all three None, the run is joined only where JAX detects a cluster launcher (``srun``,
     ``mpirun``, Cloud TPU). The config is validated first: a bad config exits before any process waits.
+    ``restart``: start over from step 0, the previous checkpoints moved aside (``fit(restart=True)``).
     """
     resolved = _load(config_path, overrides)
     if join(*(processes or Processes()), peer_timeout=resolved["trainer"]["peer_timeout"]):
@@ -151,6 +135,7 @@ def train(config_path: str, run_dir: str, overrides: Sequence[str] = (), process
         config=resolved,
         mesh=run.mesh,
         sparse_rows=run.optimizer.sparse_rows,
+        restart=restart,
     )
     done = Path(run_dir) / "results.json"
     if done.exists() and _same_end(json.loads(done.read_text()), result):
@@ -206,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_train.add_argument("config", help="a .toml or .json config file")
     p_train.add_argument("-s", "--serialization-dir", dest="run_dir", required=True, help="the run directory")
     p_train.add_argument("-o", "--override", action="append", default=[], help="key.path=value (repeatable)")
+    p_train.add_argument(
+        "--restart", action="store_true", help="start over from step 0 (the previous checkpoints are moved aside)"
+    )
     add_cpu_devices_flag(p_train)
     group = p_train.add_argument_group(
         "several processes (one per host; srun, mpirun and Cloud TPU need none of these)"
@@ -223,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             processes = Processes(args.coordinator, args.num_processes, args.process_id)
-            return train(args.config, args.run_dir, args.override, processes)
+            return train(args.config, args.run_dir, args.override, processes, restart=args.restart)
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
     except (ConfigError, FileNotFoundError, SetupError, RunLocked, CheckpointError) as error:

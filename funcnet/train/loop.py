@@ -42,7 +42,7 @@ import jax
 import optax
 
 from ..core import Model
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, CheckpointError
 from .data import Position, host_slice
 from .distributed import PeerWatch
 from .feed import batch_transfer, max_in_flight, on_cpu, prefetch_size
@@ -51,8 +51,9 @@ from .log import Progress, RunLogger
 from .pending import PendingMetrics
 from .prefetch import prefetch
 from .resident import EpochPlans, resident_arrays
+from .run_files import RUN_RECORD, read_record, update_record
 from .state import TrainState, abstract_train_state, create_train_state, data_mesh
-from .step import LossFn, make_eval_step, make_train_step
+from .step import LossFn, eval_step_fn, make_eval_step, make_train_step
 from .stopping import StopSignals
 from .train_log import TrainLog, state_is_finite
 
@@ -227,6 +228,7 @@ def fit(
     items_per_example: int = 1,
     item_name: str = "ex",
     sparse_rows: Mapping[str, str] | None = None,
+    restart: bool = False,
 ) -> FitResult:
     """Trains ``model`` on ``train`` batches, resuming from ``run_dir`` if it holds checkpoints.
 
@@ -249,9 +251,17 @@ def fit(
       items_per_example, item_name: what the progress bar's rate counts (e.g. 100 "chars" per sequence).
       sparse_rows: ``{param path: batch key}`` of embedding tables updated row-sparsely
         (``make_optimizer(...).sparse_rows``; see ``funcnet.train.sparse``).
+      restart: start over from step 0: the run's checkpoints are moved aside to
+        ``checkpoints.replaced-<time>`` (nothing is deleted). Without it, a run whose recorded checkpoints
+        vanished is an error, not a silent fresh start.
 
     Returns:
       A FitResult.
+
+    Raises:
+      RunLocked: another process trains ``run_dir``.
+      CheckpointError: no checkpoint restores, or the recorded checkpoints vanished (``restart=True`` starts over).
+      ValueError: ``trainer.metric`` is not a metric the evaluation gives (before any training).
     """
     mesh = mesh or data_mesh()
     checkpoints = os.path.join(os.fspath(run_dir), "checkpoints")
@@ -259,6 +269,7 @@ def fit(
     # One trainer per run directory; a second is refused before it starts anything (funcnet.train.lock).
     with RunLock(run_dir), PeerWatch(trainer.peer_timeout, checkpoints) as peers, StopSignals() as signals:
         total = _total_steps(trainer, getattr(train, "steps_per_epoch", None))
+        _check_checkpoints_kept(run_dir, checkpoints, restart)
         checkpointer = Checkpointer(
             checkpoints,
             keep=trainer.keep_checkpoints,
@@ -278,6 +289,8 @@ def fit(
             abstract = abstract_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
             latest, state, meta = checkpointer.restore_first(checkpointer.all_steps()[::-1], abstract)
         step = int(state.step)
+        if validation is not None:  # a metric the evaluation does not give is refused now, not after an epoch
+            _check_metric(eval_step_fn(model, loss_fn, inputs=inputs), state, example, trainer.metric)
         resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
         train_step = make_train_step(
             model,
@@ -387,6 +400,7 @@ def fit(
                 if stop_reason in ("early_stopping", "callback"):
                     meta["finished"] = stop_reason
                 checkpointer.save(step, state, meta, metrics=_metric(eval_metrics, trainer.metric))
+                update_record(run_dir, checkpointed=checkpointer.latest_step())  # the newest complete one
         except jax.errors.JaxRuntimeError as error:
             if jax.process_count() > 1:  # a peer died mid-collective: say so in one line, do not wait for it
                 peers.lost(f"a collective with the other processes failed ({str(error).splitlines()[0]})")
@@ -394,6 +408,8 @@ def fit(
         finally:
             stream.close()
             checkpointer.close()
+            if checkpointer.closed_at is not None:
+                update_record(run_dir, checkpointed=checkpointer.closed_at)
             progress.close()
             logger.close()
     result = FitResult(
@@ -410,6 +426,34 @@ def fit(
     for callback in callbacks:
         callback.on_fit_end(result)
     return result
+
+
+def _check_checkpoints_kept(run_dir: str | os.PathLike, checkpoints: str, restart: bool) -> None:
+    """Refuses a run whose recorded checkpoints vanished; with ``restart``, moves its checkpoints aside."""
+    recorded = read_record(run_dir).get("checkpointed")
+    present = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+    if restart:
+        if present and jax.process_index() == 0:
+            aside = f"{checkpoints}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(checkpoints, aside)
+            print(f"starting over: the previous checkpoints are in {aside}")
+        update_record(run_dir, checkpointed=None)
+    elif recorded is not None and not present:
+        raise CheckpointError(
+            f"{checkpoints} held checkpoint {recorded} (recorded in {os.path.join(run_dir, RUN_RECORD)}) and holds "
+            "none now: it was deleted or moved. Fix: put the checkpoints back to resume, or start over with "
+            "restart=True (funcnet train --restart)."
+        )
+
+
+def _check_metric(eval_step: Callable, state: TrainState, batch: Mapping[str, Any], metric: str) -> None:
+    """Raises ValueError unless the evaluation's metrics include ``metric`` (found without running it)."""
+    given = jax.eval_shape(eval_step, state, batch)
+    if metric not in given:
+        raise ValueError(
+            f"trainer.metric={metric!r} is not a metric the evaluation gives; it gives {sorted(given)}. Fix: set "
+            "trainer.metric to one of them, or return it from the loss function."
+        )
 
 
 def _total_steps(trainer: Any, steps_per_epoch: int | None) -> int | None:

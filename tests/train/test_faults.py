@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -56,9 +57,11 @@ def test_a_stale_lock_of_a_dead_process_is_replaced(tmp_path):
 
 
 def test_the_lock_is_released_when_fit_fails(tmp_path):
-    with pytest.raises(KeyError, match=r"trainer\.metric='accuracy' is not a validation metric"):
+    with pytest.raises(ValueError, match=r"trainer\.metric='accuracy' is not a metric the evaluation gives; it gives "
+                       r"\['count', 'loss'\]\. Fix"):  # fmt: skip
         _fit(tmp_path / "run", metric="accuracy")
-    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()  # released
+    assert not any((tmp_path / "run" / "checkpoints").iterdir())  # refused before the first step
 
 
 def test_an_early_stopped_run_run_again_stays_finished(tmp_path, capsys):
@@ -144,3 +147,30 @@ def test_no_checkpoint_that_restores_is_one_error_naming_each(tmp_path):
     with pytest.raises(CheckpointError):
         _fit(tmp_path / "run", epochs=3)  # nothing is overwritten by a fresh start
     assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == steps
+
+
+def test_vanished_checkpoints_are_an_error_and_restart_starts_over(tmp_path, capsys):
+    first = _fit(tmp_path / "run", epochs=2)
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    with pytest.raises(CheckpointError, match=rf"checkpoints held checkpoint {first.step} \(recorded in .*run\.json\) "
+                       r"and holds none now: .* Fix: put the checkpoints back .* restart=True"):  # fmt: skip
+        _fit(tmp_path / "run", epochs=2)
+    again = _fit(tmp_path / "run", epochs=2, restart=True)
+    assert again.step == first.step  # trained from step 0 again
+    chex.assert_trees_all_equal(again.state.params, first.state.params)
+
+    third = _fit(tmp_path / "run", epochs=2, restart=True)  # with checkpoints present: moved aside, not deleted
+    assert third.step == first.step
+    aside = [p for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoints.replaced-")]
+    assert len(aside) == 1 and any(p.name == str(first.step) for p in aside[0].iterdir())
+    assert "starting over: the previous checkpoints are in" in capsys.readouterr().out
+
+
+def test_the_cli_restart_flag(tmp_path):
+    config = tmp_path / "iris.json"
+    config.write_text(json.dumps(IRIS))
+    run = tmp_path / "run"
+    assert main(["train", str(config), "-s", str(run)]) == 0
+    shutil.rmtree(run / "checkpoints")
+    assert main(["train", str(config), "-s", str(run)]) == 2  # one-line error (tested above), not a fresh start
+    assert main(["train", str(config), "-s", str(run), "--restart"]) == 0

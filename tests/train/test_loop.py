@@ -39,12 +39,12 @@ def _data(x=X, y=Y):
     return train, valid
 
 
-def _fit(run_dir, optimizer=None, callbacks=(), x=X, y=Y, learning_rate=None, **trainer):
+def _fit(run_dir, optimizer=None, callbacks=(), x=X, y=Y, learning_rate=None, restart=False, **trainer):
     train, valid = _data(x, y)
     trainer = TrainerConfig(**{"epochs": 3, "log_every": 2, "progress": False, **trainer})
     return fit(
         MODEL, mse, optimizer or optax.adam(1e-2), train, run_dir=run_dir, trainer=trainer, validation=valid,
-        callbacks=callbacks, learning_rate=learning_rate, config={"note": "test"},
+        callbacks=callbacks, learning_rate=learning_rate, config={"note": "test"}, restart=restart,
     )  # fmt: skip
 
 
@@ -188,7 +188,7 @@ def test_fit_traces_the_train_and_eval_steps_once_for_all_evaluations(tmp_path):
     trainer = TrainerConfig(epochs=4, log_every=2, progress=False)
     result = fit(MODEL, counted, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer, validation=valid)
     assert len(result.history) == 4
-    assert len(traces) == 2, traces  # one train step, one eval step
+    assert len(traces) == 3, traces  # one train step, one eval step, one abstract eval (fit's metric check)
 
 
 def _step_of_example(example: int) -> int:
