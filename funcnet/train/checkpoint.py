@@ -18,11 +18,14 @@ previous checkpoints intact and the partial one is ignored. Call ``wait()`` befo
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import math
 import os
+import shutil
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,14 +33,44 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 
-class _QuietBetweenEvaluations(logging.Filter):
-    """Drops Orbax's warning for checkpoints saved without metrics: between evaluations that is the design."""
+class _OrbaxLog(logging.Filter):
+    """What a Checkpointer takes from Orbax's log while it is open (installed on the ``absl`` logger).
+
+    - The warning for checkpoints saved without metrics is dropped: between evaluations that is the design.
+    - A failed background save is logged by Orbax's threads as several tracebacks and never raised where
+      the loop could see it. The first cause is kept in ``failure`` (``Checkpointer.check`` raises it) and
+      the records are dropped: the run reports it in one line.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.failure: BaseException | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        if "did not provide metrics" in message:
+            return False
+        if record.levelno >= logging.ERROR and "orbax" in record.pathname:  # an error in one of Orbax's threads
+            if self.failure is None and record.exc_info:
+                self.failure = record.exc_info[1]
+            return False
+        return True
 
 
-logging.getLogger("absl").addFilter(_QuietBetweenEvaluations())
+class _UnretrievedWrites(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" for writes into a checkpoint whose save already failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("never retrieved" in message and ".orbax-checkpoint-tmp" in message)
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (a full disk, no permission): the run stops, the older ones are intact.
+
+    >>> str(CheckpointSaveError("saving checkpoint 6 in runs/x/checkpoints failed: OSError: ..."))[:26]
+    'saving checkpoint 6 in run'
+    """
 
 
 class CheckpointError(RuntimeError):
@@ -58,9 +91,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _drop_late_reads() -> None:
-    """Silences what a failed restore leaves behind: its aborted TensorStore reads finish after Orbax closed its
-    event loop, and Python reports each as an unraisable ``RuntimeError: Event loop is closed``, a screenful of
-    tracebacks that say nothing more. Other unraisable exceptions still reach the previous hook."""
+    """Silences what a failed restore or save leaves behind: its aborted TensorStore operations finish after Orbax
+    closed its event loop, and Python reports each as an unraisable ``RuntimeError: Event loop is closed``, a
+    screenful of tracebacks that say nothing more. Other unraisable exceptions still reach the previous hook."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_late_reads", False):
         return
@@ -130,6 +163,11 @@ class Checkpointer:
             create=True,
         )
         self.directory = os.fspath(directory)
+        self._log = _OrbaxLog()
+        logging.getLogger("absl").addFilter(self._log)
+        _drop_late_reads()  # a failed write's leftover callbacks, like a failed read's
+        self.failed = False  # a save failed: its temporary folder is removed at close
+        self.saving: int | None = None  # the step of the newest save started
         self.broken: set[int] = set()  # steps that did not restore (restore_first)
         self.closed_at: int | None = None  # the newest complete step when closed
         self.manager = ocp.CheckpointManager(
@@ -147,19 +185,27 @@ class Checkpointer:
         at evaluations only. ``meta`` is copied now: later changes to it are not saved. Saving a step
         that already exists is a no-op.
         """
+        self.check()
         if step in self.broken:  # a damaged checkpoint the run has trained past again: replace it
             self.manager.delete(step)
             self.broken.discard(step)
         if step in self.manager.all_steps():
             return
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        self.manager.save(
-            int(step),
-            # A snapshot: the save finishes in the background, while the loop goes on changing its meta.
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))),
-            metrics=metrics,
-            force=True,
-        )
+        try:
+            self.manager.save(
+                int(step),
+                # A snapshot: the save finishes in the background, while the loop goes on changing its meta.
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))
+                ),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as error:  # the previous save's failure surfaces here, or this one's start fails
+            previous_failed = self.saving is not None and self.saving not in self.all_steps()
+            self._failed(self.saving if previous_failed else step, self._log.failure or error)
+        self.saving = int(step)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores step ``step`` into the shapes, dtypes and shardings of ``abstract_state``.
@@ -227,15 +273,77 @@ class Checkpointer:
         """Every complete checkpoint's step, oldest first."""
         return sorted(self.manager.all_steps())
 
+    def check(self) -> None:
+        """Raises CheckpointSaveError if a background save failed (cheap: call it every step).
+
+        Raises:
+          CheckpointSaveError: in one line, the step, the folder, the cause and the last complete checkpoint.
+        """
+        if self._log.failure is not None:
+            self._failed(self.saving, self._log.failure)
+
+    def _failed(self, step: int | None, error: BaseException) -> None:
+        if not self.failed:  # and once more at exit, after Orbax's last thread is done with it
+            atexit.register(self._remove_partial)
+        self._log.failure, self.failed = None, True
+        self._remove_partial()
+        complete = self._complete_on_disk()
+        last = f"{complete[-1]} ({os.path.join(self.directory, str(complete[-1]))})" if complete else "none"
+        raise CheckpointSaveError(
+            f"saving checkpoint {step} in {self.directory} failed: {_one_line(error)}. The last complete checkpoint "
+            f"is {last}; the run stops. Fix the cause (free space, permissions) and run it again to resume."
+        ) from None
+
+    def _complete_on_disk(self) -> list[int]:
+        """The steps whose folders were renamed into place (Orbax's own list counts saves still in progress)."""
+        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        return sorted(int(name) for name in names if name.isdigit())
+
+    def _remove_partial(self, tries: int = 1) -> None:
+        """Removes the temporary folders of saves that did not complete (Orbax's threads may still be writing
+        into them for a moment after a failure: with ``tries`` > 1, it looks again every 0.1 s)."""
+        for attempt in range(tries):
+            names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+            partial = [os.path.join(self.directory, n) for n in names if ".orbax-checkpoint-tmp" in n]
+            if not partial:
+                return
+            for path in partial:
+                shutil.rmtree(path, ignore_errors=True)
+            if attempt + 1 < tries:
+                time.sleep(0.1)
+
     def wait(self) -> None:
-        """Blocks until every started save is complete on disk."""
-        self.manager.wait_until_finished()
+        """Blocks until every started save is complete on disk.
+
+        Raises:
+          CheckpointSaveError: a save failed.
+        """
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # a failed background save is re-raised by Orbax here
+            self._failed(self.saving, self._log.failure or error)
+        self.check()
 
     def close(self) -> None:
-        """Waits for saves, then releases Orbax's resources; ``closed_at`` is then the newest complete step."""
-        self.manager.wait_until_finished()
-        self.closed_at = self.manager.latest_step()
-        self.manager.close()
+        """Waits for saves, then releases Orbax's resources; ``closed_at`` is then the newest complete step.
+
+        Always releases them (no thread is left to hold the process at exit), even when a save failed: that
+        failure is kept and raised by ``check``; a save that failed leaves no temporary folder behind.
+        """
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # reported by check(), which the loop calls
+            self._log.failure = self._log.failure or error
+        finally:
+            try:
+                self.closed_at = self.manager.latest_step()
+                self.manager.close()
+            finally:
+                if self.failed or self._log.failure is not None:  # its threads may log for a while yet: keep the filter
+                    logging.getLogger("asyncio").addFilter(_UnretrievedWrites())
+                    self._remove_partial(tries=30)
+                else:
+                    logging.getLogger("absl").removeFilter(self._log)
 
 
 def restore_run(

@@ -30,7 +30,7 @@ import jax
 
 from . import builtins as _builtins  # noqa: F401  (registers the built-in components)
 from .builtins import DataSplits
-from .checkpoint import CheckpointError, restore_run
+from .checkpoint import CheckpointError, CheckpointSaveError, restore_run
 from .components import ConfigError, build_component
 from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
 from .data import make_batches
@@ -42,7 +42,7 @@ from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
 from .run_files import write_json
 from .state import abstract_train_state, data_mesh
-from .stopping import BAD_CONFIG, exit_code
+from .stopping import BAD_CONFIG, FAILED, exit_code
 
 
 class Run:
@@ -217,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, SetupError, RunLocked, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return BAD_CONFIG
+    except CheckpointSaveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":

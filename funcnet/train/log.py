@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,25 @@ from tqdm import tqdm
 
 def _path(path: tuple[Any, ...]) -> str:
     return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def _say_writer_failures_in_one_line() -> None:
+    """tensorboardX writes events from its own thread; when a write fails (a full disk) that thread dies with a
+    traceback the run cannot catch. Say it in one line instead: the run's own error (its checkpoint fails on
+    the same disk) is what matters. Other threads' exceptions reach the previous hook unchanged."""
+    previous = threading.excepthook
+    if getattr(previous, "says_writer_failures", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        frames = traceback.extract_tb(args.exc_traceback)
+        if isinstance(args.exc_value, OSError) and any("tensorboardX" in f.filename for f in frames):
+            print(f"note: the TensorBoard logs stopped: {args.exc_value}", file=sys.stderr)
+            return
+        previous(args)
+
+    hook.says_writer_failures = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 class RunLogger:
@@ -51,6 +73,7 @@ class RunLogger:
         self.enabled = jax.process_index() == 0
         self.logdir = os.path.join(os.fspath(run_dir), "logs")
         self.writer = SummaryWriter(logdir=self.logdir, purge_step=resume_step) if self.enabled else None
+        _say_writer_failures_in_one_line()
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         """Writes ``prefix/<name>`` for each value."""

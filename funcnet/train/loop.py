@@ -262,6 +262,8 @@ def fit(
       RunLocked: another process trains ``run_dir``.
       CheckpointError: no checkpoint restores, or the recorded checkpoints vanished (``restart=True`` starts over).
       ValueError: ``trainer.metric`` is not a metric the evaluation gives (before any training).
+      CheckpointSaveError: a checkpoint could not be written (a full disk): raised at the next step, naming
+        the last complete checkpoint; no temporary folder is left.
     """
     mesh = mesh or data_mesh()
     checkpoints = os.path.join(os.fspath(run_dir), "checkpoints")
@@ -352,6 +354,7 @@ def fit(
                 position = stream.position  # the next batch to train on: what a checkpoint records
                 state, metrics = train_step(state, batch)
                 step += 1
+                checkpointer.check()  # a failed background save stops the run at the next step, in one line
                 finished = pending.add(step, metrics)  # bounds the steps in flight: see funcnet.train.pending
                 if step_hooks and finished:
                     stop_reason = hook(finished) or stop_reason

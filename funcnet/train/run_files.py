@@ -36,10 +36,15 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        json.dump(value, f, indent=2, default=float)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            json.dump(value, f, indent=2, default=float)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:  # a full disk: the target keeps its old content, and no temporary file is left
+            f.close()
+            os.unlink(f.name)
+            raise
     os.replace(f.name, path)
 
 
@@ -49,6 +54,7 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     >>> import tempfile
     >>> run_dir = tempfile.mkdtemp()
     >>> update_record(run_dir, checkpointed=12)
+    True
     >>> read_record(run_dir)
     {'checkpointed': 12}
     """
@@ -59,9 +65,17 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def update_record(run_dir: str | os.PathLike, **values: Any) -> None:
-    """Sets ``values`` in ``RUN_DIR/run.json``, keeping its other entries."""
+def update_record(run_dir: str | os.PathLike, **values: Any) -> bool:
+    """Sets ``values`` in ``RUN_DIR/run.json``, keeping its other entries; False if it could not be written.
+
+    A record that cannot be written (a full disk) keeps its previous content: the checkpoint it would
+    describe fails too, and that failure is what the run reports.
+    """
     record = read_record(run_dir)
     if all(record.get(k) == v for k, v in values.items()):
-        return
-    write_json(Path(run_dir) / RUN_RECORD, {**record, **values})
+        return True
+    try:
+        write_json(Path(run_dir) / RUN_RECORD, {**record, **values})
+    except OSError:
+        return False
+    return True

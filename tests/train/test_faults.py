@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import chex
 import jax.numpy as jnp
@@ -16,6 +18,8 @@ from funcnet.train.checkpoint import Checkpointer, CheckpointError, restore_run
 from funcnet.train.cli import main
 from funcnet.train.lock import LOCK_FILE, RunLock, RunLocked
 from tests.train.test_loop import _fit
+
+ROOT = Path(__file__).resolve().parents[2]
 
 IRIS = {
     "model": {"type": "mlp", "hidden": [8], "features": 1},
@@ -174,3 +178,56 @@ def test_the_cli_restart_flag(tmp_path):
     shutil.rmtree(run / "checkpoints")
     assert main(["train", str(config), "-s", str(run)]) == 2  # one-line error (tested above), not a fresh start
     assert main(["train", str(config), "-s", str(run), "--restart"]) == 0
+
+
+FULL_DISK = {**IRIS, "model": {"type": "mlp", "hidden": [64], "features": 1}}
+FULL_DISK["trainer"] = {
+    "epochs": 40,
+    "batch_size": 16,
+    "progress": False,
+    "keep_checkpoints": 50,
+    "checkpoint_every": 3,
+}
+
+
+def _on_a_full_disk(tmp_path, config):
+    """Trains in a 300 KiB tmpfs (a mount namespace of its own), then copies the run out to look at it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed: no small tmpfs to fill")
+    script = (
+        f"mount -t tmpfs -o size=300k tmpfs {tmp_path}/disk && "
+        f"{sys.executable} -m funcnet.train.cli train {config} -s {tmp_path}/disk/run; "
+        f"echo exit=$?; cp -r {tmp_path}/disk/run {tmp_path}/copy"
+    )
+    (tmp_path / "disk").mkdir()
+    for unshare in (["unshare", "-rm"], ["unshare", "-m"]):  # a user namespace, else root's own
+        result = subprocess.run([*unshare, "sh", "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        if "exit=" in result.stdout:
+            return result
+    pytest.skip(f"no mount namespace here to make a small tmpfs: {result.stderr.strip()[:200]}")
+
+
+def test_a_full_disk_stops_the_run_in_one_line_leaving_no_temp_folder_and_resumes(tmp_path):
+    config = tmp_path / "iris.json"
+    config.write_text(json.dumps(FULL_DISK))
+    result = _on_a_full_disk(tmp_path, config)
+    assert "exit=1" in result.stdout, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.match(r"error: saving checkpoint \d+ in .*/disk/run/checkpoints failed: \w+: .*The last complete "
+                    r"checkpoint is \d+ \(.*\); the run stops\. Fix", errors[0]), errors[0]  # fmt: skip
+    last = int(re.search(r"last complete checkpoint is (\d+)", errors[0]).group(1))
+    left = sorted(p.name for p in (tmp_path / "copy" / "checkpoints").iterdir())
+    assert left[-1] == str(last) and not [n for n in left if not n.isdigit()]  # no temporary folder remains
+
+    assert main(["train", str(config), "-s", str(tmp_path / "copy")]) == 0  # room again: it resumes and finishes
+    assert main(["train", str(config), "-s", str(tmp_path / "straight")]) == 0
+    chex.assert_trees_all_equal(_params(tmp_path / "copy"), _params(tmp_path / "straight"))
+
+
+def _params(run_dir):
+    from funcnet.train.cli import Run
+    from funcnet.train.config import validate_config
+
+    run = Run(validate_config(json.loads((run_dir / "config.json").read_text())))
+    return run.restore(run_dir, "latest")[1].params
