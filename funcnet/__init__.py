@@ -95,6 +95,7 @@ from .core import output_spec as output_spec
 from .core import param_count as param_count
 from .core import summary as summary
 from .errors import ContractError as ContractError
+from .errors import DataError as DataError
 from .errors import DTypeError as DTypeError
 from .errors import KeyMissingError as KeyMissingError
 from .errors import LayerError as LayerError
@@ -154,6 +155,7 @@ __all__ = [
     "Cell",
     "ContractError",
     "DTypeError",
+    "DataError",
     "Embedded",
     "KeyMissingError",
     "LSTMCarry",

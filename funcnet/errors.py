@@ -111,6 +111,14 @@ class ContractError(LayerError, TypeError):
     """
 
 
+class DataError(ValueError):
+    """A data file cannot be used: its path, the line where known, what is wrong and the fix.
+
+    >>> str(DataError("data/train.txt, line 3: label 7 is outside the 5 classes 0-4."))[:26]
+    'data/train.txt, line 3: la'
+    """
+
+
 def prefix_path(error: LayerError, name: str) -> LayerError:
     """Returns ``error`` with ``name`` prepended to its path (used by combinators)."""
     error.path = (name, *error.path)

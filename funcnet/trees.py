@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from .errors import DataError
 from .schedule import SST_BUCKETS as SST_BUCKETS
 from .schedule import Buckets as Buckets
 from .schedule import PostOrder as PostOrder
@@ -102,7 +103,7 @@ def height(tree: Tree) -> int:
     return max(depth for _, depth in _nodes(tree))
 
 
-class TreeParseError(ValueError):
+class TreeParseError(DataError):
     """Malformed bracketed tree, with the 1-based line and column of the mistake.
 
     Attributes:
@@ -223,12 +224,16 @@ def parse_tree(text: str, line: int = 1) -> Tree:
     return root
 
 
-def read_trees(path: str | os.PathLike) -> list[Tree]:
-    """Reads one tree per non-empty line of a PTB/SST file.
+def read_trees(path: str | os.PathLike, classes: int | None = None) -> list[Tree]:
+    """Reads one tree per non-empty line of a PTB/SST file (UTF-8).
+
+    Args:
+      path: the file.
+      classes: if given, every node's label must be below it (SST: 5).
 
     Raises:
-      TreeParseError: for the first malformed line, with that line's number and the file name; or for an
-        empty file.
+      TreeParseError: for the first malformed line, with that line's number and the file name: bad
+        brackets, a label ``>= classes``, text that is not UTF-8; or for an empty file.
 
     >>> import pathlib, tempfile
     >>> with tempfile.TemporaryDirectory() as d:
@@ -238,17 +243,39 @@ def read_trees(path: str | os.PathLike) -> list[Tree]:
     [3, 1]
     """
     trees = []
-    with open(path, encoding="utf-8") as file:
-        for number, text in enumerate(file, start=1):
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                detail = (
+                    f"not UTF-8 text ({error.reason} at byte {error.start} of the line). Fix: convert the file to UTF-8"
+                )
+                raise TreeParseError(detail, number, error.start + 1, source=str(path)) from None
             if not text.strip():
                 continue
             try:
-                trees.append(parse_tree(text.rstrip("\r\n"), line=number))
+                tree = parse_tree(text.rstrip("\r\n"), line=number)
             except TreeParseError as error:
                 raise TreeParseError(error.detail, error.line, error.column, source=str(path)) from None
+            bad = [label for label in _labels(tree) if classes is not None and not 0 <= label < classes]
+            if bad:
+                detail = f"label {bad[0]} is outside the {classes} classes 0-{classes - 1}. Fix: relabel the tree"
+                raise TreeParseError(detail, number, text.find(f"({bad[0]}") + 1, source=str(path))
+            trees.append(tree)
     if not trees:
         raise TreeParseError("expected one tree per line, found an empty file", 1, 1, source=str(path))
     return trees
+
+
+def _labels(tree: Tree) -> list[int]:
+    """Every node's label, root first."""
+    labels, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        labels.append(node.label)
+        stack.extend(node.children)
+    return labels
 
 
 def to_ptb(tree: Tree) -> str:

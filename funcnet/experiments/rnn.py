@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 
+from funcnet.errors import DataError
 from funcnet.train.checkpoint import restore_run
 from funcnet.train.components import ConfigError, check_arguments, check_compute_dtype
 from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
@@ -87,8 +88,8 @@ FLAGS = {
 }  # fmt: skip
 
 
-def data_options(path: str = "", seq_len: int = 64, eval_seq_len: int = 256) -> None:
-    """The ``data`` section: a text file or folder ("" for the default corpus) and chunk lengths."""
+def data_options(path: str = "", seq_len: int = 64, eval_seq_len: int = 256, encoding: str = "utf-8") -> None:
+    """The ``data`` section: a text file or folder ("" for the default corpus), chunk lengths, the text's encoding."""
 
 
 def model_options(
@@ -133,7 +134,7 @@ class Experiment:
     def __init__(self, config: dict[str, Any]):
         self.config = config
         data, trainer = config["data"], config["trainer"]
-        self.corpus = load_corpus(data["path"])
+        self.corpus = load_corpus(data["path"], data.get("encoding", "utf-8"))
         self.vocab = Vocabulary.from_text(self.corpus.train)
         self.lm = char_lm(self.vocab.size, **config["model"])
         self.mesh = data_mesh()
@@ -255,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume and (run_dir / "checkpoints").exists():
         print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir}", file=sys.stderr)
         return 2
-    results = train(config, run_dir)
+    try:
+        results = train(config, run_dir)
+    except (DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return exit_code(results["stop_reason"], results["signal"])
 
 

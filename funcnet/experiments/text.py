@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from funcnet.errors import DataError
+
 from ..train.data import ArrayDataset
 
 STDLIB_MODULES = (
@@ -41,8 +43,24 @@ def _clean(text: str) -> str:
     return "".join(c if c == "\n" or 32 <= ord(c) < 127 else "?" for c in text)
 
 
-def _read(path: Path) -> str:
-    return _clean(path.read_text(encoding="utf-8", errors="replace"))
+def _read(path: Path, encoding: str = "utf-8") -> str:
+    """The text of ``path``: refused, naming the file and line, if it is binary or not in ``encoding``."""
+    data = path.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise DataError(f"{path}: a binary file (it holds NUL bytes), not text. Fix: give a text file.")
+    try:
+        text = data.decode(encoding)
+    except LookupError:
+        raise DataError(
+            f"{path}: unknown encoding {encoding!r}. Fix: data.encoding = 'utf-8', 'latin-1', ..."
+        ) from None
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: not {encoding} text ({error.reason} at byte {error.start}). Fix: convert it to "
+            "UTF-8, or give its encoding (data.encoding = 'latin-1')."
+        ) from None
+    return _clean(text)
 
 
 def _split_lines(text: str, fractions: Sequence[float] = (0.9, 0.05)) -> tuple[str, str, str]:
@@ -68,7 +86,7 @@ def stdlib_corpus() -> Corpus:
     return Corpus(f"Python {sysconfig.get_python_version()} standard library sources ({root})", train, valid, test)
 
 
-def load_corpus(path: str | os.PathLike | None) -> Corpus:
+def load_corpus(path: str | os.PathLike | None, encoding: str = "utf-8") -> Corpus:
     """The default corpus (``path`` None or ""), a text file split 90/5/5 by lines, or a folder with
     ``train.txt`` and ``valid.txt`` (and optionally ``test.txt``).
 
@@ -87,13 +105,16 @@ def load_corpus(path: str | os.PathLike | None) -> Corpus:
         if missing:
             raise FileNotFoundError(f"{path} is a folder without {missing}: expected train.txt and valid.txt")
         test = path / "test.txt"
-        train, valid = (_read(path / name) for name in ("train.txt", "valid.txt"))
-        return Corpus(str(path), train, valid, _read(test) if test.is_file() else None)
+        train, valid = (_read(path / name, encoding) for name in ("train.txt", "valid.txt"))
+        return Corpus(str(path), train, valid, _read(test, encoding) if test.is_file() else None)
     if not path.is_file():
         raise FileNotFoundError(f"--data {path}: no such file or folder")
-    train, valid, test = _split_lines(_read(path))
+    train, valid, test = _split_lines(_read(path, encoding))
     if not valid or not train:
-        raise ValueError(f"{path}: too short to split into train/valid/test by lines ({len(train)} characters)")
+        raise DataError(
+            f"{path}: too short to split into train/valid/test by lines ({len(train)} characters of training text). "
+            "Fix: give a longer text (at least 20 lines), or a folder with train.txt and valid.txt."
+        )
     return Corpus(str(path), train, valid, test)
 
 

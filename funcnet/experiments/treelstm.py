@@ -32,6 +32,7 @@ import funcnet as fn
 from funcnet.children import apply_child, init_child
 from funcnet.core import Model, output_spec
 from funcnet.datasets import sentiment_language
+from funcnet.errors import DataError
 from funcnet.trees import Vocabulary, parse_tree, read_trees
 
 from ..train.checkpoint import restore_run
@@ -173,9 +174,9 @@ def load_splits(data: dict[str, Any]):
         folder = Path(data["path"])
         test = folder / "test.txt"
         return (
-            read_trees(folder / "train.txt"),
-            read_trees(folder / "dev.txt"),
-            read_trees(test) if test.exists() else None,
+            read_trees(folder / "train.txt", classes=5),
+            read_trees(folder / "dev.txt", classes=5),
+            read_trees(test, classes=5) if test.exists() else None,
         )
     seed = data["seed"]
     make = lambda n, s: [parse_tree(line) for line in sentiment_language(n, seed=s)]  # noqa: E731
@@ -255,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or time.strftime("runs/treelstm-%Y%m%d-%H%M%S"))
-    results = run(config, run_dir)
+    try:
+        results = run(config, run_dir)
+    except (DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"results: {run_dir / 'results.json'}")
     return exit_code(results["stop_reason"], results["signal"])
 
