@@ -185,6 +185,10 @@ def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         items_per_example=data["seq_len"], item_name="chars",
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    if result.stop_reason in ("nan", "diverged"):  # said in one line by fit; nothing to evaluate or sample
+        failed = {"stop_reason": result.stop_reason, "signal": None, "steps": result.step, "config": config}
+        write_json(run_dir / "results.json", failed)
+        return failed
     step, state = experiment.restore_best(run_dir)
     results: dict[str, Any] = {
         "stop_reason": result.stop_reason, "signal": result.signal, "steps": result.step, "best_step": step,

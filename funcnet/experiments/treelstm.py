@@ -224,6 +224,10 @@ def run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         config=config, mesh=mesh, items_per_example=1, item_name="trees", sparse_rows=optimizer.sparse_rows,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    if result.stop_reason in ("nan", "diverged"):  # said in one line by fit; nothing to evaluate
+        failed = {"stop_reason": result.stop_reason, "signal": None, "steps": result.step, "config": config}
+        write_json(run_dir / "results.json", failed)
+        return failed
     _, best_state = restore_run(run_dir / "checkpoints", result.state, metric=trainer.metric, mode=trainer.mode)
     results: dict[str, Any] = {"stop_reason": result.stop_reason, "signal": result.signal, "steps": result.step,
                                "best_step": result.best_step,

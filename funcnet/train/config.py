@@ -172,6 +172,8 @@ class TrainerConfig:
       shuffle: shuffle the training set each epoch (a permutation from ``seed`` and the epoch).
       drop_remainder: drop the last incomplete training batch instead of padding it with masked examples.
       skip_nan_updates: on a NaN/Inf loss or gradient, skip that update and go on instead of stopping the run.
+      diverge_factor: stop the run as diverged (exit code 1, nothing saved) when a logged training loss exceeds
+        this many times the first step's; 0: never.
       log_grad_norm: also compute the global gradient norm in every step, logged as ``train/grad_norm``
         (mean over ``log_every`` steps, and a histogram at each evaluation). Off by default: on a small
         model its reductions cost a noticeable part of the step.
@@ -211,6 +213,7 @@ class TrainerConfig:
     shuffle: bool = True
     drop_remainder: bool = False
     skip_nan_updates: bool = False
+    diverge_factor: float = 1000.0
     log_grad_norm: bool = False
     prefetch: int | None = None
     device_data_mib: int = 256
@@ -258,6 +261,10 @@ def _check_trainer(values: Mapping[str, Any], path: str) -> None:
         _check(value, hints[name], _join(path, name))
         if name in _MINIMUM and value is not None and value < _MINIMUM[name]:
             raise ConfigError(_join(path, name), f"expected an int >= {_MINIMUM[name]}, got {value}")
+    if values["diverge_factor"] != 0 and not values["diverge_factor"] > 1:
+        raise ConfigError(
+            _join(path, "diverge_factor"), f"expected a number > 1, or 0 to never stop, got {values['diverge_factor']}"
+        )
     if not values["metric"]:
         raise ConfigError(_join(path, "metric"), 'expected the name of a validation metric, e.g. "loss", got ""')
     if values["epochs"] is None and values["max_steps"] is None:

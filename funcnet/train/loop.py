@@ -105,7 +105,7 @@ class FitResult(NamedTuple):
       epoch: the epoch the next step would belong to.
       best_metric: the best validation metric, or None without validation.
       best_step: the step of the best evaluation.
-      stop_reason: ``"done"``, ``"early_stopping"``, ``"nan"``, ``"signal"`` or ``"callback"``.
+      stop_reason: ``"done"``, ``"early_stopping"``, ``"nan"``, ``"diverged"``, ``"signal"`` or ``"callback"``.
       history: one dict per evaluation: ``{"step": ..., "epoch": ..., <metric>: ...}``.
       compilations: programs the train step compiled in this session (one per distinct batch shape).
       signal: the signal's number when ``stop_reason`` is ``"signal"`` (``stopping.exit_code`` turns it into
@@ -378,7 +378,7 @@ def fit(
                         stop_reason = hook([finished_step]) or stop_reason
                 stop_reason = train_log(pending.take(all_steps=True)) or stop_reason
                 last_read = time.perf_counter()
-                if stop_reason == "nan":
+                if stop_reason in ("nan", "diverged"):  # never saved
                     break
                 if check_state and not state_is_finite(state):
                     stop_reason = train_log.nan(step, " (the loss is finite; the updated parameters are not)")

@@ -30,14 +30,14 @@ FINISHED, FAILED, BAD_CONFIG = 0, 1, 2  # and 128 + the signal's number after a 
 def exit_code(stop_reason: str, signum: int | None = None) -> int:
     """The exit code of a run that ended for ``stop_reason`` (a ``FitResult.stop_reason``), as shells report
     signals: 0 finished (early stopping and a callback's stop included), 128 + the signal's number after a
-    signal's checkpoint (130 for SIGINT, 143 for SIGTERM: a scheduler may requeue), 1 for a NaN.
+    signal's checkpoint (130 for SIGINT, 143 for SIGTERM: a scheduler may requeue), 1 for a NaN or a diverged loss.
 
-    >>> exit_code("early_stopping"), exit_code("signal", 15), exit_code("nan")
-    (0, 143, 1)
+    >>> exit_code("early_stopping"), exit_code("signal", 15), exit_code("nan"), exit_code("diverged")
+    (0, 143, 1, 1)
     """
     if stop_reason == "signal":
         return 128 + int(signum or signal.SIGTERM)
-    return FAILED if stop_reason == "nan" else FINISHED
+    return FAILED if stop_reason in ("nan", "diverged") else FINISHED
 
 
 def coordination_client() -> Any:

@@ -58,9 +58,10 @@ class TrainLog:
         self.window_start = time.perf_counter()
         self.grad_norms: list[float] = []  # since the last evaluation, for its histogram
         self.last_means: dict[str, float] = {}  # the scalars written at the last log step
+        self.first_loss: float | None = None  # the first step's loss: the bound of a diverging run
 
     def __call__(self, records: Sequence[tuple[int, dict[str, float]]]) -> str | None:
-        """Handles ``(step, metrics)`` records, oldest first; returns ``"nan"`` to stop, else None."""
+        """Handles ``(step, metrics)`` records, oldest first; returns ``"nan"`` or ``"diverged"`` to stop, else None."""
         examples, shown, done = 0.0, {}, 0
         try:
             for step, metrics in records:
@@ -71,6 +72,8 @@ class TrainLog:
                     self.progress.write(f"step {step}: NaN/Inf loss or gradient, update skipped")
                     metrics["skipped"] = 1.0
                 done += 1
+                if self.first_loss is None and math.isfinite(metrics["loss"]):
+                    self.first_loss = metrics["loss"]  # the first step's: what a diverging loss is measured against
                 count = metrics["count"]
                 examples += count
                 shown = metrics
@@ -79,8 +82,8 @@ class TrainLog:
                 for name, value in metrics.items():
                     self.window[name] = self.window.get(name, 0.0) + value * (1.0 if name in _PER_STEP else count)
                 self.window_steps += 1
-                if step % self.trainer.log_every == 0:
-                    self._write(step)
+                if step % self.trainer.log_every == 0 and self._write(step):
+                    return self.diverged(step)
         finally:
             if done:
                 self.progress.update(done, {"loss": shown["loss"]}, examples=int(examples) * self.items_per_example)
@@ -88,16 +91,29 @@ class TrainLog:
 
     def nan(self, step: int, detail: str = "") -> str:
         """Reports a NaN/Inf at ``step`` and the last good checkpoint; returns ``"nan"``."""
-        last = self.checkpointer.latest_step() if self.checkpointer is not None else None
-        where = f"step {last} ({self.checkpointer.directory}/{last})" if last is not None else "none yet"
         self.progress.write(
-            f"loss or gradient is NaN/Inf at step {step}{detail}: stopping. Last good checkpoint: {where}. "
+            f"loss or gradient is NaN/Inf at step {step}{detail}: stopping. Last good checkpoint: {self._last_good()}. "
             "Fix: lower the learning rate, clip gradients (optimizer.grad_clip_norm), or set "
             "trainer.skip_nan_updates=true to skip such updates."
         )
         return "nan"
 
-    def _write(self, step: int) -> None:
+    def diverged(self, step: int) -> str:
+        """Reports a training loss grown past ``trainer.diverge_factor`` times the first; returns ``"diverged"``."""
+        loss, factor, first = self.last_means["loss"], self.trainer.diverge_factor, self.first_loss
+        self.progress.write(
+            f"training loss {loss:.4g} at step {step} is over {factor:g} times the first step's ({first:.4g}): the run "
+            f"diverged, stopping. Last good checkpoint: {self._last_good()}. Fix: lower the learning rate, clip "
+            "gradients (optimizer.grad_clip_norm), or raise trainer.diverge_factor."
+        )
+        return "diverged"
+
+    def _last_good(self) -> str:
+        last = self.checkpointer.latest_step() if self.checkpointer is not None else None
+        return f"step {last} ({self.checkpointer.directory}/{last})" if last is not None else "none yet"
+
+    def _write(self, step: int) -> bool:
+        """Writes the window's means at a log step; True if the loss diverged (``trainer.diverge_factor``)."""
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         examples = self.window.pop("count", 0.0)
         means = {k: v / max(examples, 1.0) for k, v in self.window.items() if k not in _PER_STEP}
@@ -113,6 +129,10 @@ class TrainLog:
         self.last_means = means
         self.window.clear()
         self.window_start, self.window_steps = time.perf_counter(), 0
+        loss, factor = means.get("loss"), self.trainer.diverge_factor
+        if loss is None or self.first_loss is None or not math.isfinite(loss):
+            return False
+        return bool(factor) and loss > factor * max(abs(self.first_loss), 1e-6)
 
     def grad_norm_histogram(self, step: int) -> None:
         """Writes the gradient norms since the last evaluation (``log_grad_norm``) as ``train/grad_norm``."""

@@ -178,3 +178,10 @@ def test_tiny_shakespeare_folder_loads_and_batches():
     assert len(corpus.train) == 1_003_836  # plain ASCII: one character per byte of train.txt
     batch = next(iter(experiment.train.epoch(0)))
     assert batch["x"].shape == (8, 16) and batch["x"].max() < 66 and batch["x"].min() > 0  # no unknown ids
+
+
+def test_a_diverging_run_stops_in_one_line_with_exit_code_1(tmp_path, capsys):
+    code = rnn.main(["--preset", "tiny", "--learning-rate", "1e8", "--run-dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 1 and "the run diverged, stopping" in out and "Traceback" not in out
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["stop_reason"] == "diverged"

@@ -231,3 +231,19 @@ def _params(run_dir):
 
     run = Run(validate_config(json.loads((run_dir / "config.json").read_text())))
     return run.restore(run_dir, "latest")[1].params
+
+
+def test_a_diverging_loss_stops_the_run_unsaved(tmp_path, capsys):
+    import optax
+
+    result = _fit(tmp_path / "run", optimizer=optax.sgd(3.0), epochs=20, log_every=1, diverge_factor=50.0)
+    assert result.stop_reason == "diverged"
+    out = capsys.readouterr().out
+    assert re.search(r"training loss \S+ at step \d+ is over 50 times the first step's \(\S+\): the run diverged, "
+                     r"stopping\. Last good checkpoint: .* Fix: lower the learning rate", out), out  # fmt: skip
+    assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps()[-1:] != [result.step]  # not saved
+    from funcnet.train.stopping import exit_code
+
+    assert exit_code(result.stop_reason) == 1
+    calm = _fit(tmp_path / "calm", optimizer=optax.sgd(3.0), epochs=2, log_every=1, diverge_factor=0)
+    assert calm.stop_reason != "diverged"  # 0: never stops for it
