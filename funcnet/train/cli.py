@@ -40,7 +40,7 @@ from .lock import RunLocked
 from .loop import evaluate, fit
 from .optim import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
-from .run_files import write_json
+from .run_files import read_record, update_record, write_json
 from .state import abstract_train_state, data_mesh
 from .stopping import BAD_CONFIG, FAILED, exit_code
 
@@ -119,6 +119,7 @@ def train(
                 "Fix: use a new run directory, or the same config to resume that run."
             )
     write_json(saved, resolved)
+    update_record(run_dir, imports=module_files(resolved.get("imports", [])))  # what evaluate will import
     run = Run(validate_config(resolved))
     validation = run.batches("validation") if run.splits.validation is not None else None
     start = time.perf_counter()
@@ -160,6 +161,36 @@ def train(
     return exit_code(result.stop_reason, result.signal)
 
 
+def module_files(names: Sequence[str]) -> dict[str, str | None]:
+    """The file each imported module was loaded from (None for a namespace or built-in module)."""
+    return {name: getattr(sys.modules.get(name), "__file__", None) for name in names}
+
+
+def _recorded_imports(run_dir: str | os.PathLike, names: Sequence[str]) -> list[str]:
+    """The folders to import a run's ``imports`` from: where training found them (``run.json``), said aloud.
+
+    A config's ``imports`` run code. Reopening a run imports exactly the files its training imported, not
+    whatever the working directory holds under those names.
+    """
+    recorded = read_record(run_dir).get("imports", {})
+    folders = []
+    for name in names:
+        file = recorded.get(name)
+        if file is None:  # a module of an installed package (or a run from before this was recorded)
+            print(f"importing {name} (the run's config imports it)", file=sys.stderr)
+            continue
+        if not os.path.exists(file):
+            raise ConfigError(
+                "imports", f"the run imported {name!r} from {file}, which no longer exists. Fix: put it back."
+            )
+        print(f"importing {name} from {file} (the run's config imports it: that runs its code)", file=sys.stderr)
+        folder = Path(file).parent
+        for _ in range(name.count(".") + file.endswith("__init__.py")):  # the folder the top package sits in
+            folder = folder.parent
+        folders.append(str(folder))
+    return folders
+
+
 def _same_end(results: dict[str, Any], result: Any) -> bool:
     """Whether ``results.json`` already records this ending (a finished run run again)."""
     return results.get("steps") == result.step and results.get("stop_reason") == result.stop_reason
@@ -177,7 +208,7 @@ def evaluate_run(
     if not saved.exists():
         raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
     config = apply_overrides(json.loads(saved.read_text()), [f"dataset.{item}" for item in data])
-    run = Run(validate_config(config, search_dirs=[os.getcwd()]))
+    run = Run(validate_config(config, search_dirs=_recorded_imports(run_dir, config.get("imports", []))))
     step, state = run.restore(run_dir, checkpoint)
     metrics = evaluate(run.model, run.loss_fn, state, run.batches(split), inputs=run.splits.inputs, mesh=run.mesh)
     return {"checkpoint": step, "split": split, **metrics}

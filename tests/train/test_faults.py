@@ -247,3 +247,39 @@ def test_a_diverging_loss_stops_the_run_unsaved(tmp_path, capsys):
     assert exit_code(result.stop_reason) == 1
     calm = _fit(tmp_path / "calm", optimizer=optax.sgd(3.0), epochs=2, log_every=1, diverge_factor=0)
     assert calm.stop_reason != "diverged"  # 0: never stops for it
+
+
+MY_MODELS = """
+import funcnet as fn
+from funcnet.train import MODELS
+
+
+@MODELS.register("my_linear")
+def my_linear(features: int = 1):
+    return fn.serial(scale=fn.dense(features))
+"""
+
+
+def test_evaluate_imports_the_files_training_imported_and_says_so(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "a" / "my_models.py").write_text(MY_MODELS)
+    (tmp_path / "elsewhere" / "my_models.py").write_text("raise SystemExit('the wrong my_models was imported')\n")
+    config = {**IRIS, "imports": ["my_models"], "model": {"type": "my_linear"}}
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    cli = [sys.executable, "-m", "funcnet.train.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    trained = subprocess.run([*cli, "train", "config.json", "-s", str(tmp_path / "run")], cwd=tmp_path / "a",
+                             capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = subprocess.run([*cli, "evaluate", str(tmp_path / "run")], cwd=tmp_path / "elsewhere",
+                               capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert (
+        f"importing my_models from {tmp_path / 'a' / 'my_models.py'} (the run's config imports it" in evaluated.stderr
+    )
+    assert json.loads(evaluated.stdout)["split"] == "validation"
+    (tmp_path / "a" / "my_models.py").unlink()
+    gone = subprocess.run([*cli, "evaluate", str(tmp_path / "run")], cwd=tmp_path / "elsewhere",
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert gone.returncode == 2 and "which no longer exists. Fix: put it back" in gone.stderr
