@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import chex
@@ -283,3 +285,23 @@ def test_evaluate_imports_the_files_training_imported_and_says_so(tmp_path):
     gone = subprocess.run([*cli, "evaluate", str(tmp_path / "run")], cwd=tmp_path / "elsewhere",
                           capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert gone.returncode == 2 and "which no longer exists. Fix: put it back" in gone.stderr
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5, 3.0])  # loading, compiling, or the first steps (this machine's timing)
+def test_a_signal_during_start_up_leaves_a_run_that_the_same_command_finishes(tmp_path, delay):
+    config = tmp_path / "iris.json"
+    config.write_text(json.dumps({**IRIS, "trainer": {**IRIS["trainer"], "patience": None, "epochs": 3}}))
+    command = [sys.executable, "-m", "funcnet.train.cli", "train", str(config), "-s", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM, 0), err[-2000:]  # killed, saved, or done
+    assert "Traceback" not in err, err[-2000:]
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 9  # 3 epochs of 3 steps
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
