@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -305,8 +305,15 @@ def param_count(params: Any) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
-def _path_str(path: tuple[Any, ...]) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+def param_path(key_path: Sequence[Any]) -> str:
+    """``"encoder/dense_0/kernel"`` for a ``jax.tree_util`` key path: how funcnet names a param everywhere.
+
+    Example:
+      >>> import jax
+      >>> [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path({"a": {"b": 1}, "c": [2]})[0]]
+      ['a/b', 'c/0']
+    """
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in key_path)
 
 
 def summary(model: Model, *inputs: Any, **keyword_inputs: Any) -> str:
@@ -335,7 +342,7 @@ def summary(model: Model, *inputs: Any, **keyword_inputs: Any) -> str:
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
             rows.append(
                 (
-                    f"{kind}/{_path_str(path)}",
+                    f"{kind}/{param_path(path)}",
                     str(tuple(leaf.shape)),
                     jnp.dtype(leaf.dtype).name,
                     str(np.prod(leaf.shape, dtype=int)),

@@ -31,9 +31,7 @@ from tensorboardX import SummaryWriter
 from tensorboardX.proto import event_pb2
 from tqdm import tqdm
 
-
-def _path(path: tuple[Any, ...]) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+from ..core import param_path
 
 
 def _say_writer_failures_in_one_line() -> None:
@@ -89,7 +87,7 @@ class RunLogger:
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
             values = np.asarray(jax.device_get(leaf), dtype=np.float64).ravel()
             if values.size and np.isfinite(values).all():
-                self.writer.add_histogram(f"{prefix}/{_path(path)}" if path else prefix, values, int(step))
+                self.writer.add_histogram(f"{prefix}/{param_path(path)}" if path else prefix, values, int(step))
 
     def config(self, config: Mapping[str, Any]) -> None:
         """Writes the resolved config as text."""

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..core import param_path
 from . import optimizers as _optimizers  # noqa: F401  (registers the built-in optimizers)
 from . import schedules as _schedules  # noqa: F401  (registers the built-in schedules)
 from .components import ConfigError, _join, build_component, check_arguments, require, validate_component
@@ -208,16 +209,6 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | None, path: 
             "not a schedule key: the schedule's peak is the optimizer's learning_rate; remove it here.",
         )
     return build_component(SCHEDULES, config, path, learning_rate=learning_rate)
-
-
-def param_path(key_path: Sequence[Any]) -> str:
-    """``"encoder/dense_0/kernel"`` for a ``jax.tree_util`` key path (the names ``freeze`` matches).
-
-    >>> import jax
-    >>> [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path({"a": {"b": 1}, "c": [2]})[0]]
-    ['a/b', 'c/0']
-    """
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in key_path)
 
 
 def _frozen(transform: optax.GradientTransformation, patterns: list[re.Pattern], path: str):

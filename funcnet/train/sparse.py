@@ -34,8 +34,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..core import param_path as _path
 from ..layers.embed import Rows
-from .optim import param_path as _path
 
 SparseRows = Mapping[str, str]  # "/"-joined param path -> batch key of the ids that index that table
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from funcnet.core import param_path
 from funcnet.train import cli
 from funcnet.train.config import validate_config
-from funcnet.train.optim import param_path
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {
