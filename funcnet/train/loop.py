@@ -21,6 +21,7 @@ A run directory holds::
     RUN_DIR/logs/              tensorboardX event files (tensorboard --logdir RUN_DIR)
     RUN_DIR/results.json       the final figures (written by the CLI)
     RUN_DIR/.lock              the process training it (funcnet.train.lock): one trainer at a time
+    RUN_DIR/run.json           the newest complete checkpoint, the files of imported modules (funcnet.train.run_files)
 
 Running ``fit`` again on the same directory resumes from the newest complete checkpoint and
 ends with bit-identical parameters to an uninterrupted run: the data order depends only on the
