@@ -139,7 +139,7 @@ def train(
         restart=restart,
     )
     done = Path(run_dir) / "results.json"
-    if done.exists() and _same_end(json.loads(done.read_text()), result):
+    if result.trained == 0 and done.exists() and _same_end(json.loads(done.read_text()), result):
         print(f"the run had finished at step {result.step} ({result.stop_reason}); results unchanged in {done}")
         return exit_code(result.stop_reason, result.signal)
     results = {
@@ -192,7 +192,7 @@ def _recorded_imports(run_dir: str | os.PathLike, names: Sequence[str]) -> list[
 
 
 def _same_end(results: dict[str, Any], result: Any) -> bool:
-    """Whether ``results.json`` already records this ending (a finished run run again)."""
+    """Whether ``results.json`` already records this ending (with nothing trained: a finished run run again)."""
     return results.get("steps") == result.step and results.get("stop_reason") == result.stop_reason
 
 

@@ -111,6 +111,7 @@ class FitResult(NamedTuple):
       compilations: programs the train step compiled in this session (one per distinct batch shape).
       signal: the signal's number when ``stop_reason`` is ``"signal"`` (``stopping.exit_code`` turns it into
         the process's exit code).
+      trained: steps trained by this call (0 when a finished run is run again).
     """
 
     state: TrainState
@@ -122,6 +123,7 @@ class FitResult(NamedTuple):
     history: list[dict[str, float]]
     compilations: int = 0
     signal: int | None = None
+    trained: int = 0
 
     def __repr__(self) -> str:
         """One short line per field; the state's arrays are counted, not printed.
@@ -138,6 +140,7 @@ class FitResult(NamedTuple):
           history=<1 entries, last {'step': 2, 'loss': 0.25}>,
           compilations=0,
           signal=None,
+          trained=0,
         )
         """
         last = ""
@@ -153,6 +156,7 @@ class FitResult(NamedTuple):
             f"history=<{len(self.history)} entries{last}>",
             f"compilations={self.compilations}",
             f"signal={self.signal}",
+            f"trained={self.trained}",
         ]
         return "FitResult(\n" + "".join(f"  {line},\n" for line in lines) + ")"
 
@@ -291,7 +295,7 @@ def fit(
         else:
             abstract = abstract_train_state(model, optimizer, key, *example_inputs, mesh=mesh)
             latest, state, meta = checkpointer.restore_first(checkpointer.all_steps()[::-1], abstract)
-        step = int(state.step)
+        step = first = int(state.step)
         if validation is not None:  # a metric the evaluation does not give is refused now, not after an epoch
             _check_metric(eval_step_fn(model, loss_fn, inputs=inputs), state, example, trainer.metric)
         resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
@@ -426,6 +430,7 @@ def fit(
         list(meta["history"]),
         train_step.jitted._cache_size(),
         signals.signum if stop_reason == "signal" else None,
+        step - first,
     )
     for callback in callbacks:
         callback.on_fit_end(result)
