@@ -206,7 +206,11 @@ def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             experiment.lm, state.params, experiment.vocab.encode(experiment.corpus.test), seq_len=data["eval_seq_len"]
         )
     write_json(run_dir / "results.json", results)
-    print(f"\nbest checkpoint: step {step}; validation {results['validation_bpc']:.3f} bits/char", end="")
+    print(
+        f"\nbest checkpoint: step {step}; validation {results['validation_bpc']:.3f} bits/char, streamed (the carry "
+        f"handed from chunk to chunk; the evaluations above start each {data['seq_len']}-character chunk from zeros)",
+        end="",
+    )
     print(f", test {results['test_bpc']:.3f}" if "test_bpc" in results else "")
     print(f"samples (temperature {config['sample']['temperature']}):\n")
     for text in experiment.samples(state.params, 2):

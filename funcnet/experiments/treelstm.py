@@ -134,7 +134,8 @@ def sentiment_model(
 
 
 def tree_metrics(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-tree values of shape [G, T]: mean node loss, root correctness, binary and all-node counts."""
+    """Per-tree values of shape [G, T]: mean node loss, root correctness, and (named ``_...``: parts of the
+    binary and all-node accuracies that ``summarize`` divides, not printed by ``fit``) binary and node counts."""
     num_trees = batch["roots"].shape[-1]
 
     def one_group(logits, labels, label_mask, node_tree, roots):
@@ -148,10 +149,10 @@ def tree_metrics(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, ja
         return {
             "loss": jax.ops.segment_sum(nll, node_tree, num_segments=num_trees) / jnp.maximum(nodes, 1.0),
             "root_accuracy": (jnp.argmax(logits[roots], -1) == gold).astype(jnp.float32),
-            "binary_correct": polar * (predicted_positive == (gold > 2)).astype(jnp.float32),
-            "binary_count": polar,
-            "node_correct": jax.ops.segment_sum(correct, node_tree, num_segments=num_trees),
-            "node_count": nodes,
+            "_binary_correct": polar * (predicted_positive == (gold > 2)).astype(jnp.float32),
+            "_binary_count": polar,
+            "_node_correct": jax.ops.segment_sum(correct, node_tree, num_segments=num_trees),
+            "_node_count": nodes,
         }
 
     return jax.vmap(one_group)(logits, batch["labels"], batch["label_mask"], batch["node_tree"], batch["roots"])
@@ -161,8 +162,8 @@ def summarize(metrics: dict[str, float]) -> dict[str, float]:
     """Fine and binary root accuracy and all-node accuracy from ``evaluate``'s means."""
     return {
         "root_accuracy": metrics["root_accuracy"],
-        "binary_root_accuracy": metrics["binary_correct"] / max(metrics["binary_count"], 1e-9),
-        "node_accuracy": metrics["node_correct"] / max(metrics["node_count"], 1e-9),
+        "binary_root_accuracy": metrics["_binary_correct"] / max(metrics["_binary_count"], 1e-9),
+        "node_accuracy": metrics["_node_correct"] / max(metrics["_node_count"], 1e-9),
         "loss": metrics["loss"],
         "trees": metrics["count"],
     }

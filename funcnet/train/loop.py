@@ -239,7 +239,8 @@ def fit(
 
     Args:
       model: the model; ``model.apply(params, state, *[batch[k] for k in inputs])``.
-      loss_fn: per-example ``(outputs, batch) -> loss[B]`` or a dict with ``"loss"`` (see step.py).
+      loss_fn: per-example ``(outputs, batch) -> loss[B]`` or a dict with ``"loss"`` (see step.py). Values
+        whose names start with ``_`` (parts of a ratio, e.g. counts) are logged but not printed.
       optimizer: an optax transformation (``funcnet.train.optim.make_optimizer(...).transform``).
       train: a ``funcnet.train.data.Batches`` (or anything with ``epoch(e)``, ``iterate(position)``
         and ``steps_per_epoch``, which may be None when unknown: epochs are then counted by position).
@@ -496,7 +497,7 @@ def _record_eval(meta, metrics, step, position, trainer, progress) -> str | None
         meta["best_metric"], meta["best_step"] = value, step
     meta["bad_evals"] = 0 if better else meta["bad_evals"] + 1
     meta["history"].append({"step": step, "epoch": position.epoch, **metrics})
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "count")
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "count" and not k.startswith("_"))
     progress.write(f"step {step} validation: {shown}{' (best)' if better else ''}")
     if trainer.patience is not None and meta["bad_evals"] >= trainer.patience:
         progress.write(

@@ -55,10 +55,10 @@ def test_tree_metrics_by_hand():
     }
     metrics = treelstm.tree_metrics(logits, batch)
     np.testing.assert_allclose(metrics["root_accuracy"], [[1.0, 0.0]])
-    np.testing.assert_allclose(metrics["binary_count"], [[1.0, 0.0]])  # the neutral root is dropped
-    np.testing.assert_allclose(metrics["binary_correct"], [[1.0, 0.0]])
+    np.testing.assert_allclose(metrics["_binary_count"], [[1.0, 0.0]])  # the neutral root is dropped
+    np.testing.assert_allclose(metrics["_binary_correct"], [[1.0, 0.0]])
     np.testing.assert_allclose(metrics["loss"], [[-np.log(0.4), -np.log(0.1)]], rtol=1e-5)
-    np.testing.assert_allclose(metrics["node_count"], [[1.0, 1.0]])
+    np.testing.assert_allclose(metrics["_node_count"], [[1.0, 1.0]])
 
 
 def test_end_to_end_tiny_run(tmp_path):

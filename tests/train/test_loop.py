@@ -316,3 +316,15 @@ def test_fit_result_repr_is_short_and_prints_no_arrays():
     assert "TrainState(step=12, params=<4 arrays, 0 scalars>)" in text, text  # two dense layers: w and b each
     assert "best_metric=0.04762, best_step=152" in text, text
     assert "history=<19 entries, last {'step': 152, 'epoch': 19, 'loss': 0.04762, 'count': 32}>" in text, text
+
+
+def test_values_named_with_an_underscore_are_logged_but_not_printed(tmp_path, capsys):
+    def with_parts(out, batch):
+        return {"loss": mse(out, batch), "_part": jnp.ones(out.shape[0])}
+
+    train, valid = _data()
+    trainer = TrainerConfig(epochs=1, log_every=2, progress=False)
+    fit(MODEL, with_parts, optax.adam(1e-2), train, run_dir=tmp_path, trainer=trainer, validation=valid)
+    printed = [line for line in capsys.readouterr().out.splitlines() if "validation:" in line]
+    assert printed and all("loss" in line and "_part" not in line for line in printed)
+    assert "validation/_part" in read_scalars(tmp_path / "logs")
