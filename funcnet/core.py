@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ContractError, ParamsError
+from .errors import ContractError, ParamsError, describe
 
 Params = dict[str, Any]
 State = dict[str, Any]
@@ -172,18 +172,12 @@ def check_returns_pair(model: Any, result: Any, method: str) -> None:
     if ok and method == "init":
         ok = isinstance(result[0], dict)
     if not ok:
-        got = jax.tree.map(_describe_leaf, result) if isinstance(result, tuple) else _describe_leaf(result)
+        got = jax.tree.map(describe, result) if isinstance(result, tuple) else describe(result)
         raise ContractError(
             model.name,
             f"{method} must return ({first}, state) with {'params and state' if method == 'init' else 'state'} "
             f"as dicts, got {got}. Fix: return {first}, state (state is {{}} for a model without state).",
         )
-
-
-def _describe_leaf(x: Any) -> str:
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return f"{tuple(x.shape)} {jnp.dtype(x.dtype).name}"
-    return type(x).__name__
 
 
 def _is_model_like(x: Any) -> bool:
@@ -199,7 +193,7 @@ def _check_binds(
     try:
         signature.bind(*inputs, **keywords)
     except TypeError as error:
-        got = ", ".join(_describe_leaf(x) for x in inputs)
+        got = ", ".join(describe(x) for x in inputs)
         raise ContractError(
             label,
             f"{label}{signature} cannot take the inputs {got} ({error}). Fix: a function in a model takes the "

@@ -38,7 +38,7 @@ from funcnet.train.loop import fit
 from funcnet.train.optim import make_optimizer
 from funcnet.train.run_files import write_json
 from funcnet.train.state import abstract_train_state, data_mesh
-from funcnet.train.stopping import exit_code
+from funcnet.train.stopping import FAILED_REASONS, exit_code
 
 from .charlm import char_lm, lm_loss, sample, stream_bits_per_character
 from .text import Vocabulary, load_corpus, tbptt_dataset
@@ -185,7 +185,7 @@ def train(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         items_per_example=data["seq_len"], item_name="chars",
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    if result.stop_reason in ("nan", "diverged"):  # said in one line by fit; nothing to evaluate or sample
+    if result.stop_reason in FAILED_REASONS:  # said in one line by fit; nothing to evaluate or sample
         failed = {"stop_reason": result.stop_reason, "signal": None, "steps": result.step, "config": config}
         write_json(run_dir / "results.json", failed)
         return failed

@@ -42,7 +42,7 @@ from ..train.loop import evaluate, fit
 from ..train.optim import make_optimizer
 from ..train.run_files import write_json
 from ..train.state import data_mesh
-from ..train.stopping import exit_code
+from ..train.stopping import FAILED_REASONS, exit_code
 from .treedata import FIELDS, TreeBatches
 
 _BASE: dict[str, Any] = {
@@ -225,7 +225,7 @@ def run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         config=config, mesh=mesh, items_per_example=1, item_name="trees", sparse_rows=optimizer.sparse_rows,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    if result.stop_reason in ("nan", "diverged"):  # said in one line by fit; nothing to evaluate
+    if result.stop_reason in FAILED_REASONS:  # said in one line by fit; nothing to evaluate
         failed = {"stop_reason": result.stop_reason, "signal": None, "steps": result.step, "config": config}
         write_json(run_dir / "results.json", failed)
         return failed

@@ -40,9 +40,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..children import apply_child, check_children, init_child, put
-from ..core import Model, output_spec
-from ..errors import DTypeError, LayerError, ParamsError, ShapeError, check_floating, check_rank, describe, prefix_path
+from ..children import apply_child, check_children, child_output_spec, init_child, put
+from ..core import Model
+from ..errors import DTypeError, ParamsError, ShapeError, check_floating, check_rank, describe
 from ._sharding import reshard_like
 from .cells import Cell
 from .dropout import dropout as dropout_layer
@@ -391,10 +391,7 @@ def stacked_rnn(cells: Sequence[Cell], *, dropout: float = 0.0, return_carry: bo
             p, s = init_child(name, layer, key, xs, lengths, carry)
             put(params, name, p)
             put(state, name, s)
-            try:
-                xs = output_spec(layer, p, s, xs, lengths, carry)[0]
-            except LayerError as error:
-                raise prefix_path(error, name) from None
+            xs = child_output_spec(name, layer, p, s, xs, lengths, carry)[0]
         return params, state
 
     def apply(params, state, xs, lengths=None, initial_carry=None, *, key=None, train=False):

@@ -258,6 +258,7 @@ class Checkpointer:
                     where = os.path.join(self.directory, str(step))
                     say(f"checkpoint {where} does not restore: {cause}; trying the next ({step} -> {steps[i + 1]})")
                 continue
+            self._log.failure = None  # what Orbax logged while restoring is no save's failure
             return step, state, meta
         raise CheckpointError(f"no checkpoint of {self.directory} restores: {'; '.join(failures) or 'there are none'}")
 

@@ -55,7 +55,7 @@ from .resident import EpochPlans, resident_arrays
 from .run_files import RUN_RECORD, read_record, update_record
 from .state import TrainState, abstract_train_state, create_train_state, data_mesh
 from .step import LossFn, eval_step_fn, make_eval_step, make_train_step
-from .stopping import StopSignals
+from .stopping import FAILED_REASONS, StopSignals
 from .train_log import TrainLog, state_is_finite
 
 _READ_EVERY_SECONDS = 1.0  # single process: read metrics (progress bar, NaN check) at least this often
@@ -384,7 +384,7 @@ def fit(
                         stop_reason = hook([finished_step]) or stop_reason
                 stop_reason = train_log(pending.take(all_steps=True)) or stop_reason
                 last_read = time.perf_counter()
-                if stop_reason in ("nan", "diverged"):  # never saved
+                if stop_reason in FAILED_REASONS:  # never saved
                     break
                 if check_state and not state_is_finite(state):
                     stop_reason = train_log.nan(step, " (the loss is finite; the updated parameters are not)")

@@ -27,6 +27,9 @@ _SIGNAL_KEY = "funcnet/stop_signal"  # "<SIGNAME> <process index>" of a SIGINT i
 FINISHED, FAILED, BAD_CONFIG = 0, 1, 2  # and 128 + the signal's number after a signal's save (130, 143)
 
 
+FAILED_REASONS = ("nan", "diverged")  # stop reasons of a failed run: nothing saved at the end, exit code 1
+
+
 def exit_code(stop_reason: str, signum: int | None = None) -> int:
     """The exit code of a run that ended for ``stop_reason`` (a ``FitResult.stop_reason``), as shells report
     signals: 0 finished (early stopping and a callback's stop included), 128 + the signal's number after a
@@ -37,7 +40,7 @@ def exit_code(stop_reason: str, signum: int | None = None) -> int:
     """
     if stop_reason == "signal":
         return 128 + int(signum or signal.SIGTERM)
-    return FAILED if stop_reason in ("nan", "diverged") else FINISHED
+    return FAILED if stop_reason in FAILED_REASONS else FINISHED
 
 
 def coordination_client() -> Any:
