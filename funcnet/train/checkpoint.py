@@ -93,14 +93,18 @@ def _one_line(error: BaseException) -> str:
 def _drop_late_reads() -> None:
     """Silences what a failed restore or save leaves behind: its aborted TensorStore operations finish after Orbax
     closed its event loop, and Python reports each as an unraisable ``RuntimeError: Event loop is closed``, a
-    screenful of tracebacks that say nothing more. Other unraisable exceptions still reach the previous hook."""
+    screenful of tracebacks that say nothing more (and Orbax coroutines left unawaited warn the same way). Other
+    unraisable exceptions still reach the previous hook."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_late_reads", False):
         return
 
     def hook(unraisable: Any) -> None:
         error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)  # an Orbax coroutine the aborted operation never awaited
+        orbax_never_awaited = "orbax" in getattr(code, "co_filename", "") and "never awaited" in str(error)
+        if not (closed_loop or orbax_never_awaited):
             previous(unraisable)
 
     hook.drops_late_reads = True  # type: ignore[attr-defined]

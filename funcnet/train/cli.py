@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, SetupError, RunLocked, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return BAD_CONFIG
-    except CheckpointSaveError as error:
+    except (CheckpointSaveError, OSError) as error:  # a full disk also fails results.json: one line, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return FAILED
 

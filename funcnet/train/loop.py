@@ -421,6 +421,7 @@ def fit(
                 update_record(run_dir, checkpointed=checkpointer.closed_at)
             progress.close()
             logger.close()
+    checkpointer.check()  # the last save can fail while closing, after the loop: still the run's failure
     result = FitResult(
         state,
         step,
