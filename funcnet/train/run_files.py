@@ -35,6 +35,13 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    try:
+        _write_atomically(path, directory, value)
+    except OSError as error:  # name the file: a full disk's own message does not
+        raise OSError(error.errno, f"writing {path}: {error.strerror or error}") from None
+
+
+def _write_atomically(path: str | os.PathLike, directory: str, value: Any) -> None:
     with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
         try:
             json.dump(value, f, indent=2, default=float)
