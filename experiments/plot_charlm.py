@@ -3,7 +3,7 @@
     pip install -e '.[plot]'
     python experiments/plot_charlm.py OUT.png RUN_DIR [RUN_DIR ...]
 
-Reads the runs' event files (``RUN_DIR/logs``) with ``funcnet.train.log.read_scalars``.
+Reads the runs' event files (``RUN_DIR/logs``) with ``funcnet.train.writers.read_scalars``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from funcnet.train.log import read_scalars
+from funcnet.train.writers import read_scalars
 
 
 def main(out: str, run_dirs: list[str]) -> None:

@@ -12,9 +12,9 @@ import pytest
 
 import funcnet as fn
 from funcnet import losses, metrics
-from funcnet.train import builtins  # registers the losses config files name
-from funcnet.train.components import build_component
-from funcnet.train.registry import LOSSES
+from funcnet.config import catalogue
+from funcnet.config.components import build_component
+from funcnet.config.registry import LOSSES
 from funcnet.train.state import create_train_state
 from funcnet.train.step import eval_step_fn
 
@@ -315,7 +315,7 @@ def test_registered_losses_are_per_example_of_funcnet_losses(name):
 
 def test_registered_losses_give_what_the_optax_versions_gave():
     """The registered losses before funcnet.losses: optax per entry, averaged over every non-batch axis."""
-    values = builtins.softmax_cross_entropy()(LOGITS, {"y": LABELS})
+    values = catalogue.softmax_cross_entropy()(LOGITS, {"y": LABELS})
     old = optax.softmax_cross_entropy_with_integer_labels(LOGITS, LABELS).reshape(4, -1).mean(1)
     np.testing.assert_allclose(values["loss"], old, rtol=1e-6)
     np.testing.assert_allclose(values["accuracy"], (LOGITS.argmax(-1) == LABELS).reshape(4, -1).mean(1), rtol=1e-7)
@@ -324,5 +324,5 @@ def test_registered_losses_give_what_the_optax_versions_gave():
         RNG.standard_normal((4, 5, 3)).astype(np.float32),
     )
     np.testing.assert_allclose(
-        builtins.mse()(outputs, {"y": targets})["loss"], ((outputs - targets) ** 2).reshape(4, -1).mean(1), rtol=1e-6
+        catalogue.mse()(outputs, {"y": targets})["loss"], ((outputs - targets) ** 2).reshape(4, -1).mean(1), rtol=1e-6
     )

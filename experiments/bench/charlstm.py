@@ -158,7 +158,7 @@ def build_funcnet(
     import jax
     import optax
 
-    from funcnet.train.feed import max_in_flight
+    from funcnet.train.batch_feed import max_in_flight
     from funcnet.train.state import batch_sharded
 
     optimizer = optax.adam(LEARNING_RATE)

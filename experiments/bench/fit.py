@@ -11,7 +11,7 @@ sequences, 20 batches of 32), shuffled each epoch by ``funcnet.train.data.Batche
 Systems (all train with the same ``funcnet.train.step.make_train_step`` step on one device):
   fit        ``fit(model, loss, optimizer, Batches(...), trainer=TrainerConfig(log_every=50,
              progress=True))`` with its defaults: the in-memory arrays copied to the device once and
-             each step gathering its batch there (``funcnet.train.resident``; the host sends the
+             each step gathering its batch there (``funcnet.train.device_data``; the host sends the
              example numbers of many epochs at once), metrics read lazily, tensorboardX scalars every 50 steps, the
              progress bar (written to /dev/null); no evaluation,
              checkpoints only at the end of the run (outside the timed window)
@@ -105,7 +105,7 @@ def fit_system(name, spec, seed, root, checkpoint_every=None) -> tuple[common.Sy
     and the list that collects each whole fit call's seconds."""
     import jax
 
-    from funcnet.train.config import TrainerConfig
+    from funcnet.train import TrainerConfig
     from funcnet.train.data import Batches
     from funcnet.train.loop import fit
     from funcnet.train.state import data_mesh

@@ -208,7 +208,7 @@ def systems_for(source, bench: Bench, args, root, refs):
     """The timed systems for one source (a SlowDataset): references first, then the chosen systems."""
     import jax
 
-    from funcnet.train.config import TrainerConfig
+    from funcnet.train import TrainerConfig
     from funcnet.train.data import Batches, shard_batch
     from funcnet.train.loop import fit
     from funcnet.train.prefetch import prefetch

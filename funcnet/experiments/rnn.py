@@ -28,17 +28,18 @@ from typing import Any
 
 import jax
 
+from funcnet.config.optimizer import make_optimizer
+from funcnet.config.run_config import apply_overrides, load_config, merge_configs
 from funcnet.errors import DataError
 from funcnet.train.checkpoint import restore_run
-from funcnet.train.components import ConfigError, check_arguments, check_compute_dtype
-from funcnet.train.config import TrainerConfig, apply_overrides, load_config, merge_configs
 from funcnet.train.data import Batches
 from funcnet.train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from funcnet.train.loop import fit
-from funcnet.train.optim import make_optimizer
+from funcnet.train.options import TrainerConfig
 from funcnet.train.run_files import write_json
 from funcnet.train.state import abstract_train_state, data_mesh
 from funcnet.train.stopping import FAILED_REASONS, exit_code
+from funcnet.validation import ConfigError, check_arguments, check_compute_dtype
 
 from .charlm import char_lm, lm_loss, sample, stream_bits_per_character
 from .text import Vocabulary, load_corpus, tbptt_dataset

@@ -35,14 +35,15 @@ from funcnet.datasets import sentiment_language
 from funcnet.errors import DataError
 from funcnet.trees import Vocabulary, parse_tree, read_trees
 
+from ..config.optimizer import make_optimizer
+from ..config.run_config import apply_overrides, merge_configs
 from ..train.checkpoint import restore_run
-from ..train.components import ConfigError, check_arguments, check_compute_dtype
-from ..train.config import TrainerConfig, apply_overrides, merge_configs
 from ..train.loop import evaluate, fit
-from ..train.optim import make_optimizer
+from ..train.options import TrainerConfig
 from ..train.run_files import write_json
 from ..train.state import data_mesh
 from ..train.stopping import FAILED_REASONS, exit_code
+from ..validation import ConfigError, check_arguments, check_compute_dtype
 from .treedata import FIELDS, TreeBatches
 
 _BASE: dict[str, Any] = {

@@ -10,13 +10,13 @@
 - Per-example losses for the engine: ``funcnet.losses.per_example(fn.losses.mse)`` etc. (``target=``, metrics).
 - ``Batches`` (seeded shuffling, padding with masked examples, restorable position) and
   ``prefetch`` (next batches put on the devices while a step runs).
-- ``make_optimizer``: optax optimizers, schedules, clipping, weight decay, accumulation and
-  freezing from a config dict.
+- ``TrainerConfig``: the options of ``fit`` (budgets, batch size, evaluation, checkpoints, logging).
 - ``Checkpointer``: Orbax, latest N and best by a metric.
 - ``fit``: epochs or a step budget, evaluation, early stopping, NaN detection, logs, progress,
   callbacks, graceful stop, exact resume.
-- ``funcnet train CONFIG -s RUN_DIR`` and ``funcnet evaluate RUN_DIR``: the same from config files,
-  with components registered by name (``MODELS``, ``DATASETS``, ``LOSSES``, ``OPTIMIZERS``, ``SCHEDULES``).
+
+The engine knows nothing of config files: ``funcnet.config`` (registries, ``make_optimizer`` from a
+config table, ``funcnet train CONFIG -s RUN_DIR``) is built on top of it.
 
 >>> import jax, jax.numpy as jnp, numpy as np, optax, funcnet as fn
 >>> from funcnet import train
@@ -29,31 +29,20 @@
 1
 """
 
-from .builtins import DataSplits as DataSplits
+from .callbacks import Callback as Callback
+from .callbacks import StopTraining as StopTraining
 from .checkpoint import Checkpointer as Checkpointer
-from .components import ConfigError as ConfigError
-from .config import TrainerConfig as TrainerConfig
-from .config import load_config as load_config
-from .config import validate_config as validate_config
 from .data import ArrayDataset as ArrayDataset
 from .data import Batches as Batches
 from .data import GeneratorBatches as GeneratorBatches
 from .data import Position as Position
 from .devices import cpu_devices as cpu_devices
 from .distributed import join as join
-from .loop import Callback as Callback
-from .loop import FitResult as FitResult
-from .loop import StopTraining as StopTraining
-from .loop import evaluate as evaluate
+from .evaluation import evaluate as evaluate
 from .loop import fit as fit
-from .optim import Optimizer as Optimizer
-from .optim import make_optimizer as make_optimizer
+from .options import TrainerConfig as TrainerConfig
 from .prefetch import prefetch as prefetch
-from .registry import DATASETS as DATASETS
-from .registry import LOSSES as LOSSES
-from .registry import MODELS as MODELS
-from .registry import OPTIMIZERS as OPTIMIZERS
-from .registry import SCHEDULES as SCHEDULES
+from .result import FitResult as FitResult
 from .state import TrainState as TrainState
 from .state import create_train_state as create_train_state
 from .state import data_mesh as data_mesh

@@ -1,16 +1,14 @@
 """CPU cores as data-parallel devices: ``cpu_devices`` makes JAX's CPU backend expose one device per core.
 
 JAX's CPU backend is ONE device by default, and XLA runs the small kernels of a recurrent step one
-after another on it, each small matmul on one thread (``experiments/bench/small_matmul.py``).
-With one device per core, ``make_train_step`` and ``fit`` (whose mesh is every device) split each
-batch across the cores and run the shards side by side, then average the gradients: the same step,
-to float rounding. Measured on 2 cores (``experiments/results/bench.md``, systems ``funcnet`` and
-``funcnet_cores``): the character LSTM trains 1.64x faster in float32 and 1.76x with bfloat16 operands.
-Not every step gains (a step that is a few large matmuls already keeps both cores busy, and a
-tiny one is mostly fixed costs): measure yours with and without it.
+after another on it. With one device per core, ``make_train_step`` and ``fit`` (whose mesh is every
+device) split each batch across the cores and run the shards side by side, then average the
+gradients: the same step, to float rounding. Not every step gains (a step that is a few large
+matmuls already keeps both cores busy, and a tiny one is mostly fixed costs): measure yours with and
+without it (``docs/design.md`` has the character LSTM's figures).
 
 ``fit`` keeps at most 2 steps in flight on such a mesh: with more queued, XLA's CPU collectives
-have stalled (``funcnet.train.feed.max_in_flight``). A loop of your own should do the same.
+have stalled (``funcnet.train.batch_feed.max_in_flight``). A loop of your own should do the same.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ with masked examples gives the same gradient and metrics as the unpadded batch, 
 averaged over uneven batches are exact (each step reports its means and its ``count``).
 A batch without ``"mask"`` holds only real examples, as many as the leading axis of the first
 model input, and its values must be ``[B]``: the means divide by that constant, and the step has
-no mask to reduce (one reduction and a division fewer: ``experiments/bench/mlp.py`` measures both
-forms, ``funcnet`` and ``funcnet_masked``). ``Batches`` always adds a mask.
+no mask to reduce (one reduction and a division fewer). ``Batches`` always adds a mask.
 
 Data parallelism, three ways, one pure step (each tested against one device on the same batch):
 
@@ -44,7 +43,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from ..core import Model, check_takes_key_and_train
-from .resident import batch_of_step
+from .device_data import batch_of_step
 from .sparse import SparseRows, gather_rows, scatter_rows, unwrap
 from .state import TrainState, batch_sharded, check_divisible, data_mesh, replicated, step_key
 
@@ -295,8 +294,8 @@ def make_train_step(
     The batch is sharded along its first axis over the mesh's ``"data"`` axis; the state stays
     replicated. On one device this is a plain jitted step. See ``train_step_fn`` for the arguments;
     ``resident``: the training arrays, already replicated on the devices
-    (``funcnet.train.resident``); the step then takes, instead of a batch, an epoch's plan
-    (``funcnet.train.resident.EpochPlans``) and gathers its own batch inside the compiled step.
+    (``funcnet.train.device_data``); the step then takes, instead of a batch, an epoch's plan
+    (``funcnet.train.device_data.EpochPlans``) and gathers its own batch inside the compiled step.
 
     Raises:
       ValueError: the batch size is not a multiple of the number of devices.

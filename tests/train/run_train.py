@@ -18,7 +18,8 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from funcnet.train import cli, loop
+from funcnet.config import cli
+from funcnet.train import loop
 from funcnet.train.checkpoint import Checkpointer
 
 

@@ -16,8 +16,8 @@ import chex
 import jax.numpy as jnp
 import pytest
 
+from funcnet.config.cli import main
 from funcnet.train.checkpoint import Checkpointer, CheckpointError, restore_run
-from funcnet.train.cli import main
 from funcnet.train.lock import LOCK_FILE, RunLock, RunLocked
 from tests.train.test_loop import _fit
 
@@ -198,7 +198,7 @@ def _on_a_full_disk(tmp_path, config):
         pytest.skip("unshare (util-linux) is not installed: no small tmpfs to fill")
     script = (
         f"mount -t tmpfs -o size=300k tmpfs {tmp_path}/disk && "
-        f"{sys.executable} -m funcnet.train.cli train {config} -s {tmp_path}/disk/run; "
+        f"{sys.executable} -m funcnet.config.cli train {config} -s {tmp_path}/disk/run; "
         f"echo exit=$?; cp -r {tmp_path}/disk/run {tmp_path}/copy"
     )
     (tmp_path / "disk").mkdir()
@@ -232,8 +232,8 @@ def test_a_full_disk_stops_the_run_in_one_line_leaving_no_temp_folder_and_resume
 
 
 def _params(run_dir):
-    from funcnet.train.cli import Run
-    from funcnet.train.config import validate_config
+    from funcnet.config.cli import Run
+    from funcnet.config.run_config import validate_config
 
     run = Run(validate_config(json.loads((run_dir / "config.json").read_text())))
     return run.restore(run_dir, "latest")[1].params
@@ -257,7 +257,7 @@ def test_a_diverging_loss_stops_the_run_unsaved(tmp_path, capsys):
 
 MY_MODELS = """
 import funcnet as fn
-from funcnet.train import MODELS
+from funcnet.config import MODELS
 
 
 @MODELS.register("my_linear")
@@ -273,7 +273,7 @@ def test_evaluate_imports_the_files_training_imported_and_says_so(tmp_path):
     (tmp_path / "elsewhere" / "my_models.py").write_text("raise SystemExit('the wrong my_models was imported')\n")
     config = {**IRIS, "imports": ["my_models"], "model": {"type": "my_linear"}}
     (tmp_path / "a" / "config.json").write_text(json.dumps(config))
-    cli = [sys.executable, "-m", "funcnet.train.cli"]
+    cli = [sys.executable, "-m", "funcnet.config.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     trained = subprocess.run([*cli, "train", "config.json", "-s", str(tmp_path / "run")], cwd=tmp_path / "a",
                              capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
@@ -295,7 +295,7 @@ def test_evaluate_imports_the_files_training_imported_and_says_so(tmp_path):
 def test_a_signal_during_start_up_leaves_a_run_that_the_same_command_finishes(tmp_path, delay):
     config = tmp_path / "iris.json"
     config.write_text(json.dumps({**IRIS, "trainer": {**IRIS["trainer"], "patience": None, "epochs": 3}}))
-    command = [sys.executable, "-m", "funcnet.train.cli", "train", str(config), "-s", str(tmp_path / "run")]
+    command = [sys.executable, "-m", "funcnet.config.cli", "train", str(config), "-s", str(tmp_path / "run")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -14,13 +14,13 @@ import optax
 import pytest
 
 import funcnet as fn
+from funcnet.train import TrainerConfig
 from funcnet.train.checkpoint import Checkpointer
-from funcnet.train.config import TrainerConfig
 from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches
-from funcnet.train.log import read_events, read_scalars
 from funcnet.train.loop import Callback, FitResult, StopTraining, evaluate, fit
 from funcnet.train.state import create_train_state
 from funcnet.train.step import make_train_step
+from funcnet.train.writers import read_events, read_scalars
 from tests.train.test_step import _nan_gradient_where
 
 RNG = np.random.default_rng(0)

@@ -23,9 +23,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from funcnet.config import cli
+from funcnet.config.run_config import validate_config
 from funcnet.core import param_path
-from funcnet.train import cli
-from funcnet.train.config import validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {
@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 def _launch(config, run_dir, *flags, devices=2):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    command = ["timeout", "-s", "KILL", str(HARD_LIMIT), sys.executable, "-m", "funcnet.train.cli", "train"]
+    command = ["timeout", "-s", "KILL", str(HARD_LIMIT), sys.executable, "-m", "funcnet.config.cli", "train"]
     command += [str(config), "-s", str(run_dir), *flags]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

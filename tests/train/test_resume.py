@@ -11,8 +11,8 @@ from pathlib import Path
 import chex
 import pytest
 
-from funcnet.train.cli import Run
-from funcnet.train.config import validate_config
+from funcnet.config.cli import Run
+from funcnet.config.run_config import validate_config
 
 CONFIG = {
     "model": {"type": "mlp", "hidden": [16], "features": 1, "dropout": 0.2},  # dropout: randomness per step

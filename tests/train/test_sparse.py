@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import funcnet as fn
-from funcnet.train.components import ConfigError
-from funcnet.train.optim import make_optimizer
+from funcnet.config import ConfigError
+from funcnet.config.optimizer import make_optimizer
 from funcnet.train.sparse import gather_rows
 from funcnet.train.state import create_train_state, data_mesh
 from funcnet.train.step import make_train_step

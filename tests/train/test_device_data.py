@@ -1,4 +1,4 @@
-"""Training arrays kept on the devices (funcnet.train.resident): the same batches, the same training."""
+"""Training arrays kept on the devices (funcnet.train.device_data): the same batches, the same training."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import optax
 import pytest
 
 import funcnet as fn
+import funcnet.train.device_data as resident
 import funcnet.train.loop as loop
-import funcnet.train.resident as resident
-from funcnet.train.components import ConfigError
-from funcnet.train.config import TrainerConfig
+from funcnet.config import ConfigError
+from funcnet.train import TrainerConfig
 from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches, Position
-from funcnet.train.resident import EpochPlans, batch_of_step, epoch_plan, resident_arrays
+from funcnet.train.device_data import EpochPlans, batch_of_step, epoch_plan, resident_arrays
 from funcnet.train.state import create_train_state, data_mesh
 from funcnet.train.step import make_train_step
 

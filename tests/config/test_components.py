@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Literal
 
 import pytest
 
-from funcnet.train.components import ConfigError, build_component, check_arguments, require, validate_component
-from funcnet.train.registry import Registry
+from funcnet.config.components import build_component, validate_component
+from funcnet.config.registry import Registry
+from funcnet.validation import ConfigError, check_arguments, require
 
 if TYPE_CHECKING:
     from some_module_that_does_not_exist import Widget

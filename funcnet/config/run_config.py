@@ -2,9 +2,9 @@
 
 A run config has the sections ``imports`` (optional), ``model``, ``dataset``, ``loss``, ``optimizer`` and
 ``trainer``. ``model``, ``dataset`` and ``loss`` name a registered factory with ``type``; their other keys are
-checked against that factory's signature (see :mod:`funcnet.train.components`), and ``trainer`` against
+checked against that factory's signature (see :mod:`funcnet.config.components`), and ``trainer`` against
 :class:`TrainerConfig`, so a typo fails at once with its key path instead of after compilation.
-``optimizer`` is checked here only for its ``type``; ``funcnet.train.optim`` checks the rest.
+``optimizer`` is checked here only for its ``type``; ``funcnet.config.optimizer`` checks the rest.
 
 >>> config = apply_overrides({"trainer": {"epochs": 3}}, ["trainer.batch_size=64"])
 >>> TrainerConfig.from_dict(config["trainer"]).batch_size
@@ -14,18 +14,18 @@ checked against that factory's signature (see :mod:`funcnet.train.components`), 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime
 import importlib
 import json
 import os
 import sys
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
-from .components import ConfigError, _check, _join, _show, _type_of, _unknown, validate_component
+from ..train.options import TrainerConfig
+from ..validation import ConfigError, did_you_mean, join_path, show
+from .components import type_of, validate_component
 from .registry import DATASETS, LOSSES, MODELS, Registry
 
 if sys.version_info >= (3, 11):
@@ -86,7 +86,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         except ConfigError as e:
             raise ConfigError("", f"{file}: key {e.path!r} appears twice in one JSON object; keep one.") from None
     if not isinstance(config, dict):
-        raise ConfigError("", f"{file}: expected a table of sections at the top level, got {_show(config)}")
+        raise ConfigError("", f"{file}: expected a table of sections at the top level, got {show(config)}")
     _reject_dates(config, "", file)
     return config
 
@@ -144,131 +144,10 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 where = ".".join(parts[: i + 1])
-                raise ConfigError(where, f"--override {override!r}: {where} is {_show(child)}, not a table.")
+                raise ConfigError(where, f"--override {override!r}: {where} is {show(child)}, not a table.")
             node = child
         node[parts[-1]] = value
     return result
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainerConfig:
-    """The ``trainer`` section: how long to train, and how to batch, evaluate, checkpoint and log.
-
-    Attributes:
-      epochs: passes over the training set; None: no epoch limit. Set epochs, max_steps or both
-        (the first limit reached ends the run).
-      max_steps: optimizer steps in all; None: no step limit.
-      batch_size: global batch size, split across the devices.
-      eval_batch_size: batch size for evaluation; None: ``batch_size``.
-      eval_every: evaluate every this many steps; None: at the end of each epoch. The last step is evaluated too.
-      log_every: log train loss, metrics and learning rate every this many steps.
-      checkpoint_every: save every this many steps; None: at each evaluation.
-      keep_checkpoints: how many of the latest checkpoints to keep.
-      keep_best: how many best-by-``metric`` checkpoints to keep beside the latest.
-      metric: the validation metric that picks the best checkpoint and drives early stopping.
-      mode: ``"min"`` if a lower ``metric`` is better, ``"max"`` if a higher one is.
-      patience: stop after this many evaluations in a row without improvement; None: never.
-      seed: seeds parameter init, dropout keys and the shuffle order.
-      shuffle: shuffle the training set each epoch (a permutation from ``seed`` and the epoch).
-      drop_remainder: drop the last incomplete training batch instead of padding it with masked examples.
-      skip_nan_updates: on a NaN/Inf loss or gradient, skip that update and go on instead of stopping the run.
-      diverge_factor: stop the run as diverged (exit code 1, nothing saved) when a logged training loss exceeds
-        this many times the first step's; 0: never.
-      log_grad_norm: also compute the global gradient norm in every step, logged as ``train/grad_norm``
-        (mean over ``log_every`` steps, and a histogram at each evaluation). Off by default: on a small
-        model its reductions cost a noticeable part of the step.
-      prefetch: how many batches a background thread keeps ready ahead of the step (it refills them
-        when half are taken), so that slow input (files, parsing) overlaps the running step; 0: no
-        thread, each batch is made when the step needs it. None (the default): 0 for in-memory arrays
-        (``Batches`` of an ``ArrayDataset``: slicing a batch costs less than handing it over between
-        threads), 2 for any other source. Unused for arrays kept on the devices (``device_data_mib``).
-      device_data_mib: in-memory training arrays (``Batches`` of an ``ArrayDataset``) of up to this
-        many MiB in all are copied to every device once, and each step gathers its batch's rows
-        there, so the host sends only the examples' numbers, a plan of many epochs at a time
-        (``funcnet.train.resident``); 0: off, batches are sliced on the host. Single-process runs only.
-      progress: show a progress bar (moved when metrics are read: at log steps, and at least every second).
-      peer_timeout: multi-process runs: seconds without a heartbeat from another process after which this
-        one prints which process was lost and the last complete checkpoint, and exits with code 1
-        (``funcnet.train.distributed.PeerWatch``).
-
-    Example:
-      >>> trainer = TrainerConfig.from_dict({"epochs": 10, "batch_size": 128, "patience": 3})
-      >>> trainer.batch_size, trainer.metric, trainer.mode
-      (128, 'loss', 'min')
-    """
-
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int | None = None
-    eval_every: int | None = None
-    log_every: int = 50
-    checkpoint_every: int | None = None
-    keep_checkpoints: int = 3
-    keep_best: int = 1
-    metric: str = "loss"
-    mode: Literal["min", "max"] = "min"
-    patience: int | None = None
-    seed: int = 0
-    shuffle: bool = True
-    drop_remainder: bool = False
-    skip_nan_updates: bool = False
-    diverge_factor: float = 1000.0
-    log_grad_norm: bool = False
-    prefetch: int | None = None
-    device_data_mib: int = 256
-    progress: bool = True
-    peer_timeout: int = 60
-
-    def __post_init__(self):
-        _check_trainer({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "trainer")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "trainer") -> TrainerConfig:
-        """Checks a ``trainer`` table (unknown keys, types, ranges) and fills in the defaults.
-
-        >>> TrainerConfig.from_dict({"epoch": 3})  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        funcnet.train.components.ConfigError: trainer.epoch: unknown trainer setting. Did you mean 'epochs'? ...
-        """
-        if not isinstance(values, Mapping):
-            raise ConfigError(path, f"expected a table of trainer settings, got {_show(values)}")
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in defaults:
-                raise ConfigError(_join(path, key), _unknown(key, defaults, "trainer setting"))
-        _check_trainer({**defaults, **values}, path)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """All settings, defaults included, as a JSON-ready dict.
-
-        >>> TrainerConfig(max_steps=100).to_dict()["batch_size"]
-        32
-        """
-        return dataclasses.asdict(self)
-
-
-_MINIMUM = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "eval_every": 1, "log_every": 1}
-_MINIMUM.update(checkpoint_every=1, keep_checkpoints=1, keep_best=1, patience=0, seed=0, prefetch=0, device_data_mib=0)
-_MINIMUM["peer_timeout"] = 1
-
-
-def _check_trainer(values: Mapping[str, Any], path: str) -> None:
-    hints = typing.get_type_hints(TrainerConfig)
-    for name, value in values.items():
-        _check(value, hints[name], _join(path, name))
-        if name in _MINIMUM and value is not None and value < _MINIMUM[name]:
-            raise ConfigError(_join(path, name), f"expected an int >= {_MINIMUM[name]}, got {value}")
-    if values["diverge_factor"] != 0 and not values["diverge_factor"] > 1:
-        raise ConfigError(
-            _join(path, "diverge_factor"), f"expected a number > 1, or 0 to never stop, got {values['diverge_factor']}"
-        )
-    if not values["metric"]:
-        raise ConfigError(_join(path, "metric"), 'expected the name of a validation metric, e.g. "loss", got ""')
-    if values["epochs"] is None and values["max_steps"] is None:
-        raise ConfigError(path, "expected epochs or max_steps (or both), got neither. Fix: add e.g. epochs = 10")
 
 
 def import_modules(config: Mapping[str, Any], search_dirs: Sequence[str | os.PathLike[str]] | None = None) -> list[str]:
@@ -288,12 +167,12 @@ def import_modules(config: Mapping[str, Any], search_dirs: Sequence[str | os.Pat
         path (``imports[0]``) and the message name the module.
 
     Example:
-      >>> import_modules({"imports": ["json", "funcnet.train.registry"]})
-      ['json', 'funcnet.train.registry']
+      >>> import_modules({"imports": ["json", "funcnet.config.registry"]})
+      ['json', 'funcnet.config.registry']
     """
     names = config.get("imports", [])
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ConfigError("imports", f'expected a list of module names, e.g. ["my_models"], got {_show(names)}')
+        raise ConfigError("imports", f'expected a list of module names, e.g. ["my_models"], got {show(names)}')
     dirs = [os.getcwd()] if search_dirs is None else [os.fspath(d) for d in search_dirs]
     added = [d for d in dict.fromkeys(str(Path(d).resolve()) for d in dirs) if d not in sys.path]
     sys.path[:0] = added
@@ -330,7 +209,7 @@ class RunConfig(NamedTuple):
     model: dict[str, Any]  # {"type": <MODELS name>, **factory kwargs}
     dataset: dict[str, Any]  # {"type": <DATASETS name>, **factory kwargs}
     loss: dict[str, Any]  # {"type": <LOSSES name>, **factory kwargs}
-    optimizer: dict[str, Any]  # {"type": ..., ...}, checked by funcnet.train.optim
+    optimizer: dict[str, Any]  # {"type": ..., ...}, checked by funcnet.config.optimizer
     trainer: TrainerConfig
     imports: tuple[str, ...] = ()
 
@@ -355,7 +234,7 @@ def validate_config(
       ConfigError: for the first problem found, with its key path.
 
     Example:
-      >>> from funcnet.train.registry import Registry
+      >>> from funcnet.config.registry import Registry
       >>> models = Registry("model")
       >>> _ = models.register("toy")(lambda features=1: features)
       >>> config = {"model": {"type": "toy", "features": 2}, "dataset": {"type": "d"}, "loss": {"type": "l"},
@@ -363,13 +242,13 @@ def validate_config(
       >>> validate_config(config, registries={"model": models})
       Traceback (most recent call last):
       ...
-      funcnet.train.components.ConfigError: trainer.batch_size: expected an int >= 1, got -5
+      funcnet.validation.ConfigError: trainer.batch_size: expected an int >= 1, got -5
     """
     if not isinstance(config, Mapping):
-        raise ConfigError("", f"expected a table of sections at the top level, got {_show(config)}")
+        raise ConfigError("", f"expected a table of sections at the top level, got {show(config)}")
     for key in config:
         if key not in SECTIONS:
-            raise ConfigError(str(key), _unknown(key, SECTIONS, "section"))
+            raise ConfigError(str(key), did_you_mean(key, SECTIONS, "section"))
     for key in REQUIRED_SECTIONS:
         if key not in config:
             raise ConfigError(
@@ -380,7 +259,7 @@ def validate_config(
     registries = {"model": MODELS, "dataset": DATASETS, "loss": LOSSES, **(registries or {})}
     for name in ("model", "dataset", "loss"):
         validate_component(registries[name], config[name], name)
-    _type_of(config["optimizer"], "optimizer", None)
+    type_of(config["optimizer"], "optimizer", None)
     sections = {name: copy.deepcopy(dict(config[name])) for name in ("model", "dataset", "loss", "optimizer")}
     return RunConfig(**sections, trainer=trainer, imports=tuple(imports))
 
@@ -413,7 +292,7 @@ def _reject_dates(value: Any, path: str, file: Path) -> None:
         raise ConfigError(path, f"{file}: TOML dates and times are not supported, got {value}. Fix: quote it.")
     if isinstance(value, dict):
         for key, item in value.items():
-            _reject_dates(item, _join(path, key), file)
+            _reject_dates(item, join_path(path, key), file)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _reject_dates(item, f"{path}[{i}]", file)

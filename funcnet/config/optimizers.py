@@ -1,9 +1,9 @@
-"""The built-in optimizers: optax's, registered in ``OPTIMIZERS`` under the names a config uses.
+"""The built-in optimizers: optax's, under the names a config uses (registered in ``funcnet.config.catalogue``).
 
 Each factory takes the learning rate first (``make_optimizer`` passes an ``optax.Schedule``), then
 keyword parameters that are the optimizer's config keys, range-checked with ``require``.
 
->>> from funcnet.train.registry import OPTIMIZERS
+>>> from funcnet.config.registry import OPTIMIZERS
 >>> OPTIMIZERS.names()  # doctest: +ELLIPSIS
 [...'adam', 'adamw', ...'sgd']
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import optax
 
-from .components import require
-from .registry import OPTIMIZERS
+from ..validation import require
 
 
 def _beta(key: str, value: float) -> None:
@@ -26,7 +25,6 @@ def _betas(b1: float, b2: float, eps: float = 0.0) -> None:
     require(eps >= 0, "eps", "a number >= 0", eps)
 
 
-@OPTIMIZERS.register("sgd")
 def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float | None = None, nesterov: bool = False):
     """Stochastic gradient descent, with (Nesterov) momentum if ``momentum`` is set (``optax.sgd``).
 
@@ -41,7 +39,6 @@ def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float | None = None, ne
     return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
 
 
-@OPTIMIZERS.register("adam")
 def adam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     """Adam (``optax.adam``); ``weight_decay`` adds an L2 penalty: use adamw for decoupled decay.
 
@@ -54,7 +51,6 @@ def adam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9
     return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
 
 
-@OPTIMIZERS.register("adamw")
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -73,7 +69,6 @@ def adamw(
     return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adagrad")
 def adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7):
     """Adagrad (``optax.adagrad``).
 
@@ -86,7 +81,6 @@ def adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: fl
     return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps)
 
 
-@OPTIMIZERS.register("rmsprop")
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule,
     decay: float = 0.9,
@@ -108,7 +102,6 @@ def rmsprop(
     return optax.rmsprop(learning_rate, decay=decay, eps=eps, centered=centered, momentum=momentum, nesterov=nesterov)
 
 
-@OPTIMIZERS.register("lamb")
 def lamb(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,
@@ -127,7 +120,6 @@ def lamb(
     return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("lion")
 def lion(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 1e-3):
     """Lion: sign of an interpolated momentum, decoupled decay (``optax.lion``); use a 3-10x smaller rate.
 

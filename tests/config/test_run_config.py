@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from funcnet.train import config as cfg
-from funcnet.train.components import ConfigError, build_component
-from funcnet.train.config import TrainerConfig
-from funcnet.train.registry import MODELS, Registry
+from funcnet.config import ConfigError, build_component
+from funcnet.config import run_config as cfg
+from funcnet.config.registry import MODELS, Registry
+from funcnet.train import TrainerConfig
 
 
 def toy_model(features: int, rate: float = 0.1):
@@ -290,7 +290,7 @@ def fresh_models(monkeypatch):
 
 
 USER_MODULE = """
-from funcnet.train.registry import MODELS
+from funcnet.config.registry import MODELS
 
 @MODELS.register("{name}")
 def my_model(width: int, depth: int = 2):

@@ -1,16 +1,12 @@
 """How ``fit`` feeds the step: a prefetch thread or not, NumPy or device arrays, how many steps ahead.
 
-Measured on a 2-core CPU (``experiments/bench/fit.py``), where XLA's own threads keep both cores
-busy during a step, so every host microsecond counts:
+- One CPU process: NumPy batches go to the jitted step as they are (no ``jax.device_put``).
+- In-memory arrays are sliced in the loop's thread; other sources (files, parsing) get a
+  background thread keeping ``PREFETCH`` batches ready.
+- At most ``MAX_IN_FLIGHT`` steps run ahead of the host's reads without a prefetch thread, 2 with
+  one or on a CPU mesh of several devices.
 
-- ``jax.device_put`` costs ~100 us per batch in Python; a jitted step takes the same NumPy arrays
-  in C++ for a copy, and an aligned array (``ArrayDataset`` batches) without one.
-- Slicing an in-memory batch costs less than handing it over from another thread, so in-memory
-  arrays are made in the loop's thread; other sources (files, parsing) get a background thread.
-- Without a prefetch thread, a few steps in flight let the host fall behind for a moment without
-  starving the device (8 against 2: +16% steps/s on the mlp of fit.py, on 2 loaded cores). With
-  one, its ready batches do that, and two steps in flight keep ``on_step_end`` close to each step's
-  end. Two also where in-process CPU collectives run: they have stalled with more queued (DESIGN.md).
+Why, with the measurements: ``docs/design.md``, "How the engine feeds a step".
 """
 
 from __future__ import annotations
@@ -42,7 +38,7 @@ def prefetch_size(trainer: Any, train: Any) -> int:
     """``trainer.prefetch``; if None, 0 for ``Batches`` of an ``ArrayDataset`` and ``PREFETCH`` otherwise.
 
     >>> import numpy as np
-    >>> from funcnet.train.config import TrainerConfig
+    >>> from funcnet.train import TrainerConfig
     >>> from funcnet.train.data import ArrayDataset, Batches
     >>> arrays = Batches(ArrayDataset(x=np.zeros((8, 2))), 4)
     >>> prefetch_size(TrainerConfig(epochs=1), arrays), prefetch_size(TrainerConfig(epochs=1, prefetch=3), arrays)

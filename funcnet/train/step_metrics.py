@@ -3,9 +3,8 @@
 Reading a step's metrics back costs more than the step itself on a small model (a device-to-host
 transfer per scalar, and a wait), so ``fit`` keeps each step's metrics on the devices and reads
 many steps at once: at log steps, before evaluations and checkpoints, and at the end. Waiting for a
-step to FINISH is cheap (no transfer), and bounds the steps in flight (``funcnet.train.feed`` says
-how many ``fit`` allows: two on CPU hosts with several devices, where collectives have stalled with
-more queued, see DESIGN.md).
+step to FINISH is cheap (no transfer), and bounds the steps in flight (``funcnet.train.batch_feed`` says
+how many ``fit`` allows; ``docs/design.md`` says why).
 """
 
 from __future__ import annotations
@@ -100,8 +99,7 @@ class PendingMetrics:
         if len(steps) - self._finished >= self.max_in_flight:  # the next dispatch must find room
             # Waits down to half the bound in ONE wait: steps finish in order (each takes the state
             # the one before made), so the newest of them finishing means all did. One wake-up per
-            # max_in_flight / 2 steps instead of one per step, which on a small model's step (the mlp
-            # of experiments/bench/fit.py, 2 CPU cores) is a visible part of the host's time.
+            # max_in_flight / 2 steps instead of one per step (docs/design.md).
             done = len(steps) - max(1, self.max_in_flight // 2)
             _wait(steps[done - 1][1])
             self._finished = done

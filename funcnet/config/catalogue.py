@@ -1,9 +1,12 @@
-"""Components every config can name: models, datasets and per-example losses.
+"""The built-in components every config can name, registered here in one place.
 
-Dataset factories return ``DataSplits``: map-style datasets for ``train`` and, optionally,
-``validation`` and ``test``, plus the batch keys the model takes as inputs.
+Models, datasets (factories returning ``DataSplits``) and per-example losses are defined here; the
+optimizers and learning-rate schedules in ``funcnet.config.optimizers`` and ``funcnet.config.schedules``.
+The table at the end registers them all; ``funcnet.config`` imports this module once, so the
+registries hold the built-ins whenever anything under ``funcnet.config`` is used. Your own components
+are registered by your module (``@MODELS.register("name")``), named in a config's ``imports``.
 
->>> from funcnet.train.registry import DATASETS, LOSSES, MODELS
+>>> from funcnet.config.registry import DATASETS, LOSSES, MODELS
 >>> "mlp" in MODELS.names() and "iris_like" in DATASETS.names() and "mse" in LOSSES.names()
 True
 """
@@ -11,7 +14,6 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
@@ -20,30 +22,14 @@ from ..combinators import serial
 from ..core import Model
 from ..datasets import iris_like as _iris_like
 from ..losses import LossFn
-from .data import ArrayDataset, Dataset
-from .registry import DATASETS, LOSSES, MODELS
-
-
-class DataSplits(NamedTuple):
-    """What a dataset factory returns.
-
-    Attributes:
-      train: the training examples.
-      validation: examples for evaluation during training (early stopping, best checkpoint).
-      test: held-out examples, evaluated once with the best checkpoint at the end.
-      inputs: the batch keys passed to ``model.apply``, in order.
-    """
-
-    train: Dataset
-    validation: Dataset | None = None
-    test: Dataset | None = None
-    inputs: tuple[str, ...] = ("x",)
-
+from ..train.data import ArrayDataset
+from . import optimizers, schedules
+from .components import DataSplits
+from .registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 
 _ACTIVATIONS = {"relu": layers.relu, "tanh": layers.tanh, "gelu": layers.gelu, "silu": layers.silu}
 
 
-@MODELS.register("mlp")
 def mlp(hidden: Sequence[int] = (100,), features: int = 10, activation: str = "relu", dropout: float = 0.0) -> Model:
     """A multi-layer perceptron: ``dense -> activation [-> dropout]`` per hidden size, then ``dense(features)``.
 
@@ -62,7 +48,6 @@ def mlp(hidden: Sequence[int] = (100,), features: int = 10, activation: str = "r
     return serial(*children, layers.dense(features))
 
 
-@DATASETS.register("lecture_random")
 def lecture_random(n: int = 64, d_in: int = 1000, d_out: int = 10, seed: int = 0) -> DataSplits:
     """The lecture's random regression data: ``n`` inputs of ``d_in`` normals, targets of ``d_out`` normals.
 
@@ -79,7 +64,6 @@ def lecture_random(n: int = 64, d_in: int = 1000, d_out: int = 10, seed: int = 0
     return DataSplits(train=data, validation=data)
 
 
-@DATASETS.register("iris_like")
 def iris_like(n_per_species: int = 100, seed: int = 0, validation_fraction: float = 0.2) -> DataSplits:
     """Iris-style regression (three measurements predict petal width), standardized, split train/validation/test.
 
@@ -99,7 +83,6 @@ def iris_like(n_per_species: int = 100, seed: int = 0, validation_fraction: floa
     return DataSplits(split(train), split(valid), split(test))
 
 
-@LOSSES.register("mse")
 def mse(target: str = "y") -> LossFn:
     """Per-example mean squared error against ``batch[target]``: ``funcnet.losses.per_example(losses.mse)``.
 
@@ -110,7 +93,6 @@ def mse(target: str = "y") -> LossFn:
     return losses.per_example(losses.mse, target)
 
 
-@LOSSES.register("softmax_cross_entropy")
 def softmax_cross_entropy(target: str = "y") -> LossFn:
     """Per-example cross-entropy with integer labels ``batch[target]``, and accuracy.
 
@@ -121,7 +103,6 @@ def softmax_cross_entropy(target: str = "y") -> LossFn:
     return losses.per_example(losses.softmax_cross_entropy, target, accuracy=metrics.accuracy)
 
 
-@LOSSES.register("binary_cross_entropy")
 def binary_cross_entropy(target: str = "y") -> LossFn:
     """Per-example cross-entropy of binary labels (0/1) ``batch[target]`` given logits of the same shape.
 
@@ -130,3 +111,18 @@ def binary_cross_entropy(target: str = "y") -> LossFn:
     [0.6931, 0.6931]
     """
     return losses.per_example(losses.binary_cross_entropy, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every built-in component, by the name a config gives as its ``type``.
+
+MODELS.register("mlp")(mlp)
+DATASETS.register("lecture_random")(lecture_random)
+DATASETS.register("iris_like")(iris_like)
+LOSSES.register("mse")(mse)
+LOSSES.register("softmax_cross_entropy")(softmax_cross_entropy)
+LOSSES.register("binary_cross_entropy")(binary_cross_entropy)
+for _name in ("sgd", "adam", "adamw", "adagrad", "rmsprop", "lamb", "lion"):
+    OPTIMIZERS.register(_name)(getattr(optimizers, _name))
+for _name in ("constant", "warmup_cosine", "warmup_linear", "linear", "exponential", "cosine", "piecewise_constant"):
+    SCHEDULES.register(_name)(getattr(schedules, _name))

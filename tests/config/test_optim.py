@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from funcnet.train.components import ConfigError
-from funcnet.train.optim import make_optimizer
-from funcnet.train.registry import OPTIMIZERS
+from funcnet.config import ConfigError
+from funcnet.config.optimizer import make_optimizer
+from funcnet.config.registry import OPTIMIZERS
 
 TARGET = {"a": jnp.array([1.0, -2.0, 0.5]), "b": {"c": jnp.array([[3.0, -1.0]])}}
 

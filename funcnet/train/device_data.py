@@ -1,8 +1,7 @@
 """In-memory training data kept on the devices: each step gathers its own batch there.
 
 ``fit`` over ``Batches`` of an ``ArrayDataset`` would otherwise slice every batch on the host and
-hand it to the step: on a small model that costs a noticeable part of the step (``bare_host``
-against ``bare`` in ``experiments/bench/fit.py``, on the mlp). When the arrays are small
+hand it to the step, a noticeable part of a small model's step (``docs/design.md``). When the arrays are small
 enough (``TrainerConfig.device_data_mib``), ``fit`` instead copies them to every device ONCE, and
 then epochs' PLANS (``epoch_plan``, ``EpochPlans``): the example numbers of every batch,
 ``{"index": int32[S, B], "mask": [S, B]}`` for ``S`` steps of ``B`` examples, made as ``Batches``

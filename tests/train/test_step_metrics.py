@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet.train.pending import PendingMetrics, StepMetrics, to_host
+from funcnet.train.step_metrics import PendingMetrics, StepMetrics, to_host
 
 
 class FakeOutput:

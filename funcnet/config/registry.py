@@ -3,7 +3,7 @@
 A registry maps a ``"type"`` name to a factory. Users add their own with a decorator, in their
 own module, and name that module in the config (``imports = ["my_models"]``) or import it first.
 
->>> from funcnet.train.registry import Registry
+>>> from funcnet.config.registry import Registry
 >>> widgets = Registry("widget")
 >>> @widgets.register("square")
 ... def square(side: int = 2):

@@ -16,10 +16,10 @@ A config names a registered optimizer and, optionally, a registered schedule::
 and, with ``freeze``, applies that only to the params whose path matches no pattern (the others
 get ``optax.set_to_zero`` and no optimizer state). Schedules count optimizer updates: with
 ``accumulate = k`` they advance once every ``k`` train steps. The optimizers and schedules are
-registered in :mod:`funcnet.train.optimizers` and :mod:`funcnet.train.schedules` (add your own
-with ``@OPTIMIZERS.register``); their keys are checked by :mod:`funcnet.train.components`.
+registered in :mod:`funcnet.config.optimizers` and :mod:`funcnet.config.schedules` (add your own
+with ``@OPTIMIZERS.register``); their keys are checked by :mod:`funcnet.config.components`.
 
->>> from funcnet.train.optim import make_optimizer
+>>> from funcnet.config.optimizer import make_optimizer
 >>> make_optimizer({"type": "sgd", "learning_rate": 0.1, "momentum": 0.9}).learning_rate(7)
 0.1
 """
@@ -37,9 +37,8 @@ import jax.numpy as jnp
 import optax
 
 from ..core import param_path
-from . import optimizers as _optimizers  # noqa: F401  (registers the built-in optimizers)
-from . import schedules as _schedules  # noqa: F401  (registers the built-in schedules)
-from .components import ConfigError, _join, build_component, check_arguments, require, validate_component
+from ..validation import ConfigError, check_arguments, join_path, require
+from .components import build_component, validate_component
 from .registry import OPTIMIZERS, SCHEDULES
 
 
@@ -121,10 +120,10 @@ def make_optimizer(config: Mapping[str, Any], path: str = "optimizer") -> Optimi
     options = {**_OPTION_DEFAULTS, **check_arguments(_options, given, path, f"optimizer {config['type']!r}")}
     learning_rate, clip, decay = options["learning_rate"], options["grad_clip_norm"], options["weight_decay"]
     accumulate, freeze = options["accumulate"], options["freeze"] or []
-    require(learning_rate >= 0, _join(path, "learning_rate"), "a number >= 0", learning_rate)
-    require(clip is None or clip > 0, _join(path, "grad_clip_norm"), "a number > 0 (omit it to not clip)", clip)
-    require(decay is None or decay >= 0, _join(path, "weight_decay"), "a number >= 0", decay)
-    require(accumulate >= 1, _join(path, "accumulate"), "an int >= 1", accumulate)
+    require(learning_rate >= 0, join_path(path, "learning_rate"), "a number >= 0", learning_rate)
+    require(clip is None or clip > 0, join_path(path, "grad_clip_norm"), "a number > 0 (omit it to not clip)", clip)
+    require(decay is None or decay >= 0, join_path(path, "weight_decay"), "a number >= 0", decay)
+    require(accumulate >= 1, join_path(path, "accumulate"), "an int >= 1", accumulate)
     patterns = [_compile(pattern, f"{path}.freeze[{i}]") for i, pattern in enumerate(freeze)]
     scales = [
         (_compile(p, f"{path}.learning_rate_scale.{p}"), f) for p, f in (options["learning_rate_scale"] or {}).items()
@@ -132,7 +131,7 @@ def make_optimizer(config: Mapping[str, Any], path: str = "optimizer") -> Optimi
     for pattern, factor in scales:
         require(factor >= 0, f"{path}.learning_rate_scale.{pattern.pattern}", "a number >= 0", factor)
     sparse_rows = dict(options["sparse_rows"] or {})
-    schedule = make_schedule(learning_rate, options["schedule"], _join(path, "schedule"))
+    schedule = make_schedule(learning_rate, options["schedule"], join_path(path, "schedule"))
 
     parts = [optax.clip_by_global_norm(clip)] if clip is not None else []
     extra = {}
@@ -205,7 +204,7 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | None, path: 
         return optax.constant_schedule(learning_rate)
     if isinstance(config, Mapping) and "learning_rate" in config:
         raise ConfigError(
-            _join(path, "learning_rate"),
+            join_path(path, "learning_rate"),
             "not a schedule key: the schedule's peak is the optimizer's learning_rate; remove it here.",
         )
     return build_component(SCHEDULES, config, path, learning_rate=learning_rate)

@@ -28,21 +28,20 @@ from typing import Any
 
 import jax
 
-from . import builtins as _builtins  # noqa: F401  (registers the built-in components)
-from .builtins import DataSplits
-from .checkpoint import CheckpointError, CheckpointSaveError, restore_run
-from .components import ConfigError, build_component
-from .config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
-from .data import make_batches
-from .devices import add_cpu_devices_flag, use_cpu_devices_flag
-from .distributed import Processes, SetupError, join
-from .lock import RunLocked
-from .loop import evaluate, fit
-from .optim import make_optimizer
+from ..train.checkpoint import CheckpointError, CheckpointSaveError, restore_run
+from ..train.data import make_batches
+from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
+from ..train.distributed import Processes, SetupError, join
+from ..train.lock import RunLocked
+from ..train.loop import evaluate, fit
+from ..train.run_files import read_record, update_record, write_json
+from ..train.state import abstract_train_state, data_mesh
+from ..train.stopping import BAD_CONFIG, FAILED, exit_code
+from ..validation import ConfigError
+from .components import DataSplits, build_component
+from .optimizer import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
-from .run_files import read_record, update_record, write_json
-from .state import abstract_train_state, data_mesh
-from .stopping import BAD_CONFIG, FAILED, exit_code
+from .run_config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
 
 
 class Run:

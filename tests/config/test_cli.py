@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from funcnet.train import cli
+from funcnet.config import cli
 
 FUNCNET = str(Path(sys.executable).parent / "funcnet")  # the console script installed by pip
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -19,9 +19,9 @@ USER_MODULE = '''
 """A user's own model and dataset, registered from their own module."""
 import numpy as np
 import funcnet as fn
-from funcnet.train.builtins import DataSplits
+from funcnet.config import DataSplits
 from funcnet.train.data import ArrayDataset
-from funcnet.train.registry import DATASETS, MODELS
+from funcnet.config.registry import DATASETS, MODELS
 
 
 @MODELS.register("my_linear")

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .checkpoint import Checkpointer
-from .log import Progress, RunLogger
 from .state import TrainState
+from .writers import Progress, RunLogger
 
 _PER_STEP = ("count", "grad_norm", "skipped")  # summed or averaged per step, not weighted by examples
 
@@ -33,8 +33,8 @@ class TrainLog:
 
     Example:
       >>> import tempfile
-      >>> from funcnet.train.config import TrainerConfig
-      >>> from funcnet.train.log import Progress, RunLogger
+      >>> from funcnet.train import TrainerConfig
+      >>> from funcnet.train.writers import Progress, RunLogger
       >>> log = TrainLog(TrainerConfig(max_steps=2, log_every=2), RunLogger(tempfile.mkdtemp()),
       ...                Progress(2, 0, enabled=False), None, None, 1)
       >>> log([(1, {"loss": 1.0, "count": 4.0}), (2, {"loss": 3.0, "count": 4.0})])

@@ -1,10 +1,10 @@
-"""The built-in learning-rate schedules, registered in ``SCHEDULES`` under the names a config uses.
+"""The built-in learning-rate schedules, under the names a config uses (registered in ``funcnet.config.catalogue``).
 
 Each factory takes the peak learning rate first (the optimizer's ``learning_rate``), then keyword
 parameters that are the ``schedule`` table's keys, range-checked with ``require``. Steps count
 optimizer updates.
 
->>> from funcnet.train.registry import SCHEDULES
+>>> from funcnet.config.registry import SCHEDULES
 >>> SCHEDULES.names()  # doctest: +ELLIPSIS
 ['constant', 'cosine', ...'warmup_linear']
 """
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import optax
 
-from .components import require
-from .registry import SCHEDULES
+from ..validation import require
 
 
-@SCHEDULES.register("constant")
 def constant(learning_rate: float) -> optax.Schedule:
     """``learning_rate`` at every step.
 
@@ -31,7 +29,6 @@ def _steps(key: str, value: int, minimum: int = 0) -> None:
     require(value >= minimum, key, f"an int >= {minimum}", value)
 
 
-@SCHEDULES.register("warmup_cosine")
 def warmup_cosine(
     learning_rate: float,
     warmup_steps: int,
@@ -52,7 +49,6 @@ def warmup_cosine(
     return optax.warmup_cosine_decay_schedule(init_value, learning_rate, warmup_steps, decay_steps, end_value, exponent)
 
 
-@SCHEDULES.register("warmup_linear")
 def warmup_linear(
     learning_rate: float, warmup_steps: int, decay_steps: int, init_value: float = 0.0, end_value: float = 0.0
 ) -> optax.Schedule:
@@ -68,7 +64,6 @@ def warmup_linear(
     return optax.join_schedules([up, down], [warmup_steps])
 
 
-@SCHEDULES.register("linear")
 def linear(
     learning_rate: float, transition_steps: int, end_value: float = 0.0, transition_begin: int = 0
 ) -> optax.Schedule:
@@ -82,7 +77,6 @@ def linear(
     return optax.linear_schedule(learning_rate, end_value, transition_steps, transition_begin)
 
 
-@SCHEDULES.register("exponential")
 def exponential(
     learning_rate: float,
     transition_steps: int,
@@ -102,7 +96,6 @@ def exponential(
     return optax.exponential_decay(learning_rate, transition_steps, decay_rate, transition_begin, staircase, end_value)
 
 
-@SCHEDULES.register("cosine")
 def cosine(learning_rate: float, decay_steps: int, end_value: float = 0.0, exponent: float = 1.0) -> optax.Schedule:
     """Cosine from ``learning_rate`` to ``end_value`` over ``decay_steps``, then constant.
 
@@ -114,7 +107,6 @@ def cosine(learning_rate: float, decay_steps: int, end_value: float = 0.0, expon
     return optax.cosine_decay_schedule(learning_rate, decay_steps, alpha, exponent)
 
 
-@SCHEDULES.register("piecewise_constant")
 def piecewise_constant(learning_rate: float, boundaries: list[int], scales: list[float]) -> optax.Schedule:
     """``learning_rate`` times the product of the ``scales`` whose boundary step has been reached.
 

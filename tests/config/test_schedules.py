@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from funcnet.train.components import ConfigError
-from funcnet.train.optim import make_optimizer, make_schedule
-from funcnet.train.registry import SCHEDULES
+from funcnet.config import ConfigError
+from funcnet.config.optimizer import make_optimizer, make_schedule
+from funcnet.config.registry import SCHEDULES
 
 # Hand-computed: warmup 0, .5, 1 (linear over 2 steps); then cosine over decay_steps - warmup_steps = 4 steps from
 # 1 to 0: 0.5 * (1 + cos(pi * t / 4)) for t = 1..4, constant after.
