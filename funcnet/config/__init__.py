@@ -10,6 +10,7 @@ This package sits on top of the training engine (``funcnet.train``), which knows
 - ``run_config``: read TOML/JSON, apply ``--override``s, validate a whole run config (``RunConfig``).
 - ``optimizer``: ``make_optimizer``, an optax chain (schedule, clipping, weight decay, accumulation,
   freezing, per-parameter learning rates) from an ``optimizer`` table.
+- ``runs``: ``load_run(RUN_DIR)``, a run reopened for inference with its model built from its config.
 - ``cli``: ``funcnet train CONFIG -s RUN_DIR`` and ``funcnet evaluate RUN_DIR``.
 
 >>> from funcnet.config import MODELS, validate_config
@@ -35,3 +36,4 @@ from .run_config import apply_overrides as apply_overrides
 from .run_config import load_config as load_config
 from .run_config import merge_configs as merge_configs
 from .run_config import validate_config as validate_config
+from .runs import load_run as load_run

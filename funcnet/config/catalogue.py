@@ -80,7 +80,8 @@ def iris_like(n_per_species: int = 100, seed: int = 0, validation_fraction: floa
     def split(rows):
         return ArrayDataset(x=((data.x[rows] - mu) / sigma).astype(np.float32), y=data.y[rows])
 
-    return DataSplits(split(train), split(valid), split(test))
+    standardize = {"x": {"mean": mu.tolist(), "std": sigma.tolist()}}
+    return DataSplits(split(train), split(valid), split(test), preprocessing={"standardize": standardize})
 
 
 def mse(target: str = "y") -> LossFn:

@@ -34,7 +34,7 @@ from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
 from ..train.lock import RunLocked
 from ..train.loop import evaluate, fit
-from ..train.run_files import read_record, update_record, write_json
+from ..train.run_files import PREPROCESSING, update_record, write_json
 from ..train.state import abstract_train_state, data_mesh
 from ..train.stopping import BAD_CONFIG, FAILED, exit_code
 from ..validation import ConfigError
@@ -42,6 +42,7 @@ from .components import DataSplits, build_component
 from .optimizer import make_optimizer
 from .registry import DATASETS, LOSSES, MODELS
 from .run_config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
+from .runs import recorded_imports
 
 
 class Run:
@@ -120,6 +121,8 @@ def train(
     write_json(saved, resolved)
     update_record(run_dir, imports=module_files(resolved.get("imports", [])))  # what evaluate will import
     run = Run(validate_config(resolved))
+    if run.splits.preprocessing is not None:  # what reopening the run needs to prepare raw inputs
+        write_json(Path(run_dir) / PREPROCESSING, run.splits.preprocessing)
     validation = run.batches("validation") if run.splits.validation is not None else None
     start = time.perf_counter()
     result = fit(
@@ -165,31 +168,6 @@ def module_files(names: Sequence[str]) -> dict[str, str | None]:
     return {name: getattr(sys.modules.get(name), "__file__", None) for name in names}
 
 
-def _recorded_imports(run_dir: str | os.PathLike, names: Sequence[str]) -> list[str]:
-    """The folders to import a run's ``imports`` from: where training found them (``run.json``), said aloud.
-
-    A config's ``imports`` run code. Reopening a run imports exactly the files its training imported, not
-    whatever the working directory holds under those names.
-    """
-    recorded = read_record(run_dir).get("imports", {})
-    folders = []
-    for name in names:
-        file = recorded.get(name)
-        if file is None:  # a module of an installed package (or a run from before this was recorded)
-            print(f"importing {name} (the run's config imports it)", file=sys.stderr)
-            continue
-        if not os.path.exists(file):
-            raise ConfigError(
-                "imports", f"the run imported {name!r} from {file}, which no longer exists. Fix: put it back."
-            )
-        print(f"importing {name} from {file} (the run's config imports it: that runs its code)", file=sys.stderr)
-        folder = Path(file).parent
-        for _ in range(name.count(".") + file.endswith("__init__.py")):  # the folder the top package sits in
-            folder = folder.parent
-        folders.append(str(folder))
-    return folders
-
-
 def _same_end(results: dict[str, Any], result: Any) -> bool:
     """Whether ``results.json`` already records this ending (with nothing trained: a finished run run again)."""
     return results.get("steps") == result.step and results.get("stop_reason") == result.stop_reason
@@ -207,7 +185,7 @@ def evaluate_run(
     if not saved.exists():
         raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
     config = apply_overrides(json.loads(saved.read_text()), [f"dataset.{item}" for item in data])
-    run = Run(validate_config(config, search_dirs=_recorded_imports(run_dir, config.get("imports", []))))
+    run = Run(validate_config(config, search_dirs=recorded_imports(run_dir, config.get("imports", []))))
     step, state = run.restore(run_dir, checkpoint)
     metrics = evaluate(run.model, run.loss_fn, state, run.batches(split), inputs=run.splits.inputs, mesh=run.mesh)
     return {"checkpoint": step, "split": split, **metrics}

@@ -27,12 +27,16 @@ class DataSplits(NamedTuple):
       validation: examples for evaluation during training (early stopping, best checkpoint).
       test: held-out examples, evaluated once with the best checkpoint at the end.
       inputs: the batch keys passed to ``model.apply``, in order.
+      preprocessing: how raw inputs become the model's inputs, as JSON-ready data, saved in the run
+        directory for reopening (``funcnet.train.run.prepare``): ``{"standardize": {input: {"mean": [...],
+        "std": [...]}}}``.
     """
 
     train: Dataset
     validation: Dataset | None = None
     test: Dataset | None = None
     inputs: tuple[str, ...] = ("x",)
+    preprocessing: dict | None = None
 
 
 def validate_component(

@@ -12,6 +12,7 @@
   ``prefetch`` (next batches put on the devices while a step runs).
 - ``TrainerConfig``: the options of ``fit`` (budgets, batch size, evaluation, checkpoints, logging).
 - ``Checkpointer``: Orbax, latest N and best by a metric.
+- ``load_run(RUN_DIR, model)``: a trained run reopened for inference (params, state, ``predict``).
 - ``fit``: epochs or a step budget, evaluation, early stopping, NaN detection, logs, progress,
   callbacks, graceful stop, exact resume.
 
@@ -43,6 +44,8 @@ from .loop import fit as fit
 from .options import TrainerConfig as TrainerConfig
 from .prefetch import prefetch as prefetch
 from .result import FitResult as FitResult
+from .run import LoadedRun as LoadedRun
+from .run import load_run as load_run
 from .state import TrainState as TrainState
 from .state import create_train_state as create_train_state
 from .state import data_mesh as data_mesh

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -211,20 +213,24 @@ class Checkpointer:
             self._failed(self.saving if previous_failed else step, self._log.failure or error)
         self.saving = int(step)
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    def restore(self, step: int, abstract_state: Any, *, partial: bool = False) -> tuple[Any, dict[str, Any]]:
         """Restores step ``step`` into the shapes, dtypes and shardings of ``abstract_state``.
 
         ``abstract_state`` may be a pytree of ``jax.ShapeDtypeStruct`` with shardings (see
-        ``funcnet.train.state.abstract_train_state``) or of arrays whose shardings to copy.
+        ``funcnet.train.state.abstract_train_state``) or of arrays whose shardings to copy. With
+        ``partial``, it is a dict of some of the saved state's fields (``{"params": ..., "model_state":
+        ...}``, no optimizer needed), restored as NumPy arrays on the host, whatever the devices.
         """
-        restored = self.manager.restore(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-        )
+        if partial:
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_state)
+            item = ocp.args.PyTreeRestore(item=abstract_state, restore_args=as_numpy, partial_restore=True)
+        else:
+            item = ocp.args.StandardRestore(abstract_state)
+        restored = self.manager.restore(int(step), args=ocp.args.Composite(state=item, meta=ocp.args.JsonRestore()))
         return restored.state, dict(restored.meta)
 
     def restore_first(
-        self, steps: Sequence[int], abstract_state: Any, *, say: Callable[[str], Any] = _note
+        self, steps: Sequence[int], abstract_state: Any, *, say: Callable[[str], Any] = _note, partial: bool = False
     ) -> tuple[int, Any, dict[str, Any]]:
         """Restores the first of ``steps`` that restores, saying in one line why each before it did not.
 
@@ -253,7 +259,7 @@ class Checkpointer:
         _drop_late_reads()  # before: a damaged read's leftovers may arrive while its error propagates
         for i, step in enumerate(steps):
             try:
-                state, meta = self.restore(step, abstract_state)
+                state, meta = self.restore(step, abstract_state, partial=partial)
             except Exception as error:  # any damage: Orbax, TensorStore and the JSON reader raise their own
                 cause = _one_line(error)
                 failures.append(f"{step} ({cause})")

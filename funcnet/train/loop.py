@@ -46,7 +46,7 @@ from .lock import RunLock
 from .options import TrainerConfig
 from .prefetch import prefetch
 from .result import FitResult
-from .run import check_checkpoints_kept, start
+from .run import best_parameters, check_checkpoints_kept, record_reopening, start
 from .run_files import update_record
 from .state import data_mesh
 from .step import LossFn, eval_step_fn, make_eval_step, make_train_step
@@ -128,6 +128,8 @@ def fit(
         key = jax.random.key(trainer.seed)
         state, meta, resumed = start(checkpointer, model, optimizer, key, example_inputs, mesh, dict(config or {}))
         step = first = int(state.step)
+        if jax.process_index() == 0:
+            record_reopening(run_dir, inputs, example, trainer)
         if validation is not None:  # a metric the evaluation does not give is refused now, not after an epoch
             check_metric(eval_step_fn(model, loss_fn, inputs=inputs), state, example, trainer.metric)
         resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
@@ -224,9 +226,10 @@ def fit(
             logger.close()
     checkpointer.check()  # the last save can fail while closing, after the loop: still the run's failure
     stop = stop or "done"
+    best = best_parameters(checkpointer, state, meta["best_step"])
     result = FitResult(
         state, step, position.epoch, meta["best_metric"], meta["best_step"], stop, list(meta["history"]),
-        train_step.jitted._cache_size(), signals.signum if stop == "signal" else None, step - first,
+        train_step.jitted._cache_size(), signals.signum if stop == "signal" else None, step - first, *best,
     )  # fmt: skip
     for callback in callbacks:
         callback.on_fit_end(result)

@@ -14,7 +14,7 @@ class FitResult(NamedTuple):
     """What ``fit`` returns.
 
     Attributes:
-      state: the final TrainState.
+      state: the final TrainState (``state.params`` are the FINAL parameters).
       step: steps taken in total (including before a resume).
       epoch: the epoch the next step would belong to.
       best_metric: the best validation metric, or None without validation.
@@ -25,6 +25,9 @@ class FitResult(NamedTuple):
       signal: the signal's number when ``stop_reason`` is ``"signal"`` (``stopping.exit_code`` turns it into
         the process's exit code).
       trained: steps trained by this call (0 when a finished run is run again).
+      best_params: the parameters of the best evaluation (``best_step``), restored from its checkpoint (as
+        Keras's ``restore_best_weights``); the final ones when there was no validation.
+      best_model_state: the model state (e.g. batch-norm statistics) that goes with ``best_params``.
     """
 
     state: TrainState
@@ -37,6 +40,8 @@ class FitResult(NamedTuple):
     compilations: int = 0
     signal: int | None = None
     trained: int = 0
+    best_params: Any = None
+    best_model_state: Any = None
 
     def __repr__(self) -> str:
         """One short line per field; the state's arrays are counted, not printed.
@@ -54,6 +59,7 @@ class FitResult(NamedTuple):
           compilations=0,
           signal=None,
           trained=0,
+          best_params=None,
         )
         """
         last = ""
@@ -70,6 +76,7 @@ class FitResult(NamedTuple):
             f"compilations={self.compilations}",
             f"signal={self.signal}",
             f"trained={self.trained}",
+            f"best_params={'<from step ' + str(self.best_step) + '>' if self.best_params is not None else None}",
         ]
         return "FitResult(\n" + "".join(f"  {line},\n" for line in lines) + ")"
 

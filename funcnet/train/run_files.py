@@ -17,6 +17,7 @@ from typing import Any
 import jax
 
 RUN_RECORD = "run.json"
+PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs, as data (funcnet.train.run)
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
