@@ -26,6 +26,8 @@ from ..train.data import ArrayDataset
 from . import optimizers, schedules
 from .components import DataSplits
 from .registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+from .supervised import Supervised
+from .tasks import TASKS
 
 _ACTIVATIONS = {"relu": layers.relu, "tanh": layers.tanh, "gelu": layers.gelu, "silu": layers.silu}
 
@@ -117,6 +119,7 @@ def binary_cross_entropy(target: str = "y") -> LossFn:
 # ---------------------------------------------------------------------------------------------
 # Every built-in component, by the name a config gives as its ``type``.
 
+TASKS.register("supervised")(Supervised)
 MODELS.register("mlp")(mlp)
 DATASETS.register("lecture_random")(lecture_random)
 DATASETS.register("iris_like")(iris_like)

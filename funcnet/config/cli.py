@@ -21,75 +21,31 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from ..train.checkpoint import CheckpointError, CheckpointSaveError, restore_run
-from ..train.data import make_batches
+from ..train.checkpoint import CheckpointError, CheckpointSaveError
 from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
+from ..train.evaluation import evaluate
 from ..train.lock import RunLocked
-from ..train.loop import evaluate, fit
-from ..train.run_files import PREPROCESSING, update_record, write_json
-from ..train.state import abstract_train_state, data_mesh
-from ..train.stopping import BAD_CONFIG, FAILED, exit_code
+from ..train.stopping import BAD_CONFIG, FAILED
 from ..validation import ConfigError
-from .components import DataSplits, build_component
-from .optimizer import make_optimizer
-from .registry import DATASETS, LOSSES, MODELS
-from .run_config import RunConfig, apply_overrides, load_config, resolved_config, validate_config
+from .run_config import apply_overrides, import_modules, load_config, validate_config
 from .runs import recorded_imports
+from .supervised import Run, Supervised
+from .tasks import task_of, train_run
 
 
-class Run:
-    """Everything built from a validated config: model, data splits, batches, loss, optimizer."""
-
-    def __init__(self, run: RunConfig):
-        self.config = run
-        self.model = build_component(MODELS, run.model, "model")
-        self.splits: DataSplits = build_component(DATASETS, run.dataset, "dataset")
-        self.loss_fn = build_component(LOSSES, run.loss, "loss")
-        self.optimizer = make_optimizer(run.optimizer)
-        self.mesh = data_mesh()
-        trainer = run.trainer
-        self.train = make_batches(
-            self.splits.train,
-            trainer.batch_size,
-            shuffle=trainer.shuffle,
-            seed=trainer.seed,
-            drop_remainder=trainer.drop_remainder,
-            multiple_of=self.mesh.size,
-        )
-
-    def batches(self, split: str):
-        """Unshuffled, padded batches of a split, for evaluation."""
-        data = getattr(self.splits, split, None)
-        if data is None:
-            raise SystemExit(f"error: the dataset has no {split!r} split")
-        size = self.config.trainer.eval_batch_size or self.config.trainer.batch_size
-        return make_batches(data, size, shuffle=False, multiple_of=self.mesh.size)
-
-    def restore(self, run_dir: str | os.PathLike, which: str = "best"):
-        """The TrainState of the best, latest or a numbered checkpoint of ``run_dir``."""
-        trainer = self.config.trainer
-        example = next(iter(self.train.epoch(0)))
-        inputs = [example[k] for k in self.splits.inputs]
-        abstract = abstract_train_state(
-            self.model, self.optimizer.transform, jax.random.key(trainer.seed), *inputs, mesh=self.mesh
-        )
-        directory = Path(run_dir) / "checkpoints"
-        return restore_run(directory, abstract, which=which, metric=trainer.metric, mode=trainer.mode)
-
-
-def _load(config_path: str, overrides: Sequence[str]) -> dict[str, Any]:
+def resolve(config_path: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The config file with overrides applied, its ``imports`` imported and its task's checks passed: the
+    resolved config that ``config.json`` holds."""
     config = apply_overrides(load_config(config_path), overrides)
-    run = validate_config(config, search_dirs=[os.getcwd(), os.path.dirname(os.path.abspath(config_path))])
-    make_optimizer(run.optimizer)  # validates the optimizer section before anything is compiled
-    return resolved_config(run)
+    import_modules(config, search_dirs=[os.getcwd(), os.path.dirname(os.path.abspath(config_path))])
+    return task_of(config).resolve(config)
 
 
 def train(
@@ -106,71 +62,10 @@ def train(
     ``mpirun``, Cloud TPU). The config is validated first: a bad config exits before any process waits.
     ``restart``: start over from step 0, the previous checkpoints moved aside (``fit(restart=True)``).
     """
-    resolved = _load(config_path, overrides)
+    resolved = resolve(config_path, overrides)
     if join(*(processes or Processes()), peer_timeout=resolved["trainer"]["peer_timeout"]):
         print(f"process {jax.process_index()} of {jax.process_count()} joined the run: {jax.device_count()} devices")
-    saved = Path(run_dir) / "config.json"
-    if saved.exists():
-        previous = json.loads(saved.read_text())
-        if previous != resolved:
-            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
-            raise SystemExit(
-                f"error: {run_dir} holds a run with another config (sections differ: {changed}). "
-                "Fix: use a new run directory, or the same config to resume that run."
-            )
-    write_json(saved, resolved)
-    update_record(run_dir, imports=module_files(resolved.get("imports", [])))  # what evaluate will import
-    run = Run(validate_config(resolved))
-    if run.splits.preprocessing is not None:  # what reopening the run needs to prepare raw inputs
-        write_json(Path(run_dir) / PREPROCESSING, run.splits.preprocessing)
-    validation = run.batches("validation") if run.splits.validation is not None else None
-    start = time.perf_counter()
-    result = fit(
-        run.model,
-        run.loss_fn,
-        run.optimizer.transform,
-        run.train,
-        run_dir=run_dir,
-        trainer=run.config.trainer,
-        validation=validation,
-        learning_rate=run.optimizer.learning_rate,
-        inputs=run.splits.inputs,
-        config=resolved,
-        mesh=run.mesh,
-        sparse_rows=run.optimizer.sparse_rows,
-        restart=restart,
-    )
-    done = Path(run_dir) / "results.json"
-    if result.trained == 0 and done.exists() and _same_end(json.loads(done.read_text()), result):
-        print(f"the run had finished at step {result.step} ({result.stop_reason}); results unchanged in {done}")
-        return exit_code(result.stop_reason, result.signal)
-    results = {
-        "stop_reason": result.stop_reason,
-        "steps": result.step,
-        "epoch": result.epoch,
-        "best_step": result.best_step,
-        f"best_validation_{run.config.trainer.metric}": result.best_metric,
-        "validation_history": result.history,
-        "seconds_this_session": time.perf_counter() - start,
-        "devices": run.mesh.size,
-    }
-    if run.splits.test is not None and result.stop_reason in ("done", "early_stopping"):
-        step, state = run.restore(run_dir, "best")
-        results["test"] = {"checkpoint": step, **evaluate(run.model, run.loss_fn, state, run.batches("test"),
-                                                          inputs=run.splits.inputs, mesh=run.mesh)}  # fmt: skip
-    write_json(Path(run_dir) / "results.json", results)
-    print(f"{result.stop_reason} at step {result.step}; results in {Path(run_dir) / 'results.json'}")
-    return exit_code(result.stop_reason, result.signal)
-
-
-def module_files(names: Sequence[str]) -> dict[str, str | None]:
-    """The file each imported module was loaded from (None for a namespace or built-in module)."""
-    return {name: getattr(sys.modules.get(name), "__file__", None) for name in names}
-
-
-def _same_end(results: dict[str, Any], result: Any) -> bool:
-    """Whether ``results.json`` already records this ending (with nothing trained: a finished run run again)."""
-    return results.get("steps") == result.step and results.get("stop_reason") == result.stop_reason
+    return train_run(resolved, run_dir, restart=restart)
 
 
 def evaluate_run(
@@ -185,7 +80,10 @@ def evaluate_run(
     if not saved.exists():
         raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
     config = apply_overrides(json.loads(saved.read_text()), [f"dataset.{item}" for item in data])
-    run = Run(validate_config(config, search_dirs=recorded_imports(run_dir, config.get("imports", []))))
+    import_modules(config, search_dirs=recorded_imports(run_dir, config.get("imports", [])))
+    if not isinstance(task_of(config), Supervised):
+        raise ConfigError("task", f"funcnet evaluate takes runs of the supervised task, not {config['task']!r}")
+    run = Run(validate_config(config))
     step, state = run.restore(run_dir, checkpoint)
     metrics = evaluate(run.model, run.loss_fn, state, run.batches(split), inputs=run.splits.inputs, mesh=run.mesh)
     return {"checkpoint": step, "split": split, **metrics}

@@ -33,7 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
     import tomli as tomllib
 
-SECTIONS = ("imports", "model", "dataset", "loss", "optimizer", "trainer")
+SECTIONS = ("task", "imports", "model", "dataset", "loss", "optimizer", "trainer")
 """The top-level sections a run config may have."""
 REQUIRED_SECTIONS = ("model", "dataset", "loss", "optimizer", "trainer")
 """The sections a run config must have."""
@@ -196,6 +196,11 @@ def import_modules(config: Mapping[str, Any], search_dirs: Sequence[str | os.Pat
         for d in added:
             sys.path.remove(d)
     return list(names)
+
+
+def module_files(names: Sequence[str]) -> dict[str, str | None]:
+    """The file each imported module was loaded from (None for a namespace or built-in module)."""
+    return {name: getattr(sys.modules.get(name), "__file__", None) for name in names}
 
 
 class RunConfig(NamedTuple):

@@ -88,13 +88,13 @@ def test_killed_run_resumes_bit_identical(uninterrupted, tmp_path, kill):
     chex.assert_trees_all_equal(state_b.opt_state, state_a.opt_state)
     results_a = json.loads((straight / "results.json").read_text())
     results_b = json.loads((run_dir / "results.json").read_text())
-    assert results_a["validation_history"] == results_b["validation_history"]
+    assert results_a["history"] == results_b["history"]
 
 
 def test_retention_keeps_best_and_latest_across_a_restart(uninterrupted, tmp_path):
     _, straight = uninterrupted
     steps = sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit())
-    history = json.loads((straight / "results.json").read_text())["validation_history"]
+    history = json.loads((straight / "results.json").read_text())["history"]
     best = min(history, key=lambda h: h["loss"])["step"]
     assert steps[-2:] == [20, 22] and best in steps  # latest 2 + the best
     # Restart the finished run with a longer budget: the best and the newest survive again.

@@ -1,0 +1,128 @@
+"""Tasks: the kinds of run ``funcnet train`` makes, each with its config sections, training and reopening.
+
+A config names its task with a top-level ``task`` key; without one it is ``"supervised"``: a registered
+model, dataset and per-example loss (the sections ``model``, ``dataset``, ``loss``). An experiment with
+its own data pipeline and report (the char-LM's text streams and samples, the Tree-LSTM's tree batches)
+is a task registered in ``TASKS`` by its module, which the config names in ``imports``, so the same
+config trains from ``funcnet train`` and from the experiment's own command::
+
+    task = "char_lm"
+    imports = ["funcnet.experiments.rnn"]
+
+A task's sections are declared once, as dataclasses or factory signatures, and checked with key paths.
+``train_run`` is what every task's training shares: the run directory's config, the lock on changing
+it, ``results.json`` (also for a failed run) and the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from ..core import Model
+from ..train.result import FitResult
+from ..train.run_files import update_record, write_json
+from ..train.stopping import FAILED_REASONS, exit_code
+from ..validation import ConfigError, did_you_mean, show
+from .registry import Registry
+from .run_config import module_files
+
+TASKS = Registry("task")
+"""Task classes: ``() -> Task``; a config picks one with its top-level ``task`` key."""
+
+DEFAULT_TASK = "supervised"
+
+
+class Task:
+    """A kind of run. Subclasses set ``sections`` and implement ``resolve``, ``fit`` and ``model``."""
+
+    sections: tuple[str, ...] = ()
+    """The config's sections besides ``task`` and ``imports``."""
+
+    def resolve(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The config checked (key paths in errors) with every default filled in: what ``config.json`` holds."""
+        raise NotImplementedError
+
+    def fit(self, config: dict[str, Any], run_dir: Path, restart: bool) -> tuple[FitResult, dict[str, Any]]:
+        """Trains (or resumes) ``run_dir``; returns fit's result and the task's own results (its evaluations
+        of the best checkpoint, empty when the run failed). Writes ``preprocessing.json`` if reopening needs it."""
+        raise NotImplementedError
+
+    def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
+        """The model of a resolved config, for reopening a run (``preprocessing``: the run's, e.g. a vocabulary)."""
+        raise NotImplementedError
+
+
+def task_of(config: Mapping[str, Any]) -> Task:
+    """The task a config names (``"supervised"`` without a ``task`` key); ConfigError for an unknown one."""
+    name = config.get("task", DEFAULT_TASK)
+    if not isinstance(name, str):
+        raise ConfigError("task", f"expected a task name, e.g. {DEFAULT_TASK!r}, got {show(name)}")
+    if name not in TASKS.names():
+        hint = " Experiments register their task: name the module in imports." if name != DEFAULT_TASK else ""
+        raise ConfigError("task", did_you_mean(name, TASKS.names(), "task") + hint)
+    return TASKS.get(name, "task")()
+
+
+def check_sections(config: Mapping[str, Any], task: Task, name: str) -> None:
+    """ConfigError for a section ``task`` does not have."""
+    allowed = ("task", "imports", *task.sections)
+    for key in config:
+        if key not in allowed:
+            raise ConfigError(str(key), did_you_mean(key, allowed, f"section for task {name!r}"))
+
+
+def train_run(config: dict[str, Any], run_dir: str | os.PathLike, *, restart: bool = False) -> int:
+    """Trains a resolved config in ``run_dir`` (or resumes it); writes ``config.json`` and ``results.json``.
+
+    Returns the process exit code (``funcnet.train.stopping.exit_code``). A run directory that holds a run
+    of another config is refused. A finished run run again changes nothing. A failed run (NaN, divergence)
+    records how it ended in ``results.json`` and evaluates nothing.
+    """
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous != config:
+            changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+            raise ConfigError(
+                "",
+                f"{run_dir} holds a run with another config (sections differ: {changed}). "
+                "Fix: use a new run directory, or the same config to resume that run.",
+            )
+    write_json(saved, config)
+    update_record(run_dir, imports=module_files(config.get("imports", [])))
+    start = time.perf_counter()
+    result, own = task_of(config).fit(config, run_dir, restart)
+    done = run_dir / "results.json"
+    if result.trained == 0 and done.exists() and _same_end(json.loads(done.read_text()), result):
+        print(f"the run had finished at step {result.step} ({result.stop_reason}); results unchanged in {done}")
+        return exit_code(result.stop_reason, result.signal)
+    metric = config["trainer"]["metric"]
+    results = {
+        "stop_reason": result.stop_reason,
+        "signal": result.signal,
+        "steps": result.step,
+        "epoch": result.epoch,
+        "best_step": result.best_step,
+        f"best_validation_{metric}": result.best_metric,
+        "history": result.history,
+        "seconds_this_session": round(time.perf_counter() - start, 1),
+        "compilations_this_session": result.compilations,
+        "devices": jax.device_count(),
+        **({} if result.stop_reason in FAILED_REASONS else own),
+    }
+    write_json(done, results)
+    print(f"{result.stop_reason} at step {result.step}; results in {done}")
+    return exit_code(result.stop_reason, result.signal)
+
+
+def _same_end(results: dict[str, Any], result: FitResult) -> bool:
+    """Whether ``results.json`` already records this ending (with nothing trained: a finished run run again)."""
+    return results.get("steps") == result.step and results.get("stop_reason") == result.stop_reason
