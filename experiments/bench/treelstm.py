@@ -11,7 +11,7 @@ cross-entropy divided by the trees of the batch, one Adagrad (lr 0.05) update pe
 TRAINING trees/second: forward, backward and update.
 
 Systems:
-  funcnet_level       the experiment's model (``funcnet.experiments.treelstm.sentiment_model``: fn.embed ->
+  funcnet_level       the experiment's model (``funcnet.experiments.tree_sentiment.sentiment_model``: fn.embed ->
                       fn.tree(fn.binary_tree_lstm_cell) -> fn.dense) and the engine's train step
                       (``make_train_step``, what ``fit`` runs) over ``schedule(..., buckets=SST_BUCKETS)``;
                       Adagrad from a config with ``sparse_rows``: a row-sparse embedding update (exact for Adagrad).
@@ -116,7 +116,7 @@ def funcnet_level_system(vocab_size: int, seed: int, sparse: bool, unroll: int, 
 
     from funcnet.config.optimizer import make_optimizer
     from funcnet.experiments.treedata import FIELDS
-    from funcnet.experiments.treelstm import sentiment_model
+    from funcnet.experiments.tree_sentiment import sentiment_model
     from funcnet.train.state import create_train_state, data_mesh
     from funcnet.train.step import make_train_step
 

@@ -78,19 +78,22 @@ def check_sections(config: Mapping[str, Any], task: Task, name: str) -> None:
             raise ConfigError(str(key), did_you_mean(key, allowed, f"section for task {name!r}"))
 
 
-def train_run(config: dict[str, Any], run_dir: str | os.PathLike, *, restart: bool = False) -> int:
+def train_run(
+    config: dict[str, Any], run_dir: str | os.PathLike, *, restart: bool = False, changeable: tuple[str, ...] = ()
+) -> int:
     """Trains a resolved config in ``run_dir`` (or resumes it); writes ``config.json`` and ``results.json``.
 
     Returns the process exit code (``funcnet.train.stopping.exit_code``). A run directory that holds a run
-    of another config is refused. A finished run run again changes nothing. A failed run (NaN, divergence)
-    records how it ended in ``results.json`` and evaluates nothing.
+    of another config is refused, unless only the sections in ``changeable`` differ (e.g. a larger step
+    budget when resuming). A finished run run again changes nothing. A failed run (NaN, divergence) records
+    how it ended in ``results.json`` and evaluates nothing.
     """
     run_dir = Path(run_dir)
     saved = run_dir / "config.json"
     if saved.exists():
         previous = json.loads(saved.read_text())
-        if previous != config:
-            changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+        changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+        if not set(changed) <= set(changeable):
             raise ConfigError(
                 "",
                 f"{run_dir} holds a run with another config (sections differ: {changed}). "

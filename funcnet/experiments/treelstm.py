@@ -14,6 +14,9 @@ optional ``test.txt`` (``../shared/data/sst``).
 
     python -m funcnet.experiments.treelstm
     python -m funcnet.experiments.treelstm --data ../shared/data/sst --preset sst
+
+The run is the ``tree_sentiment`` task of ``funcnet train`` (``funcnet.experiments.tree_sentiment``): ``funcnet train
+experiments/configs/treelstm.toml -s RUN_DIR`` resolves the same config as this command's default preset.
 """
 
 from __future__ import annotations
@@ -22,230 +25,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import jax
-import jax.numpy as jnp
-import optax
-
-import funcnet as fn
-from funcnet.children import apply_child, init_child
-from funcnet.core import Model, output_spec
-from funcnet.datasets import sentiment_language
 from funcnet.errors import DataError
-from funcnet.trees import Vocabulary, parse_tree, read_trees
 
-from ..config.optimizer import make_optimizer
-from ..config.run_config import apply_overrides, merge_configs
-from ..train.checkpoint import restore_run
-from ..train.loop import evaluate, fit
-from ..train.options import TrainerConfig
-from ..train.run_files import write_json
-from ..train.state import data_mesh
-from ..train.stopping import FAILED_REASONS, exit_code
-from ..validation import ConfigError, check_arguments, check_compute_dtype
-from .treedata import FIELDS, TreeBatches
-
-_BASE: dict[str, Any] = {
-    "data": {"path": "", "train_size": 4000, "dev_size": 500, "test_size": 500, "seed": 0, "width": 24},
-    "model": {"embed": 64, "hidden": 64, "dropout": 0.2, "unroll": 2},
-    "optimizer": {"type": "adam", "learning_rate": 5e-3, "sparse_rows": {"embed/embedding": "leaf_tokens"}},
-    "trainer": {"epochs": 15, "batch_size": 25, "metric": "root_accuracy", "mode": "max", "patience": 4,
-                "log_every": 20, "keep_checkpoints": 2},
-}  # fmt: skip
-PRESETS = {
-    "default": {},
-    "sst": {  # Tai et al.'s sizes; Adam and dropout 0.3 (measured: experiments/results/treelstm.md)
-        "model": {"embed": 300, "hidden": 150, "dropout": 0.3},
-        "optimizer": {"type": "adam", "learning_rate": 2e-3},
-        "trainer": {"epochs": 8},
-    },
-    "tiny": {
-        "data": {"train_size": 60, "dev_size": 20, "test_size": 20, "width": 8},
-        "model": {"embed": 8, "hidden": 8},
-        "trainer": {"epochs": 2, "batch_size": 10, "log_every": 2},
-    },
-}
-
-
-def data_options(
-    path: str = "", train_size: int = 4000, dev_size: int = 500, test_size: int = 500, seed: int = 0, width: int = 24
-) -> None:
-    """The ``data`` section: an SST-format folder ("" for the synthetic language), its sizes, the scan width."""
-
-
-def model_options(
-    embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1, compute_dtype: str = ""
-) -> None:
-    """The ``model`` section: embedding and Tree-LSTM sizes, dropout on leaf inputs and node states, scan unroll,
-    and the Tree-LSTM's matmul dtype (``"bfloat16"``: mixed precision, see ``funcnet.precision``; ``""``: float32)."""
-
-
-def sentiment_model(
-    vocab_size: int, embed: int = 64, hidden: int = 64, dropout: float = 0.0, unroll: int = 1, compute_dtype: str = ""
-) -> Model:
-    """A Model over grouped tree batches: ``apply(params, state, *[batch[f] for f in FIELDS])`` -> logits [G, R, 5].
-
-    >>> import jax
-    >>> from funcnet.trees import parse_tree, Vocabulary
-    >>> from funcnet.experiments.treedata import TreeBatches, FIELDS
-    >>> trees = [parse_tree("(3 (2 a) (4 good))")] * 4
-    >>> batch = next(TreeBatches(trees, Vocabulary.from_trees(trees), 4).epoch(0))
-    >>> model = sentiment_model(3, embed=4, hidden=5)
-    >>> params, state = model.init(jax.random.key(0), *[batch[f] for f in FIELDS])
-    >>> logits, _ = model.apply(params, state, *[batch[f] for f in FIELDS])
-    >>> logits.shape[0], logits.shape[1] == batch["labels"].shape[1], logits.shape[2]  # groups, rows, classes
-    (1, True, 5)
-    """
-    children = {
-        "embed": fn.embed(vocab_size, embed),
-        "tree": fn.tree(fn.binary_tree_lstm_cell(hidden, compute_dtype=compute_dtype or None), unroll=unroll),
-        "drop": fn.dropout(dropout),
-        "head": fn.dense(5),
-    }
-
-    def init(key, *fields):
-        group = dict(zip(FIELDS, (jax.ShapeDtypeStruct(f.shape[1:], f.dtype) for f in fields), strict=True))
-        params = {}
-        params["embed"], _ = init_child("embed", children["embed"], key, group["leaf_tokens"])
-        x = output_spec(children["embed"], params["embed"], {}, group["leaf_tokens"])
-        params["tree"], _ = init_child("tree", children["tree"], key, x, group)
-        states = output_spec(children["tree"], params["tree"], {}, x, group)
-        params["head"], _ = init_child("head", children["head"], key, states.h)
-        return params, {}
-
-    def one_group(params, fields, key, train):
-        group = dict(zip(FIELDS, fields, strict=True))
-        x, _ = apply_child("embed", children["embed"], params, {}, group["leaf_tokens"])
-        x, _ = apply_child("drop", children["drop"], params, {}, x, key=key, train=train)
-        states, _ = apply_child("tree", children["tree"], params, {}, x, group)
-        h, _ = apply_child("drop", children["drop"], params, {}, states.h, key=jax.random.fold_in(key, 1), train=train)
-        logits, _ = apply_child("head", children["head"], params, {}, h)
-        return logits
-
-    def apply(params, state, *fields, key=None, train=False):
-        groups = fields[0].shape[0]
-        keys = jax.random.split(key if key is not None else jax.random.key(0), groups)
-        if groups == 1:  # one device: no vmap, so the tree scan's gathers and writes need no batch axis
-            return one_group(params, tuple(f[0] for f in fields), keys[0], train)[None], state
-        logits = jax.vmap(one_group, in_axes=(None, 0, 0, None))(params, fields, keys, train)
-        return logits, state
-
-    return Model(init, apply, "tree_sentiment")
-
-
-def tree_metrics(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-tree values of shape [G, T]: mean node loss, root correctness, and (named ``_...``: parts of the
-    binary and all-node accuracies that ``summarize`` divides, not printed by ``fit``) binary and node counts."""
-    num_trees = batch["roots"].shape[-1]
-
-    def one_group(logits, labels, label_mask, node_tree, roots):
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * label_mask
-        nodes = jax.ops.segment_sum(label_mask, node_tree, num_segments=num_trees)
-        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * label_mask
-        probs = jax.nn.softmax(logits[roots])
-        gold = labels[roots]
-        polar = (gold != 2).astype(jnp.float32)
-        predicted_positive = probs[:, 3] + probs[:, 4] > probs[:, 0] + probs[:, 1]
-        return {
-            "loss": jax.ops.segment_sum(nll, node_tree, num_segments=num_trees) / jnp.maximum(nodes, 1.0),
-            "root_accuracy": (jnp.argmax(logits[roots], -1) == gold).astype(jnp.float32),
-            "_binary_correct": polar * (predicted_positive == (gold > 2)).astype(jnp.float32),
-            "_binary_count": polar,
-            "_node_correct": jax.ops.segment_sum(correct, node_tree, num_segments=num_trees),
-            "_node_count": nodes,
-        }
-
-    return jax.vmap(one_group)(logits, batch["labels"], batch["label_mask"], batch["node_tree"], batch["roots"])
-
-
-def summarize(metrics: dict[str, float]) -> dict[str, float]:
-    """Fine and binary root accuracy and all-node accuracy from ``evaluate``'s means."""
-    return {
-        "root_accuracy": metrics["root_accuracy"],
-        "binary_root_accuracy": metrics["_binary_correct"] / max(metrics["_binary_count"], 1e-9),
-        "node_accuracy": metrics["_node_correct"] / max(metrics["_node_count"], 1e-9),
-        "loss": metrics["loss"],
-        "trees": metrics["count"],
-    }
-
-
-def load_splits(data: dict[str, Any]):
-    """(train, dev, test-or-None) trees: SST files from ``path``, or the synthetic language."""
-    if data["path"]:
-        folder = Path(data["path"])
-        test = folder / "test.txt"
-        return (
-            read_trees(folder / "train.txt", classes=5),
-            read_trees(folder / "dev.txt", classes=5),
-            read_trees(test, classes=5) if test.exists() else None,
-        )
-    seed = data["seed"]
-    make = lambda n, s: [parse_tree(line) for line in sentiment_language(n, seed=s)]  # noqa: E731
-    return make(data["train_size"], seed), make(data["dev_size"], seed + 1), make(data["test_size"], seed + 2)
-
-
-def resolve_config(preset: str = "default", overrides: list[str] = ()) -> dict[str, Any]:
-    """The preset with overrides applied, every section checked.
-
-    >>> resolve_config("tiny")["trainer"]["metric"]
-    'root_accuracy'
-    """
-    if preset not in PRESETS:
-        raise ConfigError("preset", f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    config = apply_overrides(merge_configs(_BASE, PRESETS[preset]), overrides)
-    check_arguments(data_options, config["data"], "data", "data")
-    check_arguments(model_options, config["model"], "model", "model")
-    check_compute_dtype(config["model"].get("compute_dtype"), "model.compute_dtype")
-    config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
-    make_optimizer(config["optimizer"])
-    return config
-
-
-def run(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Trains, evaluates the best checkpoint on dev (and test) and writes ``results.json``."""
-    data, trainer = config["data"], TrainerConfig.from_dict(config["trainer"])
-    train_trees, dev_trees, test_trees = load_splits(data)
-    vocab = Vocabulary.from_trees(train_trees)
-    mesh = data_mesh()
-    print(f"data: {data['path'] or 'synthetic sentiment language'}: {len(train_trees):,} train, {len(dev_trees):,} dev"
-          f", {len(test_trees or []):,} test trees; vocabulary {vocab.size:,}")  # fmt: skip
-
-    def batches(trees, shuffle, buckets=None):
-        return TreeBatches(trees, vocab, trainer.batch_size, groups=mesh.size, width=data["width"], buckets=buckets,
-                           shuffle=shuffle, seed=trainer.seed)  # fmt: skip
-
-    train = batches(train_trees, True)
-    model = sentiment_model(vocab.size, **config["model"])
-    optimizer = make_optimizer(config["optimizer"])
-    write_json(run_dir / "config.json", config)
-    start = time.perf_counter()
-    result = fit(
-        model, tree_metrics, optimizer.transform, train, run_dir=run_dir, trainer=trainer,
-        validation=batches(dev_trees, False), learning_rate=optimizer.learning_rate, inputs=FIELDS,
-        config=config, mesh=mesh, items_per_example=1, item_name="trees", sparse_rows=optimizer.sparse_rows,
-    )  # fmt: skip
-    seconds = time.perf_counter() - start
-    if result.stop_reason in FAILED_REASONS:  # said in one line by fit; nothing to evaluate
-        failed = {"stop_reason": result.stop_reason, "signal": None, "steps": result.step, "config": config}
-        write_json(run_dir / "results.json", failed)
-        return failed
-    _, best_state = restore_run(run_dir / "checkpoints", result.state, metric=trainer.metric, mode=trainer.mode)
-    results: dict[str, Any] = {"stop_reason": result.stop_reason, "signal": result.signal, "steps": result.step,
-                               "best_step": result.best_step,
-                               "wall_seconds_this_session": round(seconds, 1), "compilations": result.compilations,
-                               "config": config}  # fmt: skip
-    for name, trees in (("validation", dev_trees), ("test", test_trees)):
-        if trees:
-            metrics = evaluate(model, tree_metrics, best_state, batches(trees, False), inputs=FIELDS, mesh=mesh)
-            results[name] = summarize(metrics)
-    write_json(run_dir / "results.json", results)
-    for name in ("validation", "test"):
-        if name in results:
-            r = results[name]
-            print(f"{name}: root accuracy {r['root_accuracy']:.3f} (fine), {r['binary_root_accuracy']:.3f} (binary), "
-                  f"all nodes {r['node_accuracy']:.3f}")  # fmt: skip
-    return results
+from ..config.tasks import train_run
+from ..validation import ConfigError
+from .tree_sentiment import PRESETS, resolve_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,12 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(args.run_dir or time.strftime("runs/treelstm-%Y%m%d-%H%M%S"))
     try:
-        results = run(config, run_dir)
-    except (DataError, FileNotFoundError) as error:
+        return train_run(config, run_dir)
+    except (DataError, FileNotFoundError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"results: {run_dir / 'results.json'}")
-    return exit_code(results["stop_reason"], results["signal"])
 
 
 if __name__ == "__main__":

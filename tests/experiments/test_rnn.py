@@ -146,7 +146,8 @@ def test_end_to_end_tiny_run_then_resume_then_sample(tmp_path):
     assert results["steps"] == 30 and results["stop_reason"] == "done"
     characters = len(set(text.read_text()))
     assert results["validation_bpc"] < np.log2(characters)  # it learned more than "every character is equally likely"
-    assert {"test_bpc", "history", "config", "wall_seconds_this_session"} <= set(results)
+    assert {"test_bpc", "history", "samples", "seconds_this_session"} <= set(results)
+    assert json.loads((run_dir / "config.json").read_text())["task"] == "char_lm"
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir())[-1] == 30
 
     out = _run("--resume", str(run_dir), "--steps", "40")
@@ -185,3 +186,32 @@ def test_a_diverging_run_stops_in_one_line_with_exit_code_1(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "the run diverged, stopping" in out and "Traceback" not in out
     assert json.loads((tmp_path / "run" / "results.json").read_text())["stop_reason"] == "diverged"
+
+
+def test_funcnet_train_of_the_charlm_config_is_the_main_job(tmp_path, monkeypatch):
+    """The config file and the module resolve the same config and write the same results.json."""
+    from funcnet.config import cli
+
+    text = _text_file(tmp_path)
+    tiny = [f"{section}.{key}={json.dumps(value)}" for section, table in rnn.PRESETS["tiny"].items()
+            for key, value in _flat(table)]  # fmt: skip
+    overrides = [*tiny, f"data.path={text}", "trainer.progress=false"]
+    config_file = str(ROOT / "experiments" / "configs" / "charlm.toml")
+    assert cli.resolve(config_file, overrides) == rnn.resolve_config("default", overrides=overrides)
+    assert cli.resolve(config_file, overrides) == rnn.resolve_config("tiny", overrides=overrides[len(tiny) :])
+    flags = [arg for override in overrides for arg in ("-o", override)]
+    assert cli.main(["train", config_file, "-s", str(tmp_path / "cli"), *flags]) == 0
+    assert rnn.main(["--preset", "tiny", "--data", str(text), "-o", "trainer.progress=false",
+                     "--run-dir", str(tmp_path / "module")]) == 0  # fmt: skip
+    read = lambda run, name: json.loads((tmp_path / run / name).read_text())  # noqa: E731
+    assert read("cli", "config.json") == read("module", "config.json")
+    drop = lambda results: {k: v for k, v in results.items() if not k.endswith("_this_session")}  # noqa: E731
+    assert drop(read("cli", "results.json")) == drop(read("module", "results.json"))
+
+
+def _flat(table, prefix=""):
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

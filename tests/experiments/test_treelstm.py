@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from funcnet.datasets import sentiment_language
-from funcnet.experiments import treelstm
+from funcnet.experiments import tree_sentiment as treelstm
 from funcnet.experiments.treedata import TreeBatches
 from funcnet.train.data import Position
 from funcnet.trees import Vocabulary, parse_tree
@@ -68,8 +68,9 @@ def test_end_to_end_tiny_run(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     # The subprocess inherits the 8 forced devices: 8 groups of 2 trees, 16 a batch, 4 steps x 2 epochs.
     assert results["steps"] == 8 and results["validation"]["trees"] == 20 and results["test"]["trees"] == 20
-    assert 1 <= results["compilations"] <= 4  # at most one program per bucket (2 leaf x 2 step sizes)
-    assert results["config"]["optimizer"]["sparse_rows"] == {"embed/embedding": "leaf_tokens"}
+    assert 1 <= results["compilations_this_session"] <= 4  # at most one program per bucket (2 leaf x 2 step sizes)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["optimizer"]["sparse_rows"] == {"embed/embedding": "leaf_tokens"}
     for split in ("validation", "test"):
         assert {"root_accuracy", "binary_root_accuracy", "node_accuracy"} <= set(results[split])
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
@@ -101,3 +102,14 @@ def test_mixed_precision_model_over_groups_and_its_config():
     assert treelstm.resolve_config("tiny", ["model.compute_dtype=bfloat16"])["model"]["compute_dtype"] == "bfloat16"
     with pytest.raises(treelstm.ConfigError, match="compute_dtype must be a floating dtype"):
         treelstm.resolve_config("tiny", ["model.compute_dtype=int8"])
+
+
+def test_funcnet_train_of_the_treelstm_config_resolves_as_the_module():
+    from funcnet.config import cli
+    from funcnet.experiments import treelstm as module
+
+    overrides = ["model.hidden=12", "trainer.epochs=3"]
+    config_file = str(ROOT / "experiments" / "configs" / "treelstm.toml")
+    resolved = cli.resolve(config_file, overrides)
+    assert resolved == module.resolve_config("default", overrides)
+    assert resolved["task"] == "tree_sentiment" and resolved["model"]["hidden"] == 12
