@@ -5,6 +5,7 @@
     funcnet train CONFIG -s RUN_DIR --cpu-devices [N]    # on N JAX CPU devices (alone: one per core)
     funcnet train CONFIG -s RUN_DIR --coordinator HOST:PORT --num-processes N --process-id I  # one of N processes
     funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
+    funcnet predict RUN_DIR [INPUT|-] [--checkpoint best|latest|STEP]   # JSON lines in, JSON lines out
 
 Every config error (unknown keys, wrong types, missing values, unknown component types) is
 reported with its key path before anything is built or compiled. ``RUN_DIR`` receives
@@ -34,8 +35,9 @@ from ..train.evaluation import evaluate
 from ..train.lock import RunLocked
 from ..train.stopping import BAD_CONFIG, FAILED
 from ..validation import ConfigError
+from .predict import predict_lines
 from .run_config import apply_overrides, import_modules, load_config, validate_config
-from .runs import recorded_imports
+from .runs import load_run, recorded_imports
 from .supervised import Run, Supervised
 from .tasks import task_of, train_run
 
@@ -89,6 +91,25 @@ def evaluate_run(
     return {"checkpoint": step, "split": split, **metrics}
 
 
+def predict_run(run_dir: str, source: str = "-", checkpoint: str = "best", batch_size: int = 64) -> int:
+    """``funcnet predict``: one JSON line out per JSON line in (``funcnet.config.predict``); 0, or 1 if any
+    line failed."""
+    run = load_run(run_dir, checkpoint=checkpoint)
+    task = task_of(run.config)
+    failed = 0
+    stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
+    try:
+        for record in predict_lines(run, task, stream, batch_size=batch_size):
+            failed += "error" in record
+            print(json.dumps(record), flush=True)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    if failed:
+        print(f"{failed} line(s) could not be predicted; their records say why", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``funcnet`` console script."""
     parser = argparse.ArgumentParser(prog="funcnet", description=__doc__.splitlines()[0])
@@ -112,12 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p_eval.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     p_eval.add_argument("--data", action="append", default=[], help="key=value for the dataset section (repeatable)")
+    p_predict = commands.add_parser("predict", help="predict from a trained run: JSON lines in, JSON lines out")
+    p_predict.add_argument("run_dir")
+    p_predict.add_argument("input", nargs="?", default="-", help="a file of JSON lines; - (the default): stdin")
+    p_predict.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    p_predict.add_argument("--batch-size", type=int, default=64, help="requests predicted together (padded)")
     args = parser.parse_args(argv)
     use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only
     try:
         if args.command == "train":
             processes = Processes(args.coordinator, args.num_processes, args.process_id)
             return train(args.config, args.run_dir, args.override, processes, restart=args.restart)
+        if args.command == "predict":
+            return predict_run(args.run_dir, args.input, args.checkpoint, args.batch_size)
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
     except (ConfigError, FileNotFoundError, SetupError, RunLocked, CheckpointError) as error:

@@ -27,6 +27,7 @@ import jax
 
 from ..core import Model
 from ..train.result import FitResult
+from ..train.run import LoadedRun
 from ..train.run_files import update_record, write_json
 from ..train.stopping import FAILED_REASONS, exit_code
 from ..validation import ConfigError, did_you_mean, show
@@ -56,6 +57,15 @@ class Task:
 
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         """The model of a resolved config, for reopening a run (``preprocessing``: the run's, e.g. a vocabulary)."""
+        raise NotImplementedError
+
+    def prepare_request(self, run: LoadedRun, request: Any) -> Any:
+        """One ``funcnet predict`` request (a decoded JSON line) checked and made ready for ``predict``; raises
+        ``funcnet.config.predict.RequestError`` naming the field that is wrong."""
+        raise ConfigError("task", f"{type(self).__name__} runs cannot be predicted from")
+
+    def predict(self, run: LoadedRun, requests: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        """The outputs of prepared requests, one JSON-ready dict each, in batches of at most ``batch_size``."""
         raise NotImplementedError
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from funcnet.config.optimizer import make_optimizer
+from funcnet.config.predict import RequestError
 from funcnet.config.run_config import merge_configs
 from funcnet.config.tasks import TASKS, Task, check_sections
 from funcnet.core import Model
@@ -21,16 +22,18 @@ from funcnet.train.data import Batches
 from funcnet.train.loop import fit
 from funcnet.train.options import TrainerConfig
 from funcnet.train.result import FitResult
+from funcnet.train.run import LoadedRun
 from funcnet.train.run import load_run as load_trained
 from funcnet.train.run_files import PREPROCESSING, write_json
 from funcnet.train.state import data_mesh
 from funcnet.train.stopping import FAILED_REASONS
 from funcnet.validation import ConfigError, check_arguments, check_compute_dtype
 
-from .charlm import char_lm, lm_loss, sample, stream_bits_per_character
+from .charlm import char_lm, generate, lm_loss, sample, stream_bits_per_character
 from .text import Vocabulary, load_corpus, tbptt_dataset
 
 TASK = "char_lm"
+MAX_LENGTH = 100_000  # characters one predict request may ask for
 IMPORTS = ["funcnet.experiments.charlm_task"]  # what a config names to train this task with ``funcnet train``
 
 _BASE: dict[str, Any] = {
@@ -144,6 +147,33 @@ class CharLM(Task):
 
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         return char_lm(len(preprocessing["vocabulary"]), **config["model"])
+
+    def prepare_request(self, run: LoadedRun, request: Any) -> dict[str, Any]:
+        """``{"prime": str, "length": int, "temperature": float, "seed": int}``, each optional (the run's
+        ``sample`` section gives the defaults); a bare string is a prime."""
+        if isinstance(request, str):
+            request = {"prime": request}
+        if not isinstance(request, dict):
+            raise RequestError(f"expected an object with a prime, length, temperature or seed, got {request!r:.60}")
+        options = {**run.config["sample"], **request}
+        try:
+            check_arguments(SampleSection, options, "", "a sample request")
+        except ConfigError as error:
+            raise RequestError(str(error)) from None
+        if not 1 <= options["length"] <= MAX_LENGTH:
+            raise RequestError(f"length: expected an int from 1 to {MAX_LENGTH}, got {options['length']}")
+        if not options["temperature"] > 0:
+            raise RequestError(f"temperature: expected a number > 0, got {options['temperature']}")
+        return options
+
+    def predict(self, run: LoadedRun, requests: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+        """``{"prime": ..., "text": ...}``: the prime echoed and the text generated after it."""
+        vocab = Vocabulary(run.preprocessing["vocabulary"])
+        return [
+            {"prime": r["prime"], "text": generate(run.model, run.params, vocab, length=r["length"],
+                                                   temperature=r["temperature"], prime=r["prime"], seed=r["seed"])}
+            for r in requests
+        ]  # fmt: skip
 
 
 TASKS.register(TASK)(CharLM)

@@ -15,15 +15,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import funcnet as fn
 from funcnet.children import apply_child, init_child
 from funcnet.core import Model, output_spec
 from funcnet.datasets import sentiment_language
-from funcnet.trees import Vocabulary, parse_tree, read_trees
+from funcnet.trees import Tree, TreeParseError, Vocabulary, leaves, parse_tree, read_trees
 
 from ..config.optimizer import make_optimizer
+from ..config.predict import RequestError
 from ..config.run_config import apply_overrides, merge_configs
 from ..config.tasks import TASKS, Task, check_sections
 from ..train.checkpoint import restore_run
@@ -31,6 +33,7 @@ from ..train.evaluation import evaluate
 from ..train.loop import fit
 from ..train.options import TrainerConfig
 from ..train.result import FitResult
+from ..train.run import LoadedRun
 from ..train.run_files import PREPROCESSING, write_json
 from ..train.state import data_mesh
 from ..train.stopping import FAILED_REASONS
@@ -243,8 +246,72 @@ class TreeSentiment(Task):
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         return sentiment_model(len(preprocessing["vocabulary"]), **config["model"])
 
+    def prepare_request(self, run: LoadedRun, request: Any) -> Tree:
+        """``{"tree": "(3 (2 a) (3 good))"}`` (a PTB tree; its labels are not used) or ``{"sentence": "a good
+        film"}`` (split at spaces into a right-branching binary tree); a bare string is a tree if it starts
+        with ``(``, else a sentence."""
+        if isinstance(request, str):
+            request = {"tree" if request.lstrip().startswith("(") else "sentence": request}
+        if not isinstance(request, dict) or len(set(request) & {"tree", "sentence"}) != 1 or len(request) != 1:
+            raise RequestError('expected {"tree": "(3 (2 a) (3 good))"} or {"sentence": "a good film"}')
+        if "tree" in request:
+            try:
+                tree = parse_tree(str(request["tree"]))
+            except TreeParseError as error:
+                raise RequestError(f"tree: {error}") from None
+        else:
+            words = str(request["sentence"]).split()
+            if not words:
+                raise RequestError("sentence: expected at least one word, got none")
+            tree = _right_branching(words)
+        wide = [n for n in _all_nodes(tree) if len(n.children) > 2]
+        if wide:
+            raise RequestError(f"tree: a node has {len(wide[0].children)} children; the Tree-LSTM is binary")
+        return tree
+
+    def predict(self, run: LoadedRun, trees: list[Tree], batch_size: int) -> list[dict[str, Any]]:
+        """The label distribution of the root (``label``, ``probabilities``) and of every node (``nodes``, in
+        pre-order, each with its ``text``)."""
+        tokens = tuple(run.preprocessing["vocabulary"])
+        vocab = Vocabulary(tokens, {token: i for i, token in enumerate(tokens)})
+        batches = TreeBatches(trees, vocab, batch_size, width=run.config["data"]["width"], shuffle=False)
+        outputs = []
+        for index, batch in enumerate(batches.epoch(0)):
+            logits = np.asarray(run.apply(run.params, run.state, *[batch[f] for f in FIELDS]))[0]
+            probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+            probabilities /= probabilities.sum(-1, keepdims=True)
+            for t, tree in enumerate(trees[index * batches.batch_size : (index + 1) * batches.batch_size]):
+                nodes = _node_outputs(tree, int(batch["roots"][0, t]), batch, probabilities)
+                outputs.append({"label": nodes[0]["label"], "probabilities": nodes[0]["probabilities"], "nodes": nodes})
+        return outputs
+
 
 TASKS.register(TASK)(TreeSentiment)
+
+
+def _right_branching(words: list[str]) -> Tree:
+    """``a (good film)``: a sentence as a binary tree (labels 2, unused)."""
+    tree = Tree(2, token=words[-1])
+    for word in reversed(words[:-1]):
+        tree = Tree(2, (Tree(2, token=word), tree))
+    return tree
+
+
+def _all_nodes(tree: Tree) -> list[Tree]:
+    return [tree, *(node for child in tree.children for node in _all_nodes(child))]
+
+
+def _node_outputs(tree: Tree, row: int, batch: dict[str, np.ndarray], probabilities: np.ndarray) -> list[dict]:
+    """Pre-order outputs of ``tree``'s nodes, found from its root's buffer row (``funcnet.schedule`` layout)."""
+    p = probabilities[row]
+    out = [{"text": " ".join(leaves(tree)), "label": int(p.argmax()), "probabilities": np.round(p.astype(float), 4).tolist()}]
+    if tree.children:
+        leaf_slots, width = batch["leaf_tokens"].shape[1], batch["children"].shape[2]
+        step, slot = divmod(row - leaf_slots, width)
+        kids = batch["children"][0, step, slot][batch["child_mask"][0, step, slot] > 0]
+        for child, kid_row in zip(tree.children, kids, strict=True):
+            out += _node_outputs(child, int(kid_row), batch, probabilities)
+    return out
 
 
 def resolve_config(preset: str = "default", overrides: list[str] = ()) -> dict[str, Any]:

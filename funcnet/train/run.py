@@ -114,6 +114,8 @@ class LoadedRun(NamedTuple):
       step: the step of the checkpoint they come from.
       checkpoint: ``"best"``, ``"latest"`` or the step asked for.
       inputs: the names of the model's positional inputs, in order (batch keys in training).
+      examples: each input's shape and dtype in one training batch (``jax.ShapeDtypeStruct``): the leading
+        axis is the batch, the rest is one example's shape.
       config: the run's resolved config (``RUN_DIR/config.json``), or None for a run without one.
       preprocessing: how raw inputs become model inputs (``RUN_DIR/preprocessing.json``; ``{}`` when none):
         ``{"standardize": {input: {"mean": [...], "std": [...]}}}`` and whatever the run's data recorded.
@@ -126,6 +128,7 @@ class LoadedRun(NamedTuple):
     step: int
     checkpoint: str
     inputs: tuple[str, ...]
+    examples: dict[str, jax.ShapeDtypeStruct]
     config: dict[str, Any] | None
     preprocessing: dict[str, Any]
     apply: Callable[..., Any]
@@ -207,9 +210,9 @@ def load_run(run_dir: str | os.PathLike, model: Model, *, checkpoint: str | int 
     preprocessing_file = os.path.join(run_dir, PREPROCESSING)
     preprocessing = json.loads(Path(preprocessing_file).read_text()) if os.path.exists(preprocessing_file) else {}
     apply = jax.jit(lambda p, s, *xs, **kw: model.apply(p, s, *xs, train=False, **kw)[0])
-    return LoadedRun(
-        model, restored["params"], restored["model_state"], step, str(checkpoint), inputs, config, preprocessing, apply
-    )
+    examples = dict(zip(inputs, examples, strict=True))
+    params, state = restored["params"], restored["model_state"]
+    return LoadedRun(model, params, state, step, str(checkpoint), inputs, examples, config, preprocessing, apply)
 
 
 def _check_shapes(expected: Any, restored: Any, where: str) -> None:
