@@ -115,8 +115,8 @@ def funcnet_level_system(vocab_size: int, seed: int, sparse: bool, unroll: int, 
     import optax
 
     from funcnet.config.optimizer import make_optimizer
-    from funcnet.experiments.treedata import FIELDS
     from funcnet.experiments.tree_sentiment import sentiment_model
+    from funcnet.experiments.treedata import FIELDS
     from funcnet.train.state import create_train_state, data_mesh
     from funcnet.train.step import make_train_step
 

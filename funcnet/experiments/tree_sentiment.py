@@ -304,7 +304,8 @@ def _all_nodes(tree: Tree) -> list[Tree]:
 def _node_outputs(tree: Tree, row: int, batch: dict[str, np.ndarray], probabilities: np.ndarray) -> list[dict]:
     """Pre-order outputs of ``tree``'s nodes, found from its root's buffer row (``funcnet.schedule`` layout)."""
     p = probabilities[row]
-    out = [{"text": " ".join(leaves(tree)), "label": int(p.argmax()), "probabilities": np.round(p.astype(float), 4).tolist()}]
+    rounded = np.round(p.astype(float), 4).tolist()
+    out = [{"text": " ".join(leaves(tree)), "label": int(p.argmax()), "probabilities": rounded}]
     if tree.children:
         leaf_slots, width = batch["leaf_tokens"].shape[1], batch["children"].shape[2]
         step, slot = divmod(row - leaf_slots, width)

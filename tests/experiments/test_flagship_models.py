@@ -16,8 +16,8 @@ import numpy as np
 import funcnet as fn
 from funcnet.children import child_key
 from funcnet.experiments.charlm import char_lm
-from funcnet.experiments.treedata import FIELDS, TreeBatches
 from funcnet.experiments.tree_sentiment import sentiment_model
+from funcnet.experiments.treedata import FIELDS, TreeBatches
 from funcnet.trees import Vocabulary, parse_tree
 
 
