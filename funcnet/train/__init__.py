@@ -13,6 +13,8 @@
 - ``TrainerConfig``: the options of ``fit`` (budgets, batch size, evaluation, checkpoints, logging).
 - ``Checkpointer``: Orbax, latest N and best by a metric.
 - ``load_run(RUN_DIR, model)``: a trained run reopened for inference (params, state, ``predict``).
+- ``fit_arrays(model, x, y, loss=...)``: Keras's ``model.fit`` for NumPy arrays (validation split,
+  shuffling, early stopping, the best parameters in ``result.best_params``).
 - ``fit``: epochs or a step budget, evaluation, early stopping, NaN detection, logs, progress,
   callbacks, graceful stop, exact resume.
 
@@ -30,6 +32,7 @@ config table, ``funcnet train CONFIG -s RUN_DIR``) is built on top of it.
 1
 """
 
+from .arrays import fit_arrays as fit_arrays
 from .callbacks import Callback as Callback
 from .callbacks import StopTraining as StopTraining
 from .checkpoint import Checkpointer as Checkpointer
