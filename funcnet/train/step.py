@@ -335,11 +335,11 @@ def make_train_step(
         arrays = (resident,)
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        if resident is None:  # a plan's batch axis was checked when it was made
-            check_divisible(_batch_size(batch, inputs), mesh)
         try:
             return step(state, batch, *arrays)
-        except ValueError as error:  # only on failure: nothing is checked per step
+        except ValueError as error:  # only on failure: nothing is checked per step (each check costs)
+            if resident is None:  # a plan's batch axis was checked when it was made
+                check_divisible(_batch_size(batch, inputs), mesh)  # the usual cause, said plainly
             _explain_other_mesh(error, mesh)
             raise
 
