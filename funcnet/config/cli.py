@@ -29,7 +29,7 @@ from typing import Any
 import jax
 
 from ..train.checkpoint import CheckpointError, CheckpointSaveError
-from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
+from ..train.devices import add_cpu_devices_flag, default_cpu_devices, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
 from ..train.evaluation import evaluate
 from ..train.lock import RunLocked
@@ -56,6 +56,7 @@ def train(
     overrides: Sequence[str] = (),
     processes: Processes | None = None,
     restart: bool = False,
+    choose_devices: bool = False,
 ) -> int:
     """``funcnet train``: returns the process exit code (``funcnet.train.stopping.exit_code``).
 
@@ -63,8 +64,13 @@ def train(
     with None, or all three None, the run is joined only where JAX detects a cluster launcher (``srun``,
     ``mpirun``, Cloud TPU). The config is validated first: a bad config exits before any process waits.
     ``restart``: start over from step 0, the previous checkpoints moved aside (``fit(restart=True)``).
+    ``choose_devices``: no ``--cpu-devices`` was given: a task whose step gains from one CPU device per core
+    gets them (``Task.one_device_per_core``).
     """
     resolved = resolve(config_path, overrides)
+    if choose_devices and task_of(resolved).one_device_per_core:
+        trainer = resolved["trainer"]
+        default_cpu_devices([trainer["batch_size"], trainer["eval_batch_size"] or trainer["batch_size"]])
     if join(*(processes or Processes()), peer_timeout=resolved["trainer"]["peer_timeout"]):
         print(f"process {jax.process_index()} of {jax.process_count()} joined the run: {jax.device_count()} devices")
     return train_run(resolved, run_dir, restart=restart)
@@ -143,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             processes = Processes(args.coordinator, args.num_processes, args.process_id)
-            return train(args.config, args.run_dir, args.override, processes, restart=args.restart)
+            return train(
+                args.config, args.run_dir, args.override, processes, restart=args.restart,
+                choose_devices=args.cpu_devices is None,
+            )  # fmt: skip
         if args.command == "predict":
             return predict_run(args.run_dir, args.input, args.checkpoint, args.batch_size)
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))

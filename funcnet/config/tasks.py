@@ -46,6 +46,10 @@ class Task:
     sections: tuple[str, ...] = ()
     """The config's sections besides ``task`` and ``imports``."""
 
+    one_device_per_core: bool = False
+    """Whether the task's step is faster split over one JAX CPU device per core (``funcnet train`` then makes
+    them unless ``--cpu-devices`` says otherwise; ``funcnet.train.devices.default_cpu_devices``)."""
+
     def resolve(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The config checked (key paths in errors) with every default filled in: what ``config.json`` holds."""
         raise NotImplementedError

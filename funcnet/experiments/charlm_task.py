@@ -110,6 +110,7 @@ class CharLM(Task):
     """The character-level language model as a ``funcnet train`` task (``task = "char_lm"``)."""
 
     sections = ("data", "model", "optimizer", "trainer", "sample")
+    one_device_per_core = True  # the LSTM's small kernels leave a core idle on one device (docs/design.md)
 
     def resolve(self, config: dict[str, Any]) -> dict[str, Any]:
         """The base config updated by ``config``, every section checked; ``task`` and ``imports`` set.

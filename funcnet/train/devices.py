@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 
 import jax
 
@@ -58,6 +59,35 @@ def cpu_devices(n: int | None = None) -> int:
             "array, computation or jax.devices() call."
         ) from error
     return n
+
+
+def devices_for(batch_sizes: Sequence[int], cores: int) -> int:
+    """The most devices, at most ``cores``, that split every batch size evenly.
+
+    >>> devices_for([32], 2), devices_for([32], 3), devices_for([30, 12], 8)
+    (2, 2, 6)
+    """
+    return max(d for d in range(1, cores + 1) if all(size % d == 0 for size in batch_sizes))
+
+
+def default_cpu_devices(batch_sizes: Sequence[int]) -> int | None:
+    """One CPU device per core, for a job whose step gains from it, unless the devices are already chosen.
+
+    Does nothing (returns None) when ``XLA_FLAGS`` forces a device count, when JAX's backends have
+    started, or on a single core. Otherwise makes as many CPU devices as the largest divisor of every
+    batch size that is at most ``cores()`` (every batch must split evenly), and returns that number.
+    On a machine with an accelerator the CPU devices go unused: the mesh takes the accelerator's.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or cores() < 2:
+        return None
+    n = devices_for(batch_sizes, cores())
+    try:
+        chosen = cpu_devices(n) if n > 1 else None
+    except RuntimeError:  # the backend started already: its devices stay
+        return None
+    if chosen and jax.default_backend() == "cpu":
+        print(f"devices: {chosen} CPU devices, one per core, each batch split across them (--cpu-devices 1: one)")
+    return chosen
 
 
 def add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:

@@ -56,3 +56,25 @@ def test_after_the_backend_started_it_says_where_to_call_it():
 def test_a_bad_count_is_a_value_error(bad):
     with pytest.raises(ValueError, match="expected a positive int"):
         cpu_devices(bad)
+
+
+def test_the_main_job_takes_one_device_per_core_by_default_and_says_so():
+    """In a fresh process without forced devices: as many CPU devices as cores that split the batch."""
+    import os
+    import subprocess
+    import sys
+
+    from funcnet.train.devices import cores, devices_for
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    code = "from funcnet.train.devices import default_cpu_devices as d; import jax; print(d([32]), jax.device_count())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    expected = devices_for([32], cores())
+    if expected > 1:
+        assert out.stdout.splitlines()[-1] == f"{expected} {expected}"
+        assert f"devices: {expected} CPU devices, one per core" in out.stdout
+    else:  # one core: nothing to split over
+        assert out.stdout.splitlines()[-1] == "None 1"
+    forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert forced.stdout.splitlines()[-1] == "None 8"  # XLA_FLAGS chose the devices: they stay
