@@ -50,12 +50,6 @@ class Buckets(NamedTuple):
     steps: tuple[int, ...]
 
 
-# SST train and dev shuffled into batches of 25 trees, width 24, list mode: a batch needs 330-670 leaf slots
-# (mean 478) and 15-29 steps (mean 20: the tallest tree's height, or ceil(internal / 24) when larger). Two
-# sizes per axis (4 programs an epoch) pad to ~1.19 slots per real node, against ~1.03 with no buckets.
-SST_BUCKETS = Buckets(leaves=(512, 704), steps=(22, 30))
-
-
 class TreeBatch(NamedTuple):
     """A batch of trees as buffer rows and steps (layout in the module docstring), all NumPy arrays."""
 
@@ -248,7 +242,7 @@ def schedule(
         widest level of the batch.
       arity: ``K``, child slots per node: 2 for binary trees; nodes with fewer children point the rest at the dummy.
       num_trees: pads ``T`` to this many trees (the last batch of an epoch), padding trees masked out.
-      buckets: pad ``L`` and ``S`` up to allowed sizes (``SST_BUCKETS`` for SST batches of 25 trees at width 24);
+      buckets: pad ``L`` and ``S`` up to allowed sizes (e.g. ``funcnet.experiments.treedata.SST_BUCKETS``);
         None pads nothing, so every batch has its own shape.
       mode: ``"list"`` (Hu's list scheduling) or ``"height"`` (one step per height, the baseline).
 

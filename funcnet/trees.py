@@ -1,4 +1,4 @@
-"""Labelled parse trees: the PTB bracket format, a vocabulary, and the batch schedules built from them.
+"""Labelled parse trees: the PTB bracket format and a vocabulary.
 
 A tree has an integer label on every node, as in the Stanford Sentiment Treebank::
 
@@ -11,8 +11,8 @@ Malformed input raises ``TreeParseError`` with the line and column of the mistak
 never skips a line, so a bad line cannot shift the data.
 
 The schedules that turn a batch of trees into arrays for a compiled program (``schedule``,
-``postorder``, ``TreeBatch``, ``Buckets``, ``slot_stats``) live in ``funcnet.schedule`` and are
-re-exported here.
+``postorder``, ``TreeBatch``, ``Buckets``, ``slot_stats``) are ``funcnet.schedule``'s, which imports
+this module (not the other way round).
 
 >>> tree = parse_tree("(3 (2 It) (4 (2 works) (2 .)))")
 >>> tree.label, leaves(tree), num_nodes(tree), height(tree)
@@ -30,13 +30,6 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from .errors import DataError
-from .schedule import SST_BUCKETS as SST_BUCKETS
-from .schedule import Buckets as Buckets
-from .schedule import PostOrder as PostOrder
-from .schedule import TreeBatch as TreeBatch
-from .schedule import postorder as postorder
-from .schedule import schedule as schedule
-from .schedule import slot_stats as slot_stats
 
 UNKNOWN = "<unk>"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funcnet.schedule import SST_BUCKETS, Buckets, PostOrder, TreeBatch, postorder, schedule, slot_stats
+from funcnet.experiments.treedata import SST_BUCKETS
+from funcnet.schedule import Buckets, PostOrder, TreeBatch, postorder, schedule, slot_stats
 from funcnet.trees import Tree, Vocabulary, height, leaves, num_nodes, parse_tree, read_trees
 
 SST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst"

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     import funcnet as fn
-    from funcnet.schedule import SST_BUCKETS, schedule
+    from funcnet.experiments.treedata import SST_BUCKETS
+    from funcnet.schedule import schedule
     from funcnet.trees import Vocabulary
 
     trees, source = load_trees(0)

@@ -423,8 +423,7 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from funcnet.experiments.treedata import auto_buckets
-    from funcnet.schedule import SST_BUCKETS
+    from funcnet.experiments.treedata import SST_BUCKETS, auto_buckets
     from funcnet.trees import Vocabulary
 
     trees, source = load_trees(args.seed)

@@ -1,7 +1,7 @@
 """The built-in components every config can name, registered here in one place.
 
 Models, datasets (factories returning ``DataSplits``) and per-example losses are defined here; the
-optimizers and learning-rate schedules in ``funcnet.config.optimizers`` and ``funcnet.config.schedules``.
+optimizers and learning-rate schedules in ``funcnet.config.optimizers`` and ``funcnet.config.learning_rates``.
 The table at the end registers them all; ``funcnet.config`` imports this module once, so the
 registries hold the built-ins whenever anything under ``funcnet.config`` is used. Your own components
 are registered by your module (``@MODELS.register("name")``), named in a config's ``imports``.
@@ -23,7 +23,7 @@ from ..core import Model
 from ..datasets import iris_like as _iris_like
 from ..losses import LossFn
 from ..train.data import ArrayDataset
-from . import optimizers, schedules
+from . import learning_rates, optimizers
 from .components import DataSplits
 from .registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from .supervised import Supervised
@@ -129,4 +129,4 @@ LOSSES.register("binary_cross_entropy")(binary_cross_entropy)
 for _name in ("sgd", "adam", "adamw", "adagrad", "rmsprop", "lamb", "lion"):
     OPTIMIZERS.register(_name)(getattr(optimizers, _name))
 for _name in ("constant", "warmup_cosine", "warmup_linear", "linear", "exponential", "cosine", "piecewise_constant"):
-    SCHEDULES.register(_name)(getattr(schedules, _name))
+    SCHEDULES.register(_name)(getattr(learning_rates, _name))

@@ -16,7 +16,7 @@ A config names a registered optimizer and, optionally, a registered schedule::
 and, with ``freeze``, applies that only to the params whose path matches no pattern (the others
 get ``optax.set_to_zero`` and no optimizer state). Schedules count optimizer updates: with
 ``accumulate = k`` they advance once every ``k`` train steps. The optimizers and schedules are
-registered in :mod:`funcnet.config.optimizers` and :mod:`funcnet.config.schedules` (add your own
+registered in :mod:`funcnet.config.optimizers` and :mod:`funcnet.config.learning_rates` (add your own
 with ``@OPTIMIZERS.register``); their keys are checked by :mod:`funcnet.config.components`.
 
 >>> from funcnet.config.optimizer import make_optimizer
