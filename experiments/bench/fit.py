@@ -8,7 +8,7 @@ Workloads: the mlp and charlstm workloads of mlp.py and charlstm.py (funcnet's m
 an in-memory ``ArrayDataset`` of random data (mlp: 3,200 examples, 50 batches of 64; charlstm: 640
 sequences, 20 batches of 32), shuffled each epoch by ``funcnet.train.data.Batches``.
 
-Systems (all train with the same ``funcnet.train.step.make_train_step`` step on one device):
+Systems (all train with the same pure step, ``funcnet.train.step.train_step_fn``, jitted, on one device):
   fit        ``fit(model, loss, optimizer, Batches(...), trainer=TrainerConfig(log_every=50,
              progress=True))`` with its defaults: the in-memory arrays copied to the device once and
              each step gathering its batch there (``funcnet.train.device_data``; the host sends the

@@ -17,17 +17,20 @@ Only single-process runs use it: with several processes each one holds its own r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ..core import Model
 from .data import Batches, Position, in_memory
-from .state import check_divisible, replicated
+from .state import TrainState, check_divisible, replicated
+from .step import LossFn, explain_other_mesh, train_step_fn
 
 INDEX = "index"  # the key of the example numbers, in a plan and in the row a step takes from it
 PLAN_STEPS = 2048  # an EpochPlans plan spans this many steps, in whole epochs (at least one) ...
@@ -173,3 +176,37 @@ def gather_batch(arrays: Mapping[str, jax.Array], indexed: Mapping[str, jax.Arra
     mask = indexed["mask"]
     batch["mask"] = mask * batch["mask"].astype(mask.dtype) if "mask" in batch else mask
     return batch
+
+
+def make_resident_step(
+    model: Model,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    arrays: Mapping[str, jax.Array],
+    *,
+    mesh: Mesh,
+    **options: Any,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Any]]:
+    """``make_train_step``'s step over training arrays kept on the devices: ``step(state, plan)`` takes an
+    ``EpochPlans`` plan and gathers its own batch (row ``state.step - offset``) inside the compiled step.
+
+    ``arrays``: from ``resident_arrays``, replicated; they are arguments of the compiled step, not
+    constants baked into it. ``options``: ``train_step_fn``'s (``inputs``, ``skip_nan_updates``, ...).
+    """
+    pure = train_step_fn(model, loss_fn, optimizer, **options)
+    step = jax.jit(
+        lambda state, plan, arrays: pure(state, batch_of_step(arrays, plan, state.step)),
+        in_shardings=(replicated(mesh), None, replicated(mesh)),  # the plan comes placed (EpochPlans)
+        out_shardings=replicated(mesh),
+        donate_argnums=0,
+    )
+
+    def resident_step(state: TrainState, plan: Mapping[str, jax.Array]) -> tuple[TrainState, Any]:
+        try:
+            return step(state, plan, arrays)
+        except ValueError as error:  # only on failure: nothing is checked per step
+            explain_other_mesh(error, mesh)
+            raise
+
+    resident_step.jitted = step  # for inspection: .lower(), ._cache_size()
+    return resident_step

@@ -39,7 +39,7 @@ from .batch_feed import batch_transfer, max_in_flight, on_cpu, prefetch_size
 from .callbacks import Callback, StepCallbacks, StopTraining, eval_end
 from .checkpoint import Checkpointer
 from .data import Position, host_slice
-from .device_data import EpochPlans, resident_arrays
+from .device_data import EpochPlans, make_resident_step, resident_arrays
 from .distributed import PeerWatch
 from .evaluation import check_metric, evaluate, evaluate_pass
 from .lock import RunLock
@@ -133,12 +133,13 @@ def fit(
         if validation is not None:  # a metric the evaluation does not give is refused now, not after an epoch
             check_metric(eval_step_fn(model, loss_fn, inputs=inputs), state, example, trainer.metric)
         resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
-        steps = dict(mesh=mesh, inputs=inputs)
-        train_step = make_train_step(
-            model, loss_fn, optimizer, **steps, skip_nan_updates=trainer.skip_nan_updates,
-            log_grad_norm=trainer.log_grad_norm, sparse_rows=sparse_rows, resident=resident,
-        )  # fmt: skip
-        eval_step = make_eval_step(model, loss_fn, **steps)  # compiled once, not per evaluation
+        options = dict(mesh=mesh, inputs=inputs, skip_nan_updates=trainer.skip_nan_updates,
+                       log_grad_norm=trainer.log_grad_norm, sparse_rows=sparse_rows)  # fmt: skip
+        if resident is None:
+            train_step = make_train_step(model, loss_fn, optimizer, **options)
+        else:  # the same step, gathering its batch on the devices from a plan (funcnet.train.device_data)
+            train_step = make_resident_step(model, loss_fn, optimizer, resident, **options)
+        eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
         check_state = not trainer.skip_nan_updates  # without skipping, a NaN gradient can hide behind a finite loss
         if check_state:
             state_is_finite(state)  # compiles the check now, not at the first checkpoint

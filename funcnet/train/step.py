@@ -43,7 +43,6 @@ from jax import lax
 from jax.sharding import Mesh
 
 from ..core import Model, check_takes_key_and_train
-from .device_data import batch_of_step
 from .sparse import SparseRows, gather_rows, scatter_rows, unwrap
 from .state import TrainState, batch_sharded, check_divisible, data_mesh, replicated, step_key
 
@@ -287,15 +286,13 @@ def make_train_step(
     skip_nan_updates: bool = False,
     log_grad_norm: bool = False,
     sparse_rows: SparseRows | None = None,
-    resident: Mapping[str, jax.Array] | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """The train step, jit-compiled with the state donated and data-parallel over ``mesh``.
 
     The batch is sharded along its first axis over the mesh's ``"data"`` axis; the state stays
-    replicated. On one device this is a plain jitted step. See ``train_step_fn`` for the arguments;
-    ``resident``: the training arrays, already replicated on the devices
-    (``funcnet.train.device_data``); the step then takes, instead of a batch, an epoch's plan
-    (``funcnet.train.device_data.EpochPlans``) and gathers its own batch inside the compiled step.
+    replicated. On one device this is a plain jitted step. See ``train_step_fn`` for the arguments.
+    (``fit`` may run instead ``funcnet.train.device_data.make_resident_step``, the same step gathering
+    its batch from training arrays kept on the devices: an option of ``fit``, ``device_data_mib``.)
 
     Raises:
       ValueError: the batch size is not a multiple of the number of devices.
@@ -321,26 +318,15 @@ def make_train_step(
         log_grad_norm=log_grad_norm,
         sparse_rows=sparse_rows,
     )
-    if resident is None:
-        shardings = (replicated(mesh), batch_sharded(mesh))
-        step = jax.jit(pure, in_shardings=shardings, out_shardings=replicated(mesh), donate_argnums=0)
-        arrays = ()
-    else:  # the arrays are arguments, not constants baked into the compiled step
-        step = jax.jit(
-            lambda state, plan, arrays: pure(state, batch_of_step(arrays, plan, state.step)),
-            in_shardings=(replicated(mesh), None, replicated(mesh)),  # the plan comes placed (EpochPlans)
-            out_shardings=replicated(mesh),
-            donate_argnums=0,
-        )
-        arrays = (resident,)
+    shardings = (replicated(mesh), batch_sharded(mesh))
+    step = jax.jit(pure, in_shardings=shardings, out_shardings=replicated(mesh), donate_argnums=0)
 
     def checked(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         try:
-            return step(state, batch, *arrays)
+            return step(state, batch)
         except ValueError as error:  # only on failure: nothing is checked per step (each check costs)
-            if resident is None:  # a plan's batch axis was checked when it was made
-                check_divisible(_batch_size(batch, inputs), mesh)  # the usual cause, said plainly
-            _explain_other_mesh(error, mesh)
+            check_divisible(_batch_size(batch, inputs), mesh)  # the usual cause, said plainly
+            explain_other_mesh(error, mesh)
             raise
 
     checked.jitted = step  # for inspection: .lower(), ._cache_size()
@@ -376,14 +362,14 @@ def make_eval_step(
         try:
             return step(state, batch)
         except ValueError as error:
-            _explain_other_mesh(error, mesh)
+            explain_other_mesh(error, mesh)
             raise
 
     checked.jitted = step
     return checked
 
 
-def _explain_other_mesh(error: ValueError, mesh: Mesh) -> None:
+def explain_other_mesh(error: ValueError, mesh: Mesh) -> None:
     """Raises a ValueError that says how to fix it when JAX refused arrays placed on another mesh than ``mesh``."""
     if "Mesh for all inputs should be equal" in str(error):
         raise ValueError(

@@ -15,7 +15,7 @@ import funcnet.train.loop as loop
 from funcnet.config import ConfigError
 from funcnet.train import TrainerConfig
 from funcnet.train.data import ArrayDataset, Batches, GeneratorBatches, Position
-from funcnet.train.device_data import EpochPlans, batch_of_step, epoch_plan, resident_arrays
+from funcnet.train.device_data import EpochPlans, batch_of_step, epoch_plan, make_resident_step, resident_arrays
 from funcnet.train.state import create_train_state, data_mesh
 from funcnet.train.step import make_train_step
 
@@ -91,7 +91,7 @@ def test_resident_step_equals_the_host_step_on_eight_devices():
     optimizer = optax.adam(1e-2)
     state = create_train_state(MODEL, optimizer, jax.random.key(0), X[:16], mesh=mesh)
     host_step = make_train_step(MODEL, mse, optimizer, mesh=mesh)
-    device_step = make_train_step(MODEL, mse, optimizer, mesh=mesh, resident=resident_arrays(train, mesh, 1))
+    device_step = make_resident_step(MODEL, mse, optimizer, resident_arrays(train, mesh, 1), mesh=mesh)
     copy = jax.tree.map(jnp.copy, state)
     plans = EpochPlans(train, Position(), 0, mesh)
     for batch in train.epoch(0):
