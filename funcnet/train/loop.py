@@ -133,32 +133,19 @@ def fit(
         if validation is not None:  # a metric the evaluation does not give is refused now, not after an epoch
             check_metric(eval_step_fn(model, loss_fn, inputs=inputs), state, example, trainer.metric)
         resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
-        options = dict(mesh=mesh, inputs=inputs, skip_nan_updates=trainer.skip_nan_updates,
-                       log_grad_norm=trainer.log_grad_norm, sparse_rows=sparse_rows)  # fmt: skip
-        if resident is None:
-            train_step = make_train_step(model, loss_fn, optimizer, **options)
-        else:  # the same step, gathering its batch on the devices from a plan (funcnet.train.device_data)
-            train_step = make_resident_step(model, loss_fn, optimizer, resident, **options)
+        steps = dict(mesh=mesh, inputs=inputs, skip_nan_updates=trainer.skip_nan_updates,
+                     log_grad_norm=trainer.log_grad_norm, sparse_rows=sparse_rows)  # fmt: skip
+        train_step = _train_step(model, loss_fn, optimizer, resident, steps)
         eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
         check_state = not trainer.skip_nan_updates  # without skipping, a NaN gradient can hide behind a finite loss
         if check_state:
             state_is_finite(state)  # compiles the check now, not at the first checkpoint
-        logger = RunLogger(run_dir, resume_step=step if resumed is not None else None)
-        if config is not None and resumed is None:
-            logger.config(config)
-        progress = Progress(budget.total, step, enabled=trainer.progress, unit=item_name)
-        if resumed is not None:
-            progress.write(f"resuming from step {resumed} ({checkpointer.directory}/{resumed})")
-        progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
-
+        logger, progress = _writers(run_dir, config, resumed, step, budget, trainer, item_name, checkpointer)
         position = Position(**meta["position"])
-        if resident is None:
-            size = prefetch_size(trainer, train)
-            stream = prefetch(train.iterate(position), size=size, transform=batch_transfer(mesh))
-        else:  # the same batches, positions and padding; the step finds its batch from its step count
-            size, stream = 0, EpochPlans(train, position, step, mesh)
+        stream = _input_stream(train, trainer, mesh, position, step, resident)
         single = jax.process_count() == 1  # several processes read at the same steps, so that all stop alike
-        pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=size > 0), poll=single)
+        prefetching = resident is None and prefetch_size(trainer, train) > 0
+        pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=prefetching), poll=single)
         train_log = TrainLog(trainer, logger, progress, checkpointer, learning_rate, items_per_example)
         step_callbacks = StepCallbacks(callbacks, step, progress.write)
         evaluating, saving = Periodic(trainer.eval_every, at_epoch_end=True), Periodic(trainer.checkpoint_every)
@@ -200,9 +187,7 @@ def fit(
                 if due_eval:
                     eval_metrics = evaluate_pass(eval_step, state, validation, mesh)
                     stop = early_stopping(meta, eval_metrics, step=step, epoch=position.epoch) or stop
-                    logger.scalars("validation", eval_metrics, step)
-                    logger.histograms("params", state.params, step)
-                    train_log.grad_norm_histogram(step)
+                    _log_evaluation(logger, train_log, eval_metrics, state, step)
                     stop = eval_end(callbacks, step, eval_metrics, progress.write) or stop
                 if preempted:
                     progress.write(f"{signals.describe()}: saving step {step}, then exiting. Run again to resume.")
@@ -235,3 +220,37 @@ def fit(
     for callback in callbacks:
         callback.on_fit_end(result)
     return result
+
+
+def _train_step(model: Model, loss_fn: LossFn, optimizer, resident, options: dict[str, Any]) -> Callable:
+    """``make_train_step``'s step, or with training arrays kept on the devices (``resident``) the same step
+    gathering its batch there from a plan (``funcnet.train.device_data``)."""
+    if resident is None:
+        return make_train_step(model, loss_fn, optimizer, **options)
+    return make_resident_step(model, loss_fn, optimizer, resident, **options)
+
+
+def _input_stream(train: Any, trainer: TrainerConfig, mesh, position: Position, step: int, resident) -> Any:
+    """Batches from ``position`` (a prefetch thread for slow sources; ``funcnet.train.batch_feed``), or for
+    arrays kept on the devices the plans of their batches: the same batches, positions and padding."""
+    if resident is not None:
+        return EpochPlans(train, position, step, mesh)
+    return prefetch(train.iterate(position), size=prefetch_size(trainer, train), transform=batch_transfer(mesh))
+
+
+def _writers(run_dir, config, resumed: int | None, step: int, budget: Budget, trainer, unit: str, checkpointer):
+    """The TensorBoard logger and the progress bar, with the run's first lines printed."""
+    logger = RunLogger(run_dir, resume_step=step if resumed is not None else None)
+    if config is not None and resumed is None:
+        logger.config(config)
+    progress = Progress(budget.total, step, enabled=trainer.progress, unit=unit)
+    if resumed is not None:
+        progress.write(f"resuming from step {resumed} ({checkpointer.directory}/{resumed})")
+    progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
+    return logger, progress
+
+
+def _log_evaluation(logger: RunLogger, train_log: TrainLog, metrics: Mapping[str, float], state, step: int) -> None:
+    logger.scalars("validation", metrics, step)
+    logger.histograms("params", state.params, step)
+    train_log.grad_norm_histogram(step)

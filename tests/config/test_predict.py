@@ -101,7 +101,9 @@ def test_char_lm_predictions_echo_the_prime_and_equal_the_sampler(charlm_run, ca
 @pytest.fixture(scope="module")
 def tree_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tree")
-    code = treelstm.main(["--preset", "tiny", "--run-dir", str(folder / "run"), "-o", "trainer.progress=false"])
+    code = treelstm.main(
+        ["--preset", "tiny", "--run-dir", str(folder / "run"), "-o", "trainer.progress=false", "-o", "trainer.epochs=1"]
+    )
     assert code == 0
     return folder / "run"
 

@@ -32,19 +32,20 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.kill_before_step is not None:
-        make_train_step = loop.make_train_step
+        train_step = loop._train_step  # the step fit runs, on host batches or on device-kept arrays
 
-        def killing_make_train_step(*a, **kw):
-            step = make_train_step(*a, **kw)
+        def killing_train_step(*a, **kw):
+            step = train_step(*a, **kw)
 
             def run(state, batch):
                 if int(state.step) + 1 == args.kill_before_step:
                     os.kill(os.getpid(), signal.SIGKILL)
                 return step(state, batch)
 
+            run.jitted = step.jitted
             return run
 
-        loop.make_train_step = killing_make_train_step
+        loop._train_step = killing_train_step
 
     if args.kill_after_save is not None:
         save = Checkpointer.save
