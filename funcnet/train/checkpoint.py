@@ -272,6 +272,23 @@ class Checkpointer:
             return step, state, meta
         raise CheckpointError(f"no checkpoint of {self.directory} restores: {'; '.join(failures) or 'there are none'}")
 
+    def candidates(self, which: str | int) -> list[int]:
+        """The steps to try for ``"best"`` (the best first, then the newest; the newest alone when no
+        checkpoint has a metric), ``"latest"`` (newest first) or a step number (that one).
+
+        Raises:
+          FileNotFoundError: the directory holds no checkpoint.
+        """
+        newest_first = self.all_steps()[::-1]
+        if not newest_first:
+            raise FileNotFoundError(f"{self.directory} holds no checkpoints")
+        if which == "latest":
+            return newest_first
+        if which == "best":
+            best = self.best_step()
+            return newest_first if best is None else [best, *(s for s in newest_first if s != best)]
+        return [int(which)]
+
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
         return self.manager.latest_step()
@@ -383,17 +400,7 @@ def restore_run(
     """
     checkpointer = Checkpointer(directory, metric=metric, mode=mode)
     try:
-        newest_first = checkpointer.all_steps()[::-1]
-        if not newest_first:
-            raise FileNotFoundError(f"{directory} holds no checkpoints")
-        if which == "latest":
-            steps = newest_first
-        elif which == "best":
-            best = checkpointer.best_step()
-            steps = [best, *(s for s in newest_first if s != best)]
-        else:
-            steps = [int(which)]
-        step, state, _ = checkpointer.restore_first(steps, abstract_state)
+        step, state, _ = checkpointer.restore_first(checkpointer.candidates(which), abstract_state)
     finally:
         checkpointer.close()
     return step, state

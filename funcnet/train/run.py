@@ -190,18 +190,8 @@ def load_run(run_dir: str | os.PathLike, model: Model, *, checkpoint: str | int 
         os.path.join(run_dir, "checkpoints"), metric=record.get("metric", "loss"), mode=record.get("mode", "min")
     )
     try:
-        newest_first = checkpointer.all_steps()[::-1]
-        if not newest_first:
-            raise FileNotFoundError(f"{checkpointer.directory} holds no checkpoints")
-        if checkpoint == "latest":
-            steps = newest_first
-        elif checkpoint == "best":
-            best = checkpointer.best_step()
-            steps = newest_first if best is None else [best, *(s for s in newest_first if s != best)]
-        else:
-            steps = [int(checkpoint)]
         abstract = {"params": params, "model_state": state}
-        step, restored, _ = checkpointer.restore_first(steps, abstract, partial=True)
+        step, restored, _ = checkpointer.restore_first(checkpointer.candidates(checkpoint), abstract, partial=True)
     finally:
         checkpointer.close()
     _check_shapes(abstract, restored, f"{checkpointer.directory}/{step}")
