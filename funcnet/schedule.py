@@ -242,7 +242,7 @@ def schedule(
         widest level of the batch.
       arity: ``K``, child slots per node: 2 for binary trees; nodes with fewer children point the rest at the dummy.
       num_trees: pads ``T`` to this many trees (the last batch of an epoch), padding trees masked out.
-      buckets: pad ``L`` and ``S`` up to allowed sizes (e.g. ``funcnet.experiments.treedata.SST_BUCKETS``);
+      buckets: pad ``L`` and ``S`` up to allowed sizes (e.g. ``funcnet.experiments.tree_sentiment.SST_BUCKETS``);
         None pads nothing, so every batch has its own shape.
       mode: ``"list"`` (Hu's list scheduling) or ``"height"`` (one step per height, the baseline).
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funcnet.experiments.treedata import SST_BUCKETS
+from funcnet.experiments.tree_sentiment import SST_BUCKETS
 from funcnet.schedule import Buckets, PostOrder, TreeBatch, postorder, schedule, slot_stats
 from funcnet.trees import Tree, Vocabulary, height, leaves, num_nodes, parse_tree, read_trees
 

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import funcnet as fn
-    from funcnet.experiments.treedata import SST_BUCKETS
+    from funcnet.experiments.tree_sentiment import SST_BUCKETS
     from funcnet.schedule import schedule
     from funcnet.trees import Vocabulary
 

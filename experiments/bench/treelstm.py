@@ -116,9 +116,9 @@ def funcnet_level_system(vocab_size: int, seed: int, sparse: bool, unroll: int, 
 
     from funcnet.config.optimizer import make_optimizer
     from funcnet.experiments.tree_sentiment import sentiment_model
-    from funcnet.experiments.treedata import FIELDS
     from funcnet.train.state import create_train_state, data_mesh
     from funcnet.train.step import make_train_step
+    from funcnet.train.tree_batches import FIELDS
 
     traces = [0]
 
@@ -423,7 +423,8 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from funcnet.experiments.treedata import SST_BUCKETS, auto_buckets
+    from funcnet.experiments.tree_sentiment import SST_BUCKETS
+    from funcnet.train.tree_batches import auto_buckets
     from funcnet.trees import Vocabulary
 
     trees, source = load_trees(args.seed)

@@ -6,7 +6,7 @@ ended with (without gradient). Where a chunk starts:
 
 - ``initial_carry`` given: from it (streaming evaluation and sampling hand ``state["carry"]`` on);
 - else in training: from ``state["carry"]``, for truncated back-propagation through time (batches
-  continue each stream, see ``text.tbptt_dataset``);
+  continue each stream, see ``funcnet.train.sequences.tbptt_dataset``);
 - else in evaluation: from zeros.
 """
 

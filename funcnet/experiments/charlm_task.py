@@ -29,8 +29,9 @@ from funcnet.train.state import data_mesh
 from funcnet.train.stopping import FAILED_REASONS
 from funcnet.validation import ConfigError, check_arguments, check_compute_dtype
 
+from ..train.sequences import tbptt_dataset
 from .charlm import char_lm, generate, lm_loss, sample, stream_bits_per_character
-from .text import Vocabulary, load_corpus, tbptt_dataset
+from .text import Vocabulary, load_corpus
 
 TASK = "char_lm"
 MAX_LENGTH = 100_000  # characters one predict request may ask for

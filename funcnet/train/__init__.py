@@ -9,7 +9,8 @@
   ``shard_map``.
 - Per-example losses for the engine: ``funcnet.losses.per_example(fn.losses.mse)`` etc. (``target=``, metrics).
 - ``Batches`` (seeded shuffling, padding with masked examples, restorable position) and
-  ``prefetch`` (next batches put on the devices while a step runs).
+  ``prefetch`` (next batches put on the devices while a step runs); ``TreeBatches`` (parse trees
+  list-scheduled into grouped batches) and ``tbptt_dataset`` (a token stream cut for truncated BPTT).
 - ``TrainerConfig``: the options of ``fit`` (budgets, batch size, evaluation, checkpoints, logging).
 - ``Checkpointer``: Orbax, latest N and best by a metric.
 - ``load_run(RUN_DIR, model)``: a trained run reopened for inference (params, state, ``predict``).
@@ -49,6 +50,7 @@ from .prefetch import prefetch as prefetch
 from .result import FitResult as FitResult
 from .run import LoadedRun as LoadedRun
 from .run import load_run as load_run
+from .sequences import tbptt_dataset as tbptt_dataset
 from .state import TrainState as TrainState
 from .state import create_train_state as create_train_state
 from .state import data_mesh as data_mesh
@@ -57,3 +59,4 @@ from .step import make_eval_step as make_eval_step
 from .step import make_train_step as make_train_step
 from .step import train_step_fn as train_step_fn
 from .stopping import exit_code as exit_code
+from .tree_batches import TreeBatches as TreeBatches

@@ -17,7 +17,7 @@ import funcnet as fn
 from funcnet.children import child_key
 from funcnet.experiments.charlm import char_lm
 from funcnet.experiments.tree_sentiment import sentiment_model
-from funcnet.experiments.treedata import FIELDS, TreeBatches
+from funcnet.train.tree_batches import FIELDS, TreeBatches
 from funcnet.trees import Vocabulary, parse_tree
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from funcnet.experiments import rnn
 from funcnet.experiments.charlm import char_lm, sample
-from funcnet.experiments.text import Vocabulary, load_corpus, stdlib_corpus, tbptt_dataset
+from funcnet.experiments.text import Vocabulary, load_corpus, stdlib_corpus
+from funcnet.train.sequences import tbptt_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare"

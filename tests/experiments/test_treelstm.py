@@ -13,8 +13,8 @@ import pytest
 
 from funcnet.datasets import sentiment_language
 from funcnet.experiments import tree_sentiment as treelstm
-from funcnet.experiments.treedata import TreeBatches
 from funcnet.train.data import Position
+from funcnet.train.tree_batches import TreeBatches
 from funcnet.trees import Vocabulary, parse_tree
 
 ROOT = Path(__file__).resolve().parents[2]

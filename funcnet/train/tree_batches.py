@@ -14,23 +14,17 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from funcnet.schedule import Buckets, TreeBatch, schedule
-from funcnet.trees import Tree, Vocabulary
-
-from ..train.data import BatchIterator, Position
+from ..schedule import Buckets, TreeBatch, schedule
+from ..trees import Tree, Vocabulary
+from .data import BatchIterator, Position
 
 FIELDS = TreeBatch._fields
-
-# SST train and dev shuffled into batches of 25 trees, width 24, list mode: a batch needs 330-670 leaf slots
-# (mean 478) and 15-29 steps (mean 20: the tallest tree's height, or ceil(internal / 24) when larger). Two
-# sizes per axis (4 programs an epoch) pad to ~1.19 slots per real node, against ~1.03 with no buckets.
-SST_BUCKETS = Buckets(leaves=(512, 704), steps=(22, 30))
 
 
 def auto_buckets(trees: Sequence[Tree], vocab: Vocabulary, trees_per_group: int, width: int, seed: int = 0) -> Buckets:
     """Two leaf sizes and two step counts covering random batches of ``trees``: at most 4 shapes.
 
-    >>> from funcnet.trees import parse_tree
+    >>> from ..trees import parse_tree
     >>> trees = [parse_tree("(1 (2 a) (3 b))")] * 10
     >>> auto_buckets(trees, Vocabulary.from_trees(trees), 5, width=4)
     Buckets(leaves=(16, 16), steps=(8, 8))
