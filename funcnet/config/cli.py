@@ -29,7 +29,7 @@ from typing import Any
 import jax
 
 from ..train.checkpoint import CheckpointError, CheckpointSaveError
-from ..train.devices import add_cpu_devices_flag, default_cpu_devices, use_cpu_devices_flag
+from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
 from ..train.evaluation import evaluate
 from ..train.lock import RunLocked
@@ -39,6 +39,7 @@ from .predict import predict_lines
 from .run_config import apply_overrides, import_modules, load_config, validate_config
 from .runs import load_run, recorded_imports
 from .supervised import Run, Supervised
+from .tasks import choose_devices as choose_task_devices
 from .tasks import task_of, train_run
 
 
@@ -68,9 +69,8 @@ def train(
     gets them (``Task.one_device_per_core``).
     """
     resolved = resolve(config_path, overrides)
-    if choose_devices and task_of(resolved).one_device_per_core:
-        trainer = resolved["trainer"]
-        default_cpu_devices([trainer["batch_size"], trainer["eval_batch_size"] or trainer["batch_size"]])
+    if choose_devices:
+        choose_task_devices(resolved)
     if join(*(processes or Processes()), peer_timeout=resolved["trainer"]["peer_timeout"]):
         print(f"process {jax.process_index()} of {jax.process_count()} joined the run: {jax.device_count()} devices")
     return train_run(resolved, run_dir, restart=restart)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..train.run import LoadedRun
 from ..train.run import load_run as load_trained
-from ..train.run_files import PREPROCESSING, read_record
+from ..train.run_files import read_preprocessing, read_record
 from ..validation import ConfigError
 from .run_config import import_modules
 from .tasks import task_of
@@ -44,9 +44,8 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> L
         )
     config = json.loads(saved.read_text())
     import_modules(config, search_dirs=recorded_imports(run_dir, config.get("imports", [])))
-    preprocessing_file = Path(run_dir) / PREPROCESSING
-    preprocessing = json.loads(preprocessing_file.read_text()) if preprocessing_file.exists() else {}
-    return load_trained(run_dir, task_of(config).model(config, preprocessing), checkpoint=checkpoint)
+    model = task_of(config).model(config, read_preprocessing(run_dir))
+    return load_trained(run_dir, model, checkpoint=checkpoint)
 
 
 def recorded_imports(run_dir: str | os.PathLike, names: Sequence[str]) -> list[str]:

@@ -92,12 +92,11 @@ class Supervised(Task):
             sparse_rows=run.optimizer.sparse_rows, restart=restart,
         )  # fmt: skip
         own: dict[str, Any] = {}
-        if run.splits.test is not None and result.stop_reason in ("done", "early_stopping"):
-            step, state = run.restore(run_dir, "best")
-            metrics = evaluate(
-                run.model, run.loss_fn, state, run.batches("test"), inputs=run.splits.inputs, mesh=run.mesh
-            )
-            own["test"] = {"checkpoint": step, **metrics}
+        best = result.best_state()  # restored by fit: the test split is evaluated with the best parameters
+        if run.splits.test is not None and best is not None and result.stop_reason in ("done", "early_stopping"):
+            batches = run.batches("test")
+            metrics = evaluate(run.model, run.loss_fn, best, batches, inputs=run.splits.inputs, mesh=run.mesh)
+            own["test"] = {"checkpoint": result.best_checkpoint, **metrics}
         return result, own
 
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:

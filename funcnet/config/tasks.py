@@ -26,6 +26,7 @@ from typing import Any
 import jax
 
 from ..core import Model
+from ..train.devices import default_cpu_devices
 from ..train.result import FitResult
 from ..train.run import LoadedRun
 from ..train.run_files import update_record, write_json
@@ -82,6 +83,16 @@ def task_of(config: Mapping[str, Any]) -> Task:
         hint = " Experiments register their task: name the module in imports." if name != DEFAULT_TASK else ""
         raise ConfigError("task", did_you_mean(name, TASKS.names(), "task") + hint)
     return TASKS.get(name, "task")()
+
+
+def choose_devices(config: Mapping[str, Any]) -> int | None:
+    """One CPU device per core for a task whose step gains from it (``Task.one_device_per_core``), the most
+    that split its batches (``funcnet.train.devices.default_cpu_devices``); call it when no ``--cpu-devices``
+    was given, before anything starts JAX's backend. Returns the device count made, or None."""
+    if not task_of(config).one_device_per_core:
+        return None
+    trainer = config["trainer"]
+    return default_cpu_devices([trainer["batch_size"], trainer["eval_batch_size"] or trainer["batch_size"]])
 
 
 def check_sections(config: Mapping[str, Any], task: Task, name: str) -> None:

@@ -23,7 +23,6 @@ from funcnet.train.loop import fit
 from funcnet.train.options import TrainerConfig
 from funcnet.train.result import FitResult
 from funcnet.train.run import LoadedRun
-from funcnet.train.run import load_run as load_trained
 from funcnet.train.run_files import PREPROCESSING, write_json
 from funcnet.train.state import data_mesh
 from funcnet.train.stopping import FAILED_REASONS
@@ -145,7 +144,8 @@ class CharLM(Task):
             learning_rate=optimizer.learning_rate, config=config, mesh=experiment.mesh,
             items_per_example=data["seq_len"], item_name="chars", restart=restart,
         )  # fmt: skip
-        return result, {} if result.stop_reason in FAILED_REASONS else experiment.report(run_dir)
+        failed = result.stop_reason in FAILED_REASONS or result.best_params is None  # fit said why in one line
+        return result, {} if failed else experiment.report(run_dir, result)
 
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         return char_lm(len(preprocessing["vocabulary"]), **config["model"])
@@ -204,9 +204,9 @@ class Experiment:
         sizes = f"{len(c.train):,} / {len(c.validation):,} / {len(c.test or ''):,} characters (train/valid/test)"
         return f"data: {c.source}\n      {sizes}, vocabulary {self.vocab.size - 1} characters (+1 unknown)"
 
-    def report(self, run_dir: Path) -> dict[str, Any]:
-        """Streamed bits per character of the best checkpoint (validation, test), and samples from it; printed."""
-        best = load_trained(run_dir, self.lm)
+    def report(self, run_dir: Path, result: FitResult) -> dict[str, Any]:
+        """Streamed bits per character of the best parameters (validation, test), and samples from them; printed."""
+        best = result.best_state()
         seq_len = self.config["data"]["eval_seq_len"]
         results: dict[str, Any] = {
             "validation_bpc": stream_bits_per_character(
@@ -219,7 +219,8 @@ class Experiment:
             )
         results["samples"] = samples(self.lm, best.params, self.vocab, self.config["sample"], 2)
         print(
-            f"\nbest checkpoint: step {best.step}; validation {results['validation_bpc']:.3f} bits/char, streamed (the "
+            f"\nbest checkpoint: step {result.best_checkpoint}; validation {results['validation_bpc']:.3f} bits/char, "
+            "streamed (the "
             f"carry handed from chunk to chunk; the evaluations above start each {self.config['data']['seq_len']}-"
             "character chunk from zeros)",
             end="",

@@ -32,9 +32,9 @@ from typing import Any
 
 from funcnet.config.run_config import apply_overrides, load_config, merge_configs
 from funcnet.config.runs import load_run
-from funcnet.config.tasks import train_run
+from funcnet.config.tasks import choose_devices, train_run
 from funcnet.errors import DataError
-from funcnet.train.devices import add_cpu_devices_flag, default_cpu_devices, use_cpu_devices_flag
+from funcnet.train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from funcnet.validation import ConfigError
 
 from .charlm_task import PRESETS, CharLM, Experiment, samples
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(samples(run.model, run.params, vocab, config["sample"])[0])
         return 0
     if args.cpu_devices is None:  # one device per core where that is faster: on CPU, for this LSTM
-        trainer = config["trainer"]
-        default_cpu_devices([trainer["batch_size"], trainer["eval_batch_size"] or trainer["batch_size"]])
+        choose_devices(config)
     run_dir = Path(args.resume or args.run_dir or time.strftime("runs/rnn-%Y%m%d-%H%M%S"))
     if not args.resume and (run_dir / "checkpoints").exists():
         print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir}", file=sys.stderr)

@@ -29,7 +29,6 @@ from ..config.predict import RequestError
 from ..config.run_config import apply_overrides, merge_configs
 from ..config.tasks import TASKS, Task, check_sections
 from ..schedule import Buckets
-from ..train.checkpoint import restore_run
 from ..train.evaluation import evaluate
 from ..train.loop import fit
 from ..train.options import TrainerConfig
@@ -237,9 +236,9 @@ class TreeSentiment(Task):
             config=config, mesh=mesh, items_per_example=1, item_name="trees", sparse_rows=optimizer.sparse_rows,
             restart=restart,
         )  # fmt: skip
-        if result.stop_reason in FAILED_REASONS:  # said in one line by fit; nothing to evaluate
+        best = result.best_state()  # the best evaluation's parameters, restored by fit
+        if result.stop_reason in FAILED_REASONS or best is None:  # fit said why in one line; nothing to evaluate
             return result, {}
-        _, best = restore_run(run_dir / "checkpoints", result.state, metric=trainer.metric, mode=trainer.mode)
         results: dict[str, Any] = {}
         for name, trees in (("validation", dev_trees), ("test", test_trees)):
             if trees:

@@ -43,6 +43,25 @@ class FitResult(NamedTuple):
     best_params: Any = None
     best_model_state: Any = None
 
+    def best_state(self) -> TrainState | None:
+        """``state`` with the best evaluation's params and model state (``best_params``): what to evaluate or
+        predict with; None when they could not be restored (``fit`` said why).
+
+        >>> import jax.numpy as jnp
+        >>> state = TrainState(jnp.int32(3), {"w": jnp.ones(2)}, {}, (), jnp.zeros(2))
+        >>> result = FitResult(state, 3, 1, 0.5, 2, "done", [], best_params={"w": jnp.zeros(2)})
+        >>> result.best_state().params["w"].tolist()
+        [0.0, 0.0]
+        """
+        if self.best_params is None:
+            return None
+        return self.state._replace(params=self.best_params, model_state=self.best_model_state)
+
+    @property
+    def best_checkpoint(self) -> int:
+        """The step ``best_params`` come from: the best evaluation's, or the last step without validation."""
+        return self.step if self.best_step is None else self.best_step
+
     def __repr__(self) -> str:
         """One short line per field; the state's arrays are counted, not printed.
 

@@ -32,7 +32,7 @@ import optax
 from ..core import Model, param_path
 from .checkpoint import Checkpointer, CheckpointError
 from .data import Position
-from .run_files import PREPROCESSING, RUN_RECORD, read_record, update_record
+from .run_files import RUN_RECORD, read_preprocessing, read_record, update_record
 from .state import TrainState, abstract_train_state, create_train_state
 
 
@@ -197,8 +197,7 @@ def load_run(run_dir: str | os.PathLike, model: Model, *, checkpoint: str | int 
     _check_shapes(abstract, restored, f"{checkpointer.directory}/{step}")
     config_file = os.path.join(run_dir, "config.json")
     config = json.loads(Path(config_file).read_text()) if os.path.exists(config_file) else None
-    preprocessing_file = os.path.join(run_dir, PREPROCESSING)
-    preprocessing = json.loads(Path(preprocessing_file).read_text()) if os.path.exists(preprocessing_file) else {}
+    preprocessing = read_preprocessing(run_dir)
     apply = jax.jit(lambda p, s, *xs, **kw: model.apply(p, s, *xs, train=False, **kw)[0])
     examples = dict(zip(inputs, examples, strict=True))
     params, state = restored["params"], restored["model_state"]

@@ -56,6 +56,12 @@ def _write_atomically(path: str | os.PathLike, directory: str, value: Any) -> No
     os.replace(f.name, path)
 
 
+def read_preprocessing(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``RUN_DIR/preprocessing.json`` (how raw inputs become model inputs), ``{}`` for a run without one."""
+    path = Path(run_dir) / PREPROCESSING
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``RUN_DIR/run.json`` as a dict (empty when absent or unreadable).
 

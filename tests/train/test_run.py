@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ import funcnet as fn
 from funcnet.config import cli
 from funcnet.config import load_run as load_config_run
 from funcnet.train import TrainerConfig, fit, load_run
-from funcnet.train.checkpoint import Checkpointer, CheckpointError
+from funcnet.train.checkpoint import CheckpointError
 from funcnet.train.data import ArrayDataset, Batches
 from funcnet.train.run import prepare
 
@@ -119,5 +118,3 @@ def test_runs_record_what_reopening_needs(tmp_path):
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["inputs"] == {"x": {"shape": [16, 3], "dtype": "float32"}}
     assert (record["metric"], record["mode"]) == ("loss", "min")
-    assert os.path.isdir(tmp_path / "checkpoints")
-    Checkpointer(tmp_path / "checkpoints").close()
