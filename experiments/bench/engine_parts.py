@@ -10,8 +10,13 @@ Parts (each a set of systems run in interleaved rounds, rotated, the median of t
             the difference between the first two is the Python wrapper's cost per call
   resident  the mlp workload of ``fit.py`` (3,200 examples, batches of 64): the step ``fit`` runs on arrays
             kept on the device (``device_data.make_resident_step``, fed ``EpochPlans``), against the same step
-            (``make_train_step``) on batches already on the device; the difference is the in-step gather
+            (``make_train_step``) on batches already on the device; the difference is the in-step gather.
+            ``split_per_epoch``: the same step on the same batches, made by one jitted gather per epoch that
+            returns the epoch's batches (``shuffled_on_device``), the other way to shuffle on the device
   gather    ``jnp.take`` of 64 rows of a [3200, 1000] float32 array, jitted alone, in its index modes
+  host      the host's cost per step of ``fit``'s loop: a model so small (dense(1), batches of 8) that the
+            step is mostly host work, in a bare loop of ``fit``'s gathering step and inside ``fit`` (a window
+            of steady steps of a fresh call, as ``fit.py`` times it); the difference is the loop's Python
 
 Every system is compiled and warmed up before timing; the machine's load moves every figure, so compare
 figures of one run only.
@@ -29,10 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def timed(run, steps: int) -> float:
-    """Microseconds per call of ``run(steps)`` (which blocks on its last result)."""
+    """Microseconds per call of ``run(steps)`` (which blocks on its last result), or per step of the seconds a
+    ``Timed`` system reports itself."""
     start = time.perf_counter()
-    run(steps)
-    return (time.perf_counter() - start) / steps * 1e6
+    seconds = run(steps)
+    if not isinstance(run, Timed):
+        seconds = time.perf_counter() - start
+    return seconds / steps * 1e6
 
 
 def rounds(systems: dict, steps: int, count: int) -> dict[str, float]:
@@ -79,6 +87,30 @@ def wrapper_part():
     }
 
 
+def shuffled_on_device(batches, mesh):
+    """Every epoch's batches of ``batches`` (the same as ``fit``'s), shuffled on the device as a hand-written loop
+    would: the arrays placed once, then one jitted gather per epoch that returns the epoch's batches."""
+    import jax
+    import jax.numpy as jnp
+
+    from funcnet.train.device_data import epoch_plan
+    from funcnet.train.state import replicated
+
+    arrays = jax.device_put(dict(batches.dataset.arrays), replicated(mesh))
+    steps = batches.steps_per_epoch
+
+    @jax.jit
+    def split(arrays, index, mask):
+        batch = [{k: jnp.take(v, index[r], axis=0) for k, v in arrays.items()} for r in range(steps)]
+        return [{**b, "mask": mask[r]} for r, b in enumerate(batch)]
+
+    epoch = 0
+    while True:
+        plan = epoch_plan(batches, epoch)
+        yield from split(arrays, plan["index"], plan["mask"])
+        epoch += 1
+
+
 def resident_part():
     import fit as fit_bench
     import jax
@@ -112,7 +144,16 @@ def resident_part():
             state, _ = plain(state, placed[i % len(placed)])
         states["b"] = jax.block_until_ready(state)
 
-    return {"resident_step": resident, "preplaced_batches": preplaced}
+    states["s"] = create_train_state(model, optimizer, jax.random.key(0), example, mesh=mesh)
+    epochs = shuffled_on_device(train, mesh)
+
+    def split_per_epoch(steps):
+        state = states["s"]
+        for _ in range(steps):
+            state, _ = plain(state, next(epochs))
+        states["s"] = jax.block_until_ready(state)
+
+    return {"resident_step": resident, "split_per_epoch": split_per_epoch, "preplaced_batches": preplaced}
 
 
 def gather_part():
@@ -143,7 +184,66 @@ def gather_part():
     return {name: looping(function) for name, function in variants.items()}
 
 
-PARTS = {"wrapper": (wrapper_part, 800), "resident": (resident_part, 1000), "gather": (gather_part, 500)}
+def host_part():
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    import fit as fit_bench
+    import jax
+    import numpy as np
+    import optax
+
+    import funcnet as fn
+    from funcnet.train import TrainerConfig
+    from funcnet.train.data import ArrayDataset, Batches, Position
+    from funcnet.train.device_data import EpochPlans, make_resident_step, resident_arrays
+    from funcnet.train.loop import fit
+    from funcnet.train.state import create_train_state, data_mesh
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((640, 4), dtype=np.float32), rng.standard_normal((640, 1), dtype=np.float32)
+    train = Batches(ArrayDataset(x=x, y=y), 8, seed=0)
+    model, loss, optimizer = fn.dense(1), fn.losses.per_example(fn.losses.mse), optax.adam(1e-3)
+    mesh = data_mesh(jax.devices()[:1])
+    step = make_resident_step(model, loss, optimizer, resident_arrays(train, mesh, 64), mesh=mesh)
+    box = {"state": create_train_state(model, optimizer, jax.random.key(0), x[:8], mesh=mesh)}
+    plans = EpochPlans(train, Position(0, 0), 0, mesh)
+
+    def loop(steps):
+        state = box["state"]
+        for _ in range(steps):
+            state, _ = step(state, next(plans))
+        box["state"] = jax.block_until_ready(state)
+
+    def in_fit(steps):  # one fresh fit; its window of `steps` steady steps is timed (fit.py's Window)
+        window, run_dir = fit_bench.Window(8, 8 + steps), tempfile.mkdtemp()
+        trainer = TrainerConfig(max_steps=16 + steps, batch_size=8, log_every=50, progress=True, seed=0)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fit(model, loss, optimizer, train, run_dir=run_dir, mesh=mesh, trainer=trainer, callbacks=[window.hook])
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return window.segment().seconds
+
+    return {"bare_loop": loop, "fit": Timed(in_fit)}
+
+
+class Timed:
+    """A system that times itself: ``run(steps)`` returns its own seconds for ``steps`` steps."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __call__(self, steps):
+        return self.run(steps)
+
+
+PARTS = {
+    "wrapper": (wrapper_part, 800),
+    "resident": (resident_part, 1000),
+    "gather": (gather_part, 500),
+    "host": (host_part, 2000),
+}
 
 
 def main() -> int:
