@@ -154,6 +154,12 @@ class PeerWatch:
         if error_type is None:  # a clean end: the peers stop watching this one
             coordination_client().key_value_set(self._prefix + str(jax.process_index()), "done", allow_overwrite=True)
 
+    def on_failed_collective(self, error_type: type[BaseException] | None, error: BaseException | None, _) -> None:
+        """An exit callback (``contextlib.ExitStack.push``): in a run of several processes a JAX runtime error
+        means a peer died mid-collective; say so in one line and end (``lost``), before anything waits for it."""
+        if error_type is not None and issubclass(error_type, jax.errors.JaxRuntimeError) and jax.process_count() > 1:
+            self.lost(f"a collective with the other processes failed ({str(error).splitlines()[0]})")
+
     def lost(self, reason: str) -> None:
         """Prints ``error: <reason>. Last complete checkpoint: ...`` and ends the process with code 1, at once:
         exiting normally would wait in JAX's shutdown barrier for the lost peer."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import jax
@@ -118,103 +119,88 @@ def fit(
     checkpoints = os.path.join(os.fspath(run_dir), "checkpoints")
     # A signal from here on saves the first step it can; a lost peer process ends this one in one line.
     # One trainer per run directory; a second is refused before it starts anything (funcnet.train.lock).
-    with RunLock(run_dir), PeerWatch(trainer.peer_timeout, checkpoints) as peers, StopSignals() as signals:
+    with RunLock(run_dir), PeerWatch(trainer.peer_timeout, checkpoints) as peers, StopSignals() as signals, \
+            ExitStack() as closing:  # fmt: skip
         budget = Budget(trainer, getattr(train, "steps_per_epoch", None))
         check_checkpoints_kept(run_dir, checkpoints, restart)
         keep = dict(keep=trainer.keep_checkpoints, keep_best=trainer.keep_best, metric=trainer.metric)
         checkpointer = Checkpointer(checkpoints, **keep, mode=trainer.mode)
+        closing.callback(_close_checkpointer, checkpointer, run_dir)
         example = host_slice(next(iter(train.epoch(0))))
-        example_inputs = [example[k] for k in inputs]
         key = jax.random.key(trainer.seed)
-        state, meta, resumed = start(checkpointer, model, optimizer, key, example_inputs, mesh, dict(config or {}))
+        state, meta, resumed = start(checkpointer, model, optimizer, key, [example[k] for k in inputs], mesh,
+                                     dict(config or {}))  # fmt: skip
         step = first = int(state.step)
         if jax.process_index() == 0:
             record_reopening(run_dir, inputs, example, trainer)
         if validation is not None:  # a metric the evaluation does not give is refused now, not after an epoch
             check_metric(eval_step_fn(model, loss_fn, inputs=inputs), state, example, trainer.metric)
         resident = resident_arrays(train, mesh, trainer.device_data_mib)  # None: batches sliced on the host
-        steps = dict(mesh=mesh, inputs=inputs, skip_nan_updates=trainer.skip_nan_updates,
-                     log_grad_norm=trainer.log_grad_norm, sparse_rows=sparse_rows)  # fmt: skip
-        train_step = _train_step(model, loss_fn, optimizer, resident, steps)
+        train_step = _train_step(model, loss_fn, optimizer, resident, trainer, mesh, inputs, sparse_rows)
         eval_step = make_eval_step(model, loss_fn, mesh=mesh, inputs=inputs)  # compiled once, not per evaluation
         check_state = not trainer.skip_nan_updates  # without skipping, a NaN gradient can hide behind a finite loss
         if check_state:
             state_is_finite(state)  # compiles the check now, not at the first checkpoint
-        logger, progress = _writers(run_dir, config, resumed, step, budget, trainer, item_name, checkpointer)
+        logger, progress = _writers(run_dir, config, resumed, step, budget, trainer, item_name, checkpointer, closing)
         position = Position(**meta["position"])
         stream = _input_stream(train, trainer, mesh, position, step, resident)
+        closing.callback(stream.close)
+        closing.push(peers.on_failed_collective)  # first on the way out: before anything waits for a lost peer
         single = jax.process_count() == 1  # several processes read at the same steps, so that all stop alike
-        prefetching = resident is None and prefetch_size(trainer, train) > 0
-        pending = PendingMetrics(on_cpu(mesh), max_in_flight(mesh, prefetching=prefetching), poll=single)
+        pending = PendingMetrics(on_cpu(mesh), _in_flight(mesh, trainer, train, resident), poll=single)
         train_log = TrainLog(trainer, logger, progress, checkpointer, learning_rate, items_per_example)
         step_callbacks = StepCallbacks(callbacks, step, progress.write)
         evaluating, saving = Periodic(trainer.eval_every, at_epoch_end=True), Periodic(trainer.checkpoint_every)
         reads = MetricReads(trainer.log_every, _READ_EVERY_SECONDS if single else None)
         early_stopping = EarlyStopping(trainer, progress.write)
-        stop = meta.get("finished")  # early stopping or a callback ended this run: it trains no further
-        if stop:
+        if stop := meta.get("finished"):  # early stopping or a callback ended this run: it trains no further
             progress.write(f"the run finished at step {step} ({stop}): nothing more to train")
 
-        try:
-            while stop is None and not budget.done(step, position):
-                batch = next(stream)
-                position = stream.position  # the next batch to train on: what a checkpoint records
-                state, metrics = train_step(state, batch)
-                step += 1
-                checkpointer.check()  # a failed background save stops the run at the next step, in one line
-                finished = pending.add(step, metrics)  # bounds the steps in flight: see funcnet.train.step_metrics
-                if step_callbacks and finished:
-                    stop = step_callbacks(finished)
-                last = budget.done(step, position)
-                due_eval = validation is not None and evaluating(step, epoch_end=position.index == 0, last=last)
-                due_save = saving(step, epoch_end=position.index == 0, last=last)
-                preempted = signals.reached()  # every process, every step: they all stop at one step
-                if not (due_eval or due_save or preempted or stop):
-                    if reads(finished):
-                        stop = train_log(pending.take(all_steps=False))
-                        reads.read()
-                    continue
-                # Every step up to this one is read and checked before anything is evaluated or saved.
-                stop = step_callbacks(pending.drain()) or stop
-                stop = train_log(pending.take(all_steps=True)) or stop
-                reads.read()
-                if stop in FAILED_REASONS:  # never saved
-                    break
-                if check_state and not state_is_finite(state):
-                    stop = train_log.nan(step, " (the loss is finite; the updated parameters are not)")
-                    break
-                eval_metrics = None
-                if due_eval:
-                    eval_metrics = evaluate_pass(eval_step, state, validation, mesh)
-                    stop = early_stopping(meta, eval_metrics, step=step, epoch=position.epoch) or stop
-                    _log_evaluation(logger, train_log, eval_metrics, state, step)
-                    stop = eval_end(callbacks, step, eval_metrics, progress.write) or stop
-                if preempted:
-                    progress.write(f"{signals.describe()}: saving step {step}, then exiting. Run again to resume.")
-                    stop = "signal"
-                meta.update(position=position._asdict(), epoch=position.epoch)
-                if stop in ("early_stopping", "callback"):
-                    meta["finished"] = stop
-                checkpointer.save(step, state, meta, metrics=None if eval_metrics is None else {
-                    trainer.metric: eval_metrics[trainer.metric]
-                })  # fmt: skip
-                update_record(run_dir, checkpointed=checkpointer.latest_step())  # the newest complete one
-        except jax.errors.JaxRuntimeError as error:
-            if jax.process_count() > 1:  # a peer died mid-collective: say so in one line, do not wait for it
-                peers.lost(f"a collective with the other processes failed ({str(error).splitlines()[0]})")
-            raise
-        finally:
-            stream.close()
-            checkpointer.close()
-            if checkpointer.closed_at is not None:
-                update_record(run_dir, checkpointed=checkpointer.closed_at)
-            progress.close()
-            logger.close()
+        while stop is None and not budget.done(step, position):
+            state, metrics = train_step(state, next(stream))
+            position = stream.position  # the next batch to train on: what a checkpoint records
+            step += 1
+            checkpointer.check()  # a failed background save stops the run at the next step, in one line
+            finished = pending.add(step, metrics)  # bounds the steps in flight: see funcnet.train.step_metrics
+            if step_callbacks and finished:
+                stop = step_callbacks(finished)
+            last = budget.done(step, position)
+            due_eval = validation is not None and evaluating(step, epoch_end=position.index == 0, last=last)
+            due_save = saving(step, epoch_end=position.index == 0, last=last)
+            preempted = signals.reached()  # every process, every step: they all stop at one step
+            if not (due_eval or due_save or preempted or stop):
+                if reads(finished):
+                    stop = train_log(pending.take(all_steps=False))
+                    reads.read()
+                continue
+            # Every step up to this one is read and checked before anything is evaluated or saved.
+            stop = step_callbacks(pending.drain()) or stop
+            stop = train_log(pending.take(all_steps=True)) or stop
+            reads.read()
+            if stop in FAILED_REASONS:  # never saved
+                break
+            if check_state and not state_is_finite(state):
+                stop = train_log.nan(step, " (the loss is finite; the updated parameters are not)")
+                break
+            eval_metrics = None
+            if due_eval:
+                eval_metrics = evaluate_pass(eval_step, state, validation, mesh)
+                stop = early_stopping(meta, eval_metrics, step=step, epoch=position.epoch) or stop
+                _log_evaluation(logger, train_log, eval_metrics, state, step)
+                stop = eval_end(callbacks, step, eval_metrics, progress.write) or stop
+            if preempted:
+                progress.write(f"{signals.describe()}: saving step {step}, then exiting. Run again to resume.")
+                stop = "signal"
+            meta.update(position=position._asdict(), epoch=position.epoch)
+            if stop in ("early_stopping", "callback"):
+                meta["finished"] = stop
+            ranked = None if eval_metrics is None else {trainer.metric: eval_metrics[trainer.metric]}
+            checkpointer.save(step, state, meta, metrics=ranked)
+            update_record(run_dir, checkpointed=checkpointer.latest_step())  # the newest complete one
     checkpointer.check()  # the last save can fail while closing, after the loop: still the run's failure
-    stop = stop or "done"
     best = best_parameters(checkpointer, state, meta["best_step"])
     result = FitResult(
-        state, step, position.epoch, meta["best_metric"], meta["best_step"], stop, list(meta["history"]),
+        state, step, position.epoch, meta["best_metric"], meta["best_step"], stop or "done", list(meta["history"]),
         train_step.jitted._cache_size(), signals.signum if stop == "signal" else None, step - first, *best,
     )  # fmt: skip
     for callback in callbacks:
@@ -222,12 +208,27 @@ def fit(
     return result
 
 
-def _train_step(model: Model, loss_fn: LossFn, optimizer, resident, options: dict[str, Any]) -> Callable:
+def _train_step(model: Model, loss_fn: LossFn, optimizer, resident, trainer: TrainerConfig, mesh, inputs,
+                sparse_rows) -> Callable:  # fmt: skip
     """``make_train_step``'s step, or with training arrays kept on the devices (``resident``) the same step
     gathering its batch there from a plan (``funcnet.train.device_data``)."""
+    options = dict(mesh=mesh, inputs=inputs, skip_nan_updates=trainer.skip_nan_updates,
+                   log_grad_norm=trainer.log_grad_norm, sparse_rows=sparse_rows)  # fmt: skip
     if resident is None:
         return make_train_step(model, loss_fn, optimizer, **options)
     return make_resident_step(model, loss_fn, optimizer, resident, **options)
+
+
+def _in_flight(mesh, trainer: TrainerConfig, train: Any, resident) -> int:
+    """The steps that may run ahead of the host's reads (``funcnet.train.batch_feed.max_in_flight``)."""
+    return max_in_flight(mesh, prefetching=resident is None and prefetch_size(trainer, train) > 0)
+
+
+def _close_checkpointer(checkpointer: Checkpointer, run_dir) -> None:
+    """Waits for the last save and records the newest complete checkpoint in ``run.json``."""
+    checkpointer.close()
+    if checkpointer.closed_at is not None:
+        update_record(run_dir, checkpointed=checkpointer.closed_at)
 
 
 def _input_stream(train: Any, trainer: TrainerConfig, mesh, position: Position, step: int, resident) -> Any:
@@ -238,12 +239,14 @@ def _input_stream(train: Any, trainer: TrainerConfig, mesh, position: Position, 
     return prefetch(train.iterate(position), size=prefetch_size(trainer, train), transform=batch_transfer(mesh))
 
 
-def _writers(run_dir, config, resumed: int | None, step: int, budget: Budget, trainer, unit: str, checkpointer):
-    """The TensorBoard logger and the progress bar, with the run's first lines printed."""
-    logger = RunLogger(run_dir, resume_step=step if resumed is not None else None)
+def _writers(run_dir, config, resumed: int | None, step: int, budget: Budget, trainer, unit: str, checkpointer,
+             closing: ExitStack):  # fmt: skip
+    """The TensorBoard logger and the progress bar (closed by ``closing``), with the run's first lines printed."""
+    logger = closing.enter_context(RunLogger(run_dir, resume_step=step if resumed is not None else None))
     if config is not None and resumed is None:
         logger.config(config)
     progress = Progress(budget.total, step, enabled=trainer.progress, unit=unit)
+    closing.callback(progress.close)
     if resumed is not None:
         progress.write(f"resuming from step {resumed} ({checkpointer.directory}/{resumed})")
     progress.write(f"logs: tensorboard --logdir {os.fspath(run_dir)}")
