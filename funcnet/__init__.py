@@ -60,7 +60,7 @@ What is where
   ``forwarding`` (``funcnet.children``).
 - Recurrence (``lax.scan``): cells ``lstm_cell``, ``gru_cell``, ``simple_rnn_cell``; ``rnn`` (lengths,
   reverse), ``bidirectional``, ``stacked_rnn``.
-- Trees (compiled once, batched): ``funcnet.trees`` parses PTB trees, ``funcnet.schedule`` list-schedules
+- Trees (compiled once, batched): ``funcnet.parse_trees`` parses PTB trees, ``funcnet.tree_schedule`` list-schedules
   batches into fixed-width steps; ``tree(cell)`` runs ``binary_tree_lstm_cell``, ``child_sum_tree_lstm_cell`` or
   ``tree_rnn_cell`` bottom-up under ``lax.scan``; ``node_scan`` is the node-by-node oracle.
 - Layers (``funcnet.layers``): ``dense``, ``conv``/``conv1d``/``conv2d``, ``max_pool``/``avg_pool``,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from funcnet.schedule import schedule
+from funcnet.tree_schedule import schedule
 
 
 class TreeLSTMCell(nn.Module):
@@ -64,7 +64,7 @@ class PerNodeTree(NamedTuple):
 
 
 def per_node_tree(tree, vocab) -> PerNodeTree:
-    """Converts a ``funcnet.trees.Tree`` (data preparation, untimed)."""
+    """Converts a ``funcnet.parse_trees.Tree`` (data preparation, untimed)."""
     tokens: list[int] = []
     labels: list[int] = []
 

@@ -35,8 +35,8 @@ def main(argv=None) -> int:
 
     import funcnet as fn
     from funcnet.experiments.tree_sentiment import SST_BUCKETS
-    from funcnet.schedule import schedule
-    from funcnet.trees import Vocabulary
+    from funcnet.parse_trees import Vocabulary
+    from funcnet.tree_schedule import schedule
 
     trees, source = load_trees(0)
     vocab = Vocabulary.from_trees(trees)

@@ -91,7 +91,7 @@ def parse_args(argv):
 
 
 def load_trees(seed: int):
-    from funcnet.trees import parse_tree, read_trees
+    from funcnet.parse_trees import parse_tree, read_trees
 
     if SST.exists():
         return read_trees(SST), f"SST train ({SST.resolve()})"
@@ -187,7 +187,7 @@ def as_group(batch) -> dict:
 
 def node_bucket(trees) -> int:
     """The node-scan length: the batch's node count rounded up to a multiple of 256."""
-    from funcnet.trees import num_nodes
+    from funcnet.parse_trees import num_nodes
 
     return -(-sum(num_nodes(t) for t in trees) // 256) * 256
 
@@ -290,7 +290,7 @@ def prepare(make, indices) -> tuple[dict, float]:
 
 def schedule_epoch(epoch, vocab, buckets):
     """Schedules every batch of the epoch for the level scan; reports the time per batch and the real slots."""
-    from funcnet.schedule import schedule, slot_stats
+    from funcnet.tree_schedule import schedule, slot_stats
 
     scheduled, ms = prepare(
         lambda i: schedule(epoch[i], vocab, width=WIDTH, num_trees=BATCH, buckets=buckets), range(len(epoch))
@@ -345,7 +345,7 @@ def make_runner(name, epoch, vocab, buckets, timed, seed, scheduled, unroll, cou
             state = count_compilations(name, step, state, batches, traces, buckets, counted)
         return jax_runner(name, step, state, batches, partial(shape_of, batches))
     if name == "funcnet_node":
-        from funcnet.schedule import postorder
+        from funcnet.tree_schedule import postorder
 
         step, state = funcnet_node_system(vocab.size, seed)
         batches, ms = prepare(
@@ -424,8 +424,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     from funcnet.experiments.tree_sentiment import SST_BUCKETS
+    from funcnet.parse_trees import Vocabulary
     from funcnet.train.tree_batches import auto_buckets
-    from funcnet.trees import Vocabulary
 
     trees, source = load_trees(args.seed)
     vocab = Vocabulary.from_trees(trees)

@@ -97,7 +97,7 @@ class _Generator:
 def sentiment_language(n: int, seed: int = 0) -> list[str]:
     """``n`` sentences of the language as PTB bracketed trees with a label on every node.
 
-    Deterministic for ``(n, seed)``; read them with ``funcnet.trees.parse_tree``.
+    Deterministic for ``(n, seed)``; read them with ``funcnet.parse_trees.parse_tree``.
 
     >>> sentiment_language(1, seed=3)[0].count("(") > 4
     True

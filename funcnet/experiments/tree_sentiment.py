@@ -22,13 +22,12 @@ import funcnet as fn
 from funcnet.children import apply_child, init_child
 from funcnet.core import Model, output_spec
 from funcnet.datasets import sentiment_language
-from funcnet.trees import Tree, TreeParseError, Vocabulary, leaves, parse_tree, read_trees
+from funcnet.parse_trees import Tree, TreeParseError, Vocabulary, leaves, parse_tree, read_trees
 
 from ..config.optimizer import make_optimizer
 from ..config.predict import RequestError
 from ..config.run_config import apply_overrides, merge_configs
 from ..config.tasks import TASKS, Task, check_sections
-from ..schedule import Buckets
 from ..train.evaluation import evaluate
 from ..train.loop import fit
 from ..train.options import TrainerConfig
@@ -38,6 +37,7 @@ from ..train.run_files import PREPROCESSING, write_json
 from ..train.state import data_mesh
 from ..train.stopping import FAILED_REASONS
 from ..train.tree_batches import FIELDS, TreeBatches
+from ..tree_schedule import Buckets
 from ..validation import ConfigError, check_arguments, check_compute_dtype
 
 TASK = "tree_sentiment"
@@ -100,7 +100,7 @@ def sentiment_model(
     """A Model over grouped tree batches: ``apply(params, state, *[batch[f] for f in FIELDS])`` -> logits [G, R, 5].
 
     >>> import jax
-    >>> from funcnet.trees import parse_tree, Vocabulary
+    >>> from funcnet.parse_trees import parse_tree, Vocabulary
     >>> from funcnet.train.tree_batches import TreeBatches, FIELDS
     >>> trees = [parse_tree("(3 (2 a) (4 good))")] * 4
     >>> batch = next(TreeBatches(trees, Vocabulary.from_trees(trees), 4).epoch(0))
@@ -307,7 +307,7 @@ def _all_nodes(tree: Tree) -> list[Tree]:
 
 
 def _node_outputs(tree: Tree, row: int, batch: dict[str, np.ndarray], probabilities: np.ndarray) -> list[dict]:
-    """Pre-order outputs of ``tree``'s nodes, found from its root's buffer row (``funcnet.schedule`` layout)."""
+    """Pre-order outputs of ``tree``'s nodes, found from its root's buffer row (``funcnet.tree_schedule`` layout)."""
     p = probabilities[row]
     rounded = np.round(p.astype(float), 4).tolist()
     out = [{"text": " ".join(leaves(tree)), "label": int(p.argmax()), "probabilities": rounded}]

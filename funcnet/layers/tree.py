@@ -1,7 +1,7 @@
 """Tree-structured recursion compiled once: a tree cell run bottom-up over a batch of trees with ``lax.scan``.
 
 Every sentence has a different parse tree, yet ``tree(cell)`` runs a whole batch of them in one
-compiled program, using the schedule ``funcnet.schedule.schedule`` makes (padded to a few bucket
+compiled program, using the schedule ``funcnet.tree_schedule.schedule`` makes (padded to a few bucket
 shapes, so an epoch compiles a few programs). Node states live in two buffers ``h, c: [R, H]``::
 
     rows 0 .. L-1            leaf slots (leaf slot i is row i)
@@ -46,7 +46,7 @@ def _field(layer: str, batch: Any, name: str) -> Any:
         raise ShapeError(
             layer,
             f"expected a batch with the field {name!r}, got {describe(batch)}. Fix: pass what "
-            "funcnet.schedule makes: a TreeBatch to tree, a PostOrder to node_scan.",
+            "funcnet.tree_schedule makes: a TreeBatch to tree, a PostOrder to node_scan.",
         )
     check_array(layer, value)
     return value
@@ -253,7 +253,7 @@ def tree(cell: TreeCell, *, unroll: int | bool = 1, custom_vjp: bool = True) -> 
 
     ``apply(params, state, leaf_x, batch) -> (TreeCarry [R, H], state)`` with ``leaf_x: [L, F]`` the
     inputs of the leaf slots (e.g. word embeddings of ``batch.leaf_tokens``) and ``batch`` a
-    ``funcnet.schedule.TreeBatch`` or a dict with its fields ``children: int [S, W, K]``,
+    ``funcnet.tree_schedule.TreeBatch`` or a dict with its fields ``children: int [S, W, K]``,
     ``child_mask [S, W, K]``, ``leaf_mask [L]`` and ``internal_mask [S, W]``. Row ``r`` of the
     result is the state of the node in buffer row ``r`` (``batch.roots`` holds each tree's root row,
     ``batch.labels`` each row's label). Padding rows and the dummy row ``R-1`` are zero. One batched
@@ -314,7 +314,7 @@ def node_scan(cell: TreeCell) -> Model:
     """Runs ``cell`` node by node over a post-order list of nodes: the oracle for ``tree``.
 
     ``apply(params, state, x, order) -> (TreeCarry [N+1, H], state)`` with ``x: [N, F]`` each
-    node's input (read for leaves only) and ``order`` a ``funcnet.schedule.PostOrder`` or a dict with
+    node's input (read for leaves only) and ``order`` a ``funcnet.tree_schedule.PostOrder`` or a dict with
     ``is_leaf: bool [N]``, ``children: int [N, K]`` (earlier nodes; absent children point at the
     dummy row ``N``) and ``child_mask [N, K]``. One ``lax.scan`` step per node, each a
     ``lax.cond(is_leaf, cell.leaf, cell.node)`` on one node: slow, and simple enough to trust.
@@ -379,7 +379,7 @@ def recursive(cell: TreeCell, params: Any, tree: Any, leaf_x_of_token: Callable[
       cell: a TreeCell. N-ary cells take nodes with at most ``arity`` children (fewer are padded with
         absent, masked children).
       params: the cell's params.
-      tree: a ``funcnet.trees.Tree`` (any object with ``children``, a tuple, empty for leaves, and
+      tree: a ``funcnet.parse_trees.Tree`` (any object with ``children``, a tuple, empty for leaves, and
         ``token``).
       leaf_x_of_token: maps a leaf's token to its input vector ``[F]``.
 
@@ -390,7 +390,7 @@ def recursive(cell: TreeCell, params: Any, tree: Any, leaf_x_of_token: Callable[
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from funcnet.layers.tree_cells import binary_tree_lstm_cell, tree_rnn_cell
-      >>> from funcnet.trees import parse_tree
+      >>> from funcnet.parse_trees import parse_tree
       >>> cell = tree_rnn_cell(4)
       >>> params, _ = cell.init(jax.random.key(0), jnp.ones((1, 3)))
       >>> states = recursive(cell, params, parse_tree("(1 (0 not) (3 (2 very) (4 good)))"), lambda t: jnp.ones(3))

@@ -1,7 +1,7 @@
 """Tree batches for the training engine: shuffled, list-scheduled, one group of trees per device.
 
 A batch is a dict of arrays with a leading group axis ``G`` (the data-parallel device count):
-group ``g`` holds ``T`` trees scheduled together (``funcnet.schedule.schedule``), and every group of a
+group ``g`` holds ``T`` trees scheduled together (``funcnet.tree_schedule.schedule``), and every group of a
 batch is padded to the same bucket, so the engine shards the batch along its first axis and each
 device runs its own trees. ``mask`` is the ``[G, T]`` tree mask; the loss returns per-tree values of
 that shape.
@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..schedule import Buckets, TreeBatch, schedule
-from ..trees import Tree, Vocabulary
+from ..parse_trees import Tree, Vocabulary
+from ..tree_schedule import Buckets, TreeBatch, schedule
 from .data import BatchIterator, Position
 
 FIELDS = TreeBatch._fields
@@ -24,7 +24,7 @@ FIELDS = TreeBatch._fields
 def auto_buckets(trees: Sequence[Tree], vocab: Vocabulary, trees_per_group: int, width: int, seed: int = 0) -> Buckets:
     """Two leaf sizes and two step counts covering random batches of ``trees``: at most 4 shapes.
 
-    >>> from ..trees import parse_tree
+    >>> from ..parse_trees import parse_tree
     >>> trees = [parse_tree("(1 (2 a) (3 b))")] * 10
     >>> auto_buckets(trees, Vocabulary.from_trees(trees), 5, width=4)
     Buckets(leaves=(16, 16), steps=(8, 8))

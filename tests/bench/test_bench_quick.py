@@ -111,7 +111,7 @@ def test_input_parse_source_also_measures_the_step_on_one_core_fewer():
 
 def test_treelstm_compiles_once_per_bucket_and_times_no_compilation():
     """The bench's own bookkeeping, over --quick's first batches (an SST epoch's compilations are bounded in
-    tests/test_schedule.py, and the experiment's in tests/experiments/test_treelstm.py)."""
+    tests/test_tree_schedule.py, and the experiment's in tests/experiments/test_treelstm.py)."""
     records = run_script("treelstm", "--quick", "--systems", "funcnet_level,funcnet_node")
     (setup,) = records["setup"]
     assert setup["timed_batches"] == 4 and setup["batch"] == 25 and setup["trees"] > 0

@@ -13,7 +13,7 @@ from funcnet.config.predict import batch_sizes, predict_lines
 from funcnet.config.tasks import task_of
 from funcnet.experiments import charlm, rnn, treelstm
 from funcnet.experiments.text import Vocabulary
-from funcnet.trees import num_nodes, parse_tree
+from funcnet.parse_trees import num_nodes, parse_tree
 
 
 def _predict(run_dir, lines, capsys, **options):

@@ -7,7 +7,7 @@ from collections import Counter
 
 from funcnet.datasets import sentiment_language
 from funcnet.datasets.sentiment import INTENSIFIERS, LEXICON, NEGATORS
-from funcnet.trees import leaves, parse_tree
+from funcnet.parse_trees import leaves, parse_tree
 
 WORD_VALUE = {word: value for value, words in LEXICON.items() for word in words}
 WORD_VALUE.update({word: 0 for word in (*NEGATORS, *INTENSIFIERS, "but")})

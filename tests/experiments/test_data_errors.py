@@ -7,7 +7,7 @@ import pytest
 from funcnet.errors import DataError
 from funcnet.experiments import rnn, treelstm
 from funcnet.experiments.text import load_corpus
-from funcnet.trees import TreeParseError, read_trees
+from funcnet.parse_trees import TreeParseError, read_trees
 
 LINES = "".join(f"line {i} of some text\n" for i in range(40))
 

@@ -17,8 +17,8 @@ import funcnet as fn
 from funcnet.children import child_key
 from funcnet.experiments.charlm import char_lm
 from funcnet.experiments.tree_sentiment import sentiment_model
+from funcnet.parse_trees import Vocabulary, parse_tree
 from funcnet.train.tree_batches import FIELDS, TreeBatches
-from funcnet.trees import Vocabulary, parse_tree
 
 
 def test_char_lm_equals_its_layers_applied_in_turn():

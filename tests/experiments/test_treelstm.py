@@ -13,9 +13,9 @@ import pytest
 
 from funcnet.datasets import sentiment_language
 from funcnet.experiments import tree_sentiment as treelstm
+from funcnet.parse_trees import Vocabulary, parse_tree
 from funcnet.train.data import Position
 from funcnet.train.tree_batches import TreeBatches
-from funcnet.trees import Vocabulary, parse_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 SST = ROOT.parent / "shared" / "data" / "sst"

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from funcnet import trees
+from funcnet import parse_trees as trees
 from funcnet.errors import DTypeError, ParamsError, ShapeError
 from funcnet.layers.tree import node_scan, recursive, tree
 from funcnet.layers.tree_cells import TreeCarry, binary_tree_lstm_cell, child_sum_tree_lstm_cell, tree_rnn_cell
-from funcnet.schedule import Buckets, postorder, schedule
-from funcnet.trees import Tree
+from funcnet.parse_trees import Tree
+from funcnet.tree_schedule import Buckets, postorder, schedule
 
 # float32, hidden 4, trees up to 6 levels: the three implementations run the same per-node operations
 # in different batch groupings and orders of summation, which moves results by a few ulps. Observed:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funcnet.trees import (
+from funcnet.parse_trees import (
     Tree,
     TreeParseError,
     Vocabulary,

@@ -17,7 +17,7 @@ tree). ``slot_stats`` reports the fraction of real slots.
 ``Buckets`` pad ``L`` and ``S`` up to a few allowed sizes, so an epoch compiles one program per bucket
 instead of one per batch. ``postorder`` is the node-by-node order used by the oracle ``node_scan``.
 
->>> from funcnet.trees import Vocabulary, parse_tree
+>>> from funcnet.parse_trees import Vocabulary, parse_tree
 >>> trees = [parse_tree("(3 (2 a) (3 (2 very) (4 good)))"), parse_tree("(1 bad)")]
 >>> batch = schedule(trees, Vocabulary.from_trees(trees), width=2)
 >>> batch.children.shape, batch.roots.tolist()  # [S, W, K]: 2 steps of 2 slots; 4 leaf rows
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from .trees import Tree, Vocabulary
+    from .parse_trees import Tree, Vocabulary
 
 
 class Buckets(NamedTuple):
@@ -252,7 +252,7 @@ def schedule(
     Raises:
       ValueError: an empty batch, a node with more than ``arity`` children, bad sizes or mode.
 
-    >>> from funcnet.trees import Vocabulary, parse_tree
+    >>> from funcnet.parse_trees import Vocabulary, parse_tree
     >>> trees = [parse_tree("(3 (2 a) (3 (2 very) (4 good)))")]
     >>> batch = schedule(trees, Vocabulary.from_trees(trees), width=4, buckets=Buckets((8,), (4,)))
     >>> batch.leaf_mask.shape, batch.internal_mask.shape, batch.children[0, 0].tolist(), batch.roots.tolist()
@@ -318,7 +318,7 @@ def schedule(
 def slot_stats(batch: TreeBatch) -> dict[str, float]:
     """How full a ``TreeBatch`` is: real versus padded leaf and internal slots.
 
-    >>> from funcnet.trees import Vocabulary, parse_tree
+    >>> from funcnet.parse_trees import Vocabulary, parse_tree
     >>> trees = [parse_tree("(3 (2 a) (3 (2 very) (4 good)))")]
     >>> stats = slot_stats(schedule(trees, Vocabulary.from_trees(trees), width=2))
     >>> stats["steps"], stats["internal"], stats["internal_slots"], stats["internal_fraction"]
@@ -361,7 +361,7 @@ def postorder(
     Returns:
       A ``PostOrder``; ``children`` index earlier nodes, or ``N`` (a dummy zero row) for missing children.
 
-    >>> from funcnet.trees import Vocabulary, parse_tree
+    >>> from funcnet.parse_trees import Vocabulary, parse_tree
     >>> trees = [parse_tree("(3 (2 a) (3 (2 very) (4 good)))")]
     >>> order = postorder(trees, Vocabulary.from_trees(trees))
     >>> order.is_leaf.tolist(), order.children.tolist(), order.roots.tolist()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from funcnet.experiments.tree_sentiment import SST_BUCKETS
-from funcnet.schedule import Buckets, PostOrder, TreeBatch, postorder, schedule, slot_stats
-from funcnet.trees import Tree, Vocabulary, height, leaves, num_nodes, parse_tree, read_trees
+from funcnet.parse_trees import Tree, Vocabulary, height, leaves, num_nodes, parse_tree, read_trees
+from funcnet.tree_schedule import Buckets, PostOrder, TreeBatch, postorder, schedule, slot_stats
 
 SST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst"
 

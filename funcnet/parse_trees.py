@@ -11,7 +11,7 @@ Malformed input raises ``TreeParseError`` with the line and column of the mistak
 never skips a line, so a bad line cannot shift the data.
 
 The schedules that turn a batch of trees into arrays for a compiled program (``schedule``,
-``postorder``, ``TreeBatch``, ``Buckets``, ``slot_stats``) are ``funcnet.schedule``'s, which imports
+``postorder``, ``TreeBatch``, ``Buckets``, ``slot_stats``) are ``funcnet.tree_schedule``'s, which imports
 this module (not the other way round).
 
 >>> tree = parse_tree("(3 (2 It) (4 (2 works) (2 .)))")
