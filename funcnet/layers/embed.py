@@ -15,10 +15,18 @@ from ._sharding import sharding_like
 
 
 class Rows(NamedTuple):
-    """Some rows of an embedding table, in place of the table: the row-sparse update's compact table.
+    """Some rows of an embedding table, in place of the table: one of ``embed``'s two forms of its param.
 
-    The train step with ``sparse_rows`` (``funcnet.train.sparse``) hands ``embed`` a ``Rows`` holding only the
-    rows a batch uses, and ids renumbered into it, so the gradient and the optimizer update touch only those rows.
+    ``params["embedding"]`` is the whole ``[vocab_size, features]`` table, or ``Rows`` of some of its rows
+    (``[rows, features]``), the ids then numbering those rows. The gradient of a ``Rows`` is ``[rows,
+    features]``, not the table's shape: whoever hands ``embed`` a ``Rows`` (a row-sparse update, such as
+    ``funcnet.train.sparse``) differentiates and updates only those rows, and writes them back itself.
+
+    >>> import jax, jax.numpy as jnp
+    >>> layer = embed(100, 2)
+    >>> rows, _ = layer.apply({"embedding": Rows(jnp.eye(2))}, {}, jnp.array([1, 0]))
+    >>> rows.tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
     """
 
     values: jax.Array  # [rows used, features]
@@ -129,7 +137,7 @@ def embed(
         del key, train
         check_params("embed", params, {"embedding": None})
         table = params["embedding"]
-        if isinstance(table, Rows):  # the compact table of a row-sparse update: ids index its rows
+        if isinstance(table, Rows):  # some rows of the table: the ids number them
             table = table.values
             expected = (table.shape[0], features)
         else:
