@@ -23,7 +23,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,14 +30,12 @@ import jax
 from ..train.checkpoint import CheckpointError, CheckpointSaveError
 from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
-from ..train.evaluation import evaluate
 from ..train.lock import RunLocked
 from ..train.stopping import BAD_CONFIG, FAILED
 from ..validation import ConfigError
 from .predict import predict_lines
-from .run_config import apply_overrides, import_modules, load_config, validate_config
-from .runs import load_run, recorded_imports
-from .supervised import Run, Supervised
+from .run_config import apply_overrides, import_modules, load_config
+from .runs import load_run
 from .tasks import choose_devices as choose_task_devices
 from .tasks import task_of, train_run
 
@@ -84,17 +81,10 @@ def evaluate_run(
     ``data`` overrides keys of the run's dataset section (``path=other.txt``), to evaluate the
     trained model on other data built by the same dataset factory.
     """
-    saved = Path(run_dir) / "config.json"
-    if not saved.exists():
-        raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
-    config = apply_overrides(json.loads(saved.read_text()), [f"dataset.{item}" for item in data])
-    import_modules(config, search_dirs=recorded_imports(run_dir, config.get("imports", [])))
-    if not isinstance(task_of(config), Supervised):
-        raise ConfigError("task", f"funcnet evaluate takes runs of the supervised task, not {config['task']!r}")
-    run = Run(validate_config(config))
-    step, state = run.restore(run_dir, checkpoint)
-    metrics = evaluate(run.model, run.loss_fn, state, run.batches(split), inputs=run.splits.inputs, mesh=run.mesh)
-    return {"checkpoint": step, "split": split, **metrics}
+    run = load_run(run_dir, checkpoint=checkpoint)  # the model and parameters only: no optimizer
+    task = task_of(run.config)
+    config = apply_overrides(run.config, [f"{task.data_section}.{item}" for item in data])
+    return {"checkpoint": run.step, "split": split, **task.evaluate(run, config, split)}
 
 
 def predict_run(run_dir: str, source: str = "-", checkpoint: str = "best", batch_size: int = 64) -> int:
@@ -138,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p_eval.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-    p_eval.add_argument("--data", action="append", default=[], help="key=value for the dataset section (repeatable)")
+    p_eval.add_argument("--data", action="append", default=[], help="key=value for the run's data section (repeatable)")
     p_predict = commands.add_parser("predict", help="predict from a trained run: JSON lines in, JSON lines out")
     p_predict.add_argument("run_dir")
     p_predict.add_argument("input", nargs="?", default="-", help="a file of JSON lines; - (the default): stdin")

@@ -23,6 +23,7 @@ from ..train.result import FitResult
 from ..train.run import LoadedRun, prepare
 from ..train.run_files import PREPROCESSING, write_json
 from ..train.state import abstract_train_state, data_mesh
+from ..validation import ConfigError
 from .components import DataSplits, build_component
 from .optimizer import make_optimizer
 from .predict import RequestError, padded
@@ -75,6 +76,7 @@ class Supervised(Task):
     """A model, a dataset and a loss from the registries (see the module docstring)."""
 
     sections = ("model", "dataset", "loss", "optimizer", "trainer")
+    data_section = "dataset"
 
     def resolve(self, config: dict[str, Any]) -> dict[str, Any]:
         run = validate_config(config)
@@ -101,6 +103,16 @@ class Supervised(Task):
 
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         return build_component(MODELS, config["model"], "model")
+
+    def evaluate(self, run: LoadedRun, config: dict[str, Any], split: str) -> dict[str, float]:
+        """The loss function's means on a split of the dataset, as the evaluations in training computed them."""
+        data = getattr(build_component(DATASETS, config["dataset"], "dataset"), split)
+        if data is None:
+            raise ConfigError("dataset", f"the dataset has no {split!r} split")
+        trainer, mesh = config["trainer"], data_mesh()
+        batches = make_batches(data, trainer["eval_batch_size"] or trainer["batch_size"], shuffle=False,
+                               multiple_of=mesh.size)  # fmt: skip
+        return run.evaluate(build_component(LOSSES, config["loss"], "loss"), batches, mesh=mesh)
 
     def prepare_request(self, run: LoadedRun, request: Any) -> dict[str, np.ndarray]:
         """``{"x": [...]}`` (one key per model input), or a bare list for a model of one input: raw values,

@@ -47,6 +47,9 @@ class Task:
     sections: tuple[str, ...] = ()
     """The config's sections besides ``task`` and ``imports``."""
 
+    data_section: str = "data"
+    """The section naming the data (``funcnet evaluate --data key=value`` overrides its keys)."""
+
     one_device_per_core: bool = False
     """Whether the task's step is faster split over one JAX CPU device per core (``funcnet train`` then makes
     them unless ``--cpu-devices`` says otherwise; ``funcnet.train.devices.default_cpu_devices``)."""
@@ -63,6 +66,11 @@ class Task:
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         """The model of a resolved config, for reopening a run (``preprocessing``: the run's, e.g. a vocabulary)."""
         raise NotImplementedError
+
+    def evaluate(self, run: LoadedRun, config: dict[str, Any], split: str) -> dict[str, float]:
+        """``funcnet evaluate``: the task's metrics of a reopened run on a split (``"train"``, ``"validation"`` or
+        ``"test"``) of the data ``config`` names (the run's, or with its data section changed)."""
+        raise ConfigError("task", f"{type(self).__name__} runs cannot be evaluated")
 
     def prepare_request(self, run: LoadedRun, request: Any) -> Any:
         """One ``funcnet predict`` request (a decoded JSON line) checked and made ready for ``predict``; raises

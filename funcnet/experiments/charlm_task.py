@@ -150,6 +150,18 @@ class CharLM(Task):
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         return char_lm(len(preprocessing["vocabulary"]), **config["model"])
 
+    def evaluate(self, run: LoadedRun, config: dict[str, Any], split: str) -> dict[str, float]:
+        """Bits per character of a split of the corpus, streamed (the carry handed from chunk to chunk), as
+        the run's report computes them; characters outside the run's vocabulary count as its unknown one."""
+        data = config["data"]
+        corpus = load_corpus(data["path"], data.get("encoding", "utf-8"))
+        text = {"train": corpus.train, "validation": corpus.validation, "test": corpus.test}[split]
+        if not text:
+            raise ConfigError("data.path", f"{corpus.source} has no {split} split")
+        vocab = Vocabulary(run.preprocessing["vocabulary"])
+        bpc = stream_bits_per_character(run.model, run.params, vocab.encode(text), seq_len=data["eval_seq_len"])
+        return {"bpc": bpc, "characters": float(len(text))}
+
     def prepare_request(self, run: LoadedRun, request: Any) -> dict[str, Any]:
         """``{"prime": str, "length": int, "temperature": float, "seed": int}``, each optional (the run's
         ``sample`` section gives the defaults); a bare string is a prime."""

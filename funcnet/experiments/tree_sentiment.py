@@ -251,6 +251,18 @@ class TreeSentiment(Task):
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:
         return sentiment_model(len(preprocessing["vocabulary"]), **config["model"])
 
+    def evaluate(self, run: LoadedRun, config: dict[str, Any], split: str) -> dict[str, float]:
+        """Root (fine and binary) and all-node accuracies on a split (``validation`` is SST's dev), as the run's
+        own evaluation of its best checkpoint computes them; words outside the run's vocabulary are unknown."""
+        data, trainer = config["data"], config["trainer"]
+        trees = dict(zip(("train", "validation", "test"), load_splits(data), strict=True))[split]
+        if not trees:
+            raise ConfigError("data.path", f"{data['path'] or 'the synthetic language'} has no {split} trees")
+        mesh = data_mesh()
+        batches = TreeBatches(trees, _vocabulary(run), trainer["batch_size"], groups=mesh.size, width=data["width"],
+                              shuffle=False)  # fmt: skip
+        return summarize(run.evaluate(tree_metrics, batches, mesh=mesh))
+
     def prepare_request(self, run: LoadedRun, request: Any) -> Tree:
         """``{"tree": "(3 (2 a) (3 good))"}`` (a PTB tree; its labels are not used) or ``{"sentence": "a good
         film"}`` (split at spaces into a right-branching binary tree); a bare string is a tree if it starts
@@ -277,9 +289,7 @@ class TreeSentiment(Task):
     def predict(self, run: LoadedRun, trees: list[Tree], batch_size: int) -> list[dict[str, Any]]:
         """The label distribution of the root (``label``, ``probabilities``) and of every node (``nodes``, in
         pre-order, each with its ``text``)."""
-        tokens = tuple(run.preprocessing["vocabulary"])
-        vocab = Vocabulary(tokens, {token: i for i, token in enumerate(tokens)})
-        batches = TreeBatches(trees, vocab, batch_size, width=run.config["data"]["width"], shuffle=False)
+        batches = TreeBatches(trees, _vocabulary(run), batch_size, width=run.config["data"]["width"], shuffle=False)
         outputs = []
         for index, batch in enumerate(batches.epoch(0)):
             logits = np.asarray(run.apply(run.params, run.state, *[batch[f] for f in FIELDS]))[0]
@@ -292,6 +302,12 @@ class TreeSentiment(Task):
 
 
 TASKS.register(TASK)(TreeSentiment)
+
+
+def _vocabulary(run: LoadedRun) -> Vocabulary:
+    """The vocabulary the run trained with (``preprocessing.json``)."""
+    tokens = tuple(run.preprocessing["vocabulary"])
+    return Vocabulary(tokens, {token: i for i, token in enumerate(tokens)})
 
 
 def _right_branching(words: list[str]) -> Tree:

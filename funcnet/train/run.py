@@ -32,6 +32,7 @@ import optax
 from ..core import Model, param_path
 from .checkpoint import Checkpointer, CheckpointError
 from .data import Position
+from .evaluation import evaluate
 from .run_files import RUN_RECORD, read_preprocessing, read_record, update_record
 from .state import TrainState, abstract_train_state, create_train_state
 
@@ -132,6 +133,13 @@ class LoadedRun(NamedTuple):
     config: dict[str, Any] | None
     preprocessing: dict[str, Any]
     apply: Callable[..., Any]
+
+    def evaluate(self, loss_fn: Callable, batches: Any, *, mesh=None) -> dict[str, float]:
+        """Means of ``loss_fn``'s per-example values over one pass of ``batches`` with these parameters
+        (``funcnet.train.evaluate``; the batches' keys named in ``inputs`` feed the model)."""
+        key = jax.random.key_data(jax.random.key(0))  # unused: evaluation runs in inference mode
+        state = TrainState(np.int32(self.step), self.params, self.state, (), key)
+        return evaluate(self.model, loss_fn, state, batches, inputs=self.inputs, mesh=mesh)
 
     def predict(self, *inputs: Any, **keywords: Any) -> Any:
         """The model's outputs for raw inputs, prepared as in training (``preprocessing``), in inference mode.

@@ -22,18 +22,6 @@ def _predict(run_dir, lines, capsys, **options):
     return code, [json.loads(line) for line in out.splitlines()]
 
 
-@pytest.fixture(scope="module")
-def iris_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("iris")
-    (folder / "iris.toml").write_text(
-        '[model]\ntype = "mlp"\nhidden = [8]\nfeatures = 1\n[dataset]\ntype = "iris_like"\nn_per_species = 20\n'
-        '[loss]\ntype = "mse"\n[optimizer]\ntype = "adam"\nlearning_rate = 0.01\n'
-        "[trainer]\nepochs = 2\nbatch_size = 8\nprogress = false\n"
-    )
-    assert cli.main(["train", str(folder / "iris.toml"), "-s", str(folder / "run")]) == 0
-    return folder / "run"
-
-
 def test_supervised_predictions_prepare_raw_inputs_and_bad_lines_get_error_records(iris_run, capsys, monkeypatch):
     lines = ["[5.0, 3.4, 1.5]", '{"x": [6.5, 3.0, 5.5]}', "", "[1, 2]", "{oops", '{"z": 1}', '{"x": ["a", 1, 2]}']
     monkeypatch.setattr("sys.stdin", iter(line + "\n" for line in lines))
@@ -61,19 +49,6 @@ def test_a_file_of_many_lines_compiles_once_per_batch_size(iris_run):
     assert batch_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
 
 
-@pytest.fixture(scope="module")
-def charlm_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("charlm")
-    text = folder / "text.txt"
-    rng = np.random.default_rng(0)
-    text.write_text("\n".join(" ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat"], 8)) for _ in range(400)))
-    code = rnn.main(
-        ["--preset", "tiny", "--data", str(text), "--run-dir", str(folder / "run"), "-o", "trainer.progress=false"]
-    )
-    assert code == 0
-    return folder / "run"
-
-
 def test_char_lm_predictions_echo_the_prime_and_equal_the_sampler(charlm_run, capsys, monkeypatch):
     lines = [
         '"the "',
@@ -96,16 +71,6 @@ def test_char_lm_predictions_echo_the_prime_and_equal_the_sampler(charlm_run, ca
     assert charlm._generate._cache_size() - before == 1  # both requests in one bucket: one program
     assert records[2]["error"].startswith("length: expected an int from 1")
     assert "Did you mean 'prime'?" in records[3]["error"]
-
-
-@pytest.fixture(scope="module")
-def tree_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tree")
-    code = treelstm.main(
-        ["--preset", "tiny", "--run-dir", str(folder / "run"), "-o", "trainer.progress=false", "-o", "trainer.epochs=1"]
-    )
-    assert code == 0
-    return folder / "run"
 
 
 def test_sentiment_predictions_give_every_node_and_do_not_depend_on_the_batch(tree_run, capsys, monkeypatch):
