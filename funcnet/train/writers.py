@@ -45,12 +45,16 @@ def _say_writer_failures_in_one_line() -> None:
     def hook(args: threading.ExceptHookArgs) -> None:
         frames = traceback.extract_tb(args.exc_traceback)
         if isinstance(args.exc_value, OSError) and any("tensorboardX" in f.filename for f in frames):
-            print(f"note: the TensorBoard logs stopped: {args.exc_value}", file=sys.stderr)
+            _logs_stopped(args.exc_value)
             return
         previous(args)
 
     hook.says_writer_failures = True  # type: ignore[attr-defined]
     threading.excepthook = hook
+
+
+def _logs_stopped(error: OSError) -> None:
+    print(f"note: the TensorBoard logs stopped: {error}", file=sys.stderr)
 
 
 class RunLogger:
@@ -95,14 +99,20 @@ class RunLogger:
             self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
 
     def flush(self) -> None:
-        """Pushes buffered events to disk."""
+        """Pushes buffered events to disk (a failure, e.g. a full disk, is said in one line: logs are not the run)."""
         if self.writer is not None:
-            self.writer.flush()
+            try:
+                self.writer.flush()
+            except OSError as error:
+                _logs_stopped(error)
 
     def close(self) -> None:
-        """Flushes and closes the event file."""
+        """Flushes and closes the event file (a failure is said in one line, as ``flush``'s)."""
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as error:
+                _logs_stopped(error)
 
     def __enter__(self) -> RunLogger:
         return self

@@ -6,12 +6,11 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from funcnet.config import cli, load_run
 from funcnet.config.predict import batch_sizes, predict_lines
 from funcnet.config.tasks import task_of
-from funcnet.experiments import charlm, rnn, treelstm
+from funcnet.experiments import charlm
 from funcnet.experiments.text import Vocabulary
 from funcnet.parse_trees import num_nodes, parse_tree
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from funcnet.config import cli
 from funcnet.config.run_config import validate_config
+from funcnet.config.supervised import Run
 from funcnet.core import param_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def _finish(process, code=0, before=""):
 
 
 def _params(config_path, run_dir):
-    run = cli.Run(validate_config(json.loads(Path(config_path).read_text())))
+    run = Run(validate_config(json.loads(Path(config_path).read_text())))
     _, state = run.restore(run_dir, "latest")
     leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
     return {param_path(path): np.asarray(leaf) for path, leaf in leaves}

@@ -11,8 +11,8 @@ from pathlib import Path
 import chex
 import pytest
 
-from funcnet.config.cli import Run
 from funcnet.config.run_config import validate_config
+from funcnet.config.supervised import Run
 
 CONFIG = {
     "model": {"type": "mlp", "hidden": [16], "features": 1, "dropout": 0.2},  # dropout: randomness per step
