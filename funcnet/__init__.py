@@ -75,154 +75,181 @@ What is where
   ``python -m funcnet.experiments.mlp``, ``python -m funcnet.experiments.regression``.
 """
 
-from . import children as children
-from . import core as core
-from . import initializers as initializers
-from . import losses as losses
-from . import metrics as metrics
-from .children import apply_child as apply_child
-from .children import forwarding as forwarding
-from .children import init_child as init_child
-from .children import name_children as name_children
-from .combinators import fanout as fanout
-from .combinators import parallel as parallel
-from .combinators import residual as residual
-from .combinators import serial as serial
-from .combinators import stack as stack
-from .core import Model as Model
-from .core import function as function
-from .core import output_spec as output_spec
-from .core import param_count as param_count
-from .core import summary as summary
-from .errors import ContractError as ContractError
-from .errors import DataError as DataError
-from .errors import DTypeError as DTypeError
-from .errors import KeyMissingError as KeyMissingError
-from .errors import LayerError as LayerError
-from .errors import ParamsError as ParamsError
-from .errors import ShapeError as ShapeError
-from .layers import Cell as Cell
-from .layers import Embedded as Embedded
-from .layers import LSTMCarry as LSTMCarry
-from .layers import TreeCarry as TreeCarry
-from .layers import TreeCell as TreeCell
-from .layers import avg_pool as avg_pool
-from .layers import batch_norm as batch_norm
-from .layers import bidirectional as bidirectional
-from .layers import binary_tree_lstm_cell as binary_tree_lstm_cell
-from .layers import causal_mask as causal_mask
-from .layers import child_sum_tree_lstm_cell as child_sum_tree_lstm_cell
-from .layers import combine_masks as combine_masks
-from .layers import cond as cond
-from .layers import conv as conv
-from .layers import conv1d as conv1d
-from .layers import conv2d as conv2d
-from .layers import dense as dense
-from .layers import dropout as dropout
-from .layers import elu as elu
-from .layers import embed as embed
-from .layers import flatten as flatten
-from .layers import gelu as gelu
-from .layers import global_avg_pool as global_avg_pool
-from .layers import gru_cell as gru_cell
-from .layers import layer_norm as layer_norm
-from .layers import leaky_relu as leaky_relu
-from .layers import log_softmax as log_softmax
-from .layers import lstm_cell as lstm_cell
-from .layers import max_pool as max_pool
-from .layers import multi_head_attention as multi_head_attention
-from .layers import node_scan as node_scan
-from .layers import padding_mask as padding_mask
-from .layers import relu as relu
-from .layers import reshape as reshape
-from .layers import reverse_sequences as reverse_sequences
-from .layers import rms_norm as rms_norm
-from .layers import rnn as rnn
-from .layers import sigmoid as sigmoid
-from .layers import silu as silu
-from .layers import simple_rnn_cell as simple_rnn_cell
-from .layers import softmax as softmax
-from .layers import softplus as softplus
-from .layers import stacked_rnn as stacked_rnn
-from .layers import switch as switch
-from .layers import tanh as tanh
-from .layers import tree as tree
-from .layers import tree_rnn_cell as tree_rnn_cell
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+# Names are imported on first use (PEP 562), so that importing one part of funcnet (the deployment runtime,
+# funcnet.deploy) does not import the layers, the trainer or optax. Each name maps to the module holding it;
+# a name mapped to itself is a submodule.
+_LAZY: dict[str, str] = {
+    "apply_child": "children",
+    "children": "children",
+    "forwarding": "children",
+    "init_child": "children",
+    "name_children": "children",
+    "fanout": "combinators",
+    "parallel": "combinators",
+    "residual": "combinators",
+    "serial": "combinators",
+    "stack": "combinators",
+    "core": "core",
+    "function": "core",
+    "Model": "core",
+    "output_spec": "core",
+    "param_count": "core",
+    "summary": "core",
+    "ContractError": "errors",
+    "DataError": "errors",
+    "DTypeError": "errors",
+    "KeyMissingError": "errors",
+    "LayerError": "errors",
+    "ParamsError": "errors",
+    "ShapeError": "errors",
+    "initializers": "initializers",
+    "avg_pool": "layers",
+    "batch_norm": "layers",
+    "bidirectional": "layers",
+    "binary_tree_lstm_cell": "layers",
+    "causal_mask": "layers",
+    "Cell": "layers",
+    "child_sum_tree_lstm_cell": "layers",
+    "combine_masks": "layers",
+    "cond": "layers",
+    "conv": "layers",
+    "conv1d": "layers",
+    "conv2d": "layers",
+    "dense": "layers",
+    "dropout": "layers",
+    "elu": "layers",
+    "embed": "layers",
+    "Embedded": "layers",
+    "flatten": "layers",
+    "gelu": "layers",
+    "global_avg_pool": "layers",
+    "gru_cell": "layers",
+    "layer_norm": "layers",
+    "leaky_relu": "layers",
+    "log_softmax": "layers",
+    "lstm_cell": "layers",
+    "LSTMCarry": "layers",
+    "max_pool": "layers",
+    "multi_head_attention": "layers",
+    "node_scan": "layers",
+    "padding_mask": "layers",
+    "relu": "layers",
+    "reshape": "layers",
+    "reverse_sequences": "layers",
+    "rms_norm": "layers",
+    "rnn": "layers",
+    "sigmoid": "layers",
+    "silu": "layers",
+    "simple_rnn_cell": "layers",
+    "softmax": "layers",
+    "softplus": "layers",
+    "stacked_rnn": "layers",
+    "switch": "layers",
+    "tanh": "layers",
+    "tree": "layers",
+    "tree_rnn_cell": "layers",
+    "TreeCarry": "layers",
+    "TreeCell": "layers",
+    "losses": "losses",
+    "metrics": "metrics",
+}
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time the names come from __getattr__
+    from . import children as children
+    from . import core as core
+    from . import initializers as initializers
+    from . import losses as losses
+    from . import metrics as metrics
+    from .children import apply_child as apply_child
+    from .children import forwarding as forwarding
+    from .children import init_child as init_child
+    from .children import name_children as name_children
+    from .combinators import fanout as fanout
+    from .combinators import parallel as parallel
+    from .combinators import residual as residual
+    from .combinators import serial as serial
+    from .combinators import stack as stack
+    from .core import Model as Model
+    from .core import function as function
+    from .core import output_spec as output_spec
+    from .core import param_count as param_count
+    from .core import summary as summary
+    from .errors import ContractError as ContractError
+    from .errors import DataError as DataError
+    from .errors import DTypeError as DTypeError
+    from .errors import KeyMissingError as KeyMissingError
+    from .errors import LayerError as LayerError
+    from .errors import ParamsError as ParamsError
+    from .errors import ShapeError as ShapeError
+    from .layers import Cell as Cell
+    from .layers import Embedded as Embedded
+    from .layers import LSTMCarry as LSTMCarry
+    from .layers import TreeCarry as TreeCarry
+    from .layers import TreeCell as TreeCell
+    from .layers import avg_pool as avg_pool
+    from .layers import batch_norm as batch_norm
+    from .layers import bidirectional as bidirectional
+    from .layers import binary_tree_lstm_cell as binary_tree_lstm_cell
+    from .layers import causal_mask as causal_mask
+    from .layers import child_sum_tree_lstm_cell as child_sum_tree_lstm_cell
+    from .layers import combine_masks as combine_masks
+    from .layers import cond as cond
+    from .layers import conv as conv
+    from .layers import conv1d as conv1d
+    from .layers import conv2d as conv2d
+    from .layers import dense as dense
+    from .layers import dropout as dropout
+    from .layers import elu as elu
+    from .layers import embed as embed
+    from .layers import flatten as flatten
+    from .layers import gelu as gelu
+    from .layers import global_avg_pool as global_avg_pool
+    from .layers import gru_cell as gru_cell
+    from .layers import layer_norm as layer_norm
+    from .layers import leaky_relu as leaky_relu
+    from .layers import log_softmax as log_softmax
+    from .layers import lstm_cell as lstm_cell
+    from .layers import max_pool as max_pool
+    from .layers import multi_head_attention as multi_head_attention
+    from .layers import node_scan as node_scan
+    from .layers import padding_mask as padding_mask
+    from .layers import relu as relu
+    from .layers import reshape as reshape
+    from .layers import reverse_sequences as reverse_sequences
+    from .layers import rms_norm as rms_norm
+    from .layers import rnn as rnn
+    from .layers import sigmoid as sigmoid
+    from .layers import silu as silu
+    from .layers import simple_rnn_cell as simple_rnn_cell
+    from .layers import softmax as softmax
+    from .layers import softplus as softplus
+    from .layers import stacked_rnn as stacked_rnn
+    from .layers import switch as switch
+    from .layers import tanh as tanh
+    from .layers import tree as tree
+    from .layers import tree_rnn_cell as tree_rnn_cell
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:  # any other submodule (fn.layers, fn.train) is imported on first use too
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'funcnet' has no attribute {name!r}")
+        module = name
+    loaded = importlib.import_module(f".{module}", __name__)
+    value = loaded if module == name else getattr(loaded, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Cell",
-    "ContractError",
-    "DTypeError",
-    "DataError",
-    "Embedded",
-    "KeyMissingError",
-    "LSTMCarry",
-    "LayerError",
-    "Model",
-    "ParamsError",
-    "ShapeError",
-    "TreeCarry",
-    "TreeCell",
-    "apply_child",
-    "avg_pool",
-    "batch_norm",
-    "bidirectional",
-    "binary_tree_lstm_cell",
-    "causal_mask",
-    "child_sum_tree_lstm_cell",
-    "children",
-    "combine_masks",
-    "cond",
-    "conv",
-    "conv1d",
-    "conv2d",
-    "core",
-    "dense",
-    "dropout",
-    "elu",
-    "embed",
-    "fanout",
-    "flatten",
-    "forwarding",
-    "function",
-    "gelu",
-    "global_avg_pool",
-    "gru_cell",
-    "init_child",
-    "initializers",
-    "layer_norm",
-    "leaky_relu",
-    "log_softmax",
-    "losses",
-    "lstm_cell",
-    "max_pool",
-    "metrics",
-    "multi_head_attention",
-    "name_children",
-    "node_scan",
-    "output_spec",
-    "padding_mask",
-    "parallel",
-    "param_count",
-    "relu",
-    "reshape",
-    "residual",
-    "reverse_sequences",
-    "rms_norm",
-    "rnn",
-    "serial",
-    "sigmoid",
-    "silu",
-    "simple_rnn_cell",
-    "softmax",
-    "softplus",
-    "stack",
-    "stacked_rnn",
-    "summary",
-    "switch",
-    "tanh",
-    "tree",
-    "tree_rnn_cell",
-]
+__all__ = sorted(_LAZY, key=str.lower)

@@ -417,3 +417,32 @@ def postorder(
         roots=roots,
         tree_mask=tree_mask,
     )
+
+
+def grouped_batch(
+    trees: Sequence[Tree], vocab: Vocabulary, *, groups: int, trees_per_group: int, width: int, buckets: Buckets | None
+) -> dict[str, np.ndarray]:
+    """``trees`` split into ``groups`` groups of ``trees_per_group`` (one per device), each group scheduled
+    (``schedule``) at one shared bucket shape and stacked: every ``TreeBatch`` field with a leading group axis,
+    plus ``"mask"`` (= ``tree_mask``: 1 for real trees, 0 for the padding of a short last batch).
+
+    >>> from funcnet.parse_trees import Vocabulary, parse_tree
+    >>> trees = [parse_tree("(3 (2 a) (3 good))"), parse_tree("(1 bad)"), parse_tree("(2 ok)")]
+    >>> batch = grouped_batch(trees, Vocabulary.from_trees(trees), groups=2, trees_per_group=2, width=2, buckets=None)
+    >>> batch["tree_mask"].tolist(), batch["leaf_tokens"].shape[0]
+    ([[1.0, 1.0], [1.0, 0.0]], 2)
+    """
+    split = [list(trees[g * trees_per_group : (g + 1) * trees_per_group]) for g in range(groups)]
+    real = [len(group) for group in split]
+    split = [group or list(trees[:1]) for group in split]  # an empty group schedules one masked copy
+    scheduled = [schedule(group, vocab, width=width, num_trees=trees_per_group, buckets=buckets) for group in split]
+    if len({(s.leaf_tokens.shape, s.children.shape) for s in scheduled}) > 1:
+        # groups landed in different buckets: schedule all of them at the largest
+        leaves, steps = max(s.leaf_tokens.shape[0] for s in scheduled), max(s.children.shape[0] for s in scheduled)
+        shared = Buckets((leaves,), (steps,))
+        scheduled = [schedule(g, vocab, width=width, num_trees=trees_per_group, buckets=shared) for g in split]
+    batch = {name: np.stack([getattr(s, name) for s in scheduled]) for name in TreeBatch._fields}
+    real_trees = np.stack([np.arange(trees_per_group) < n for n in real]).astype(np.float32)
+    batch["tree_mask"] = batch["tree_mask"] * real_trees
+    batch["mask"] = batch["tree_mask"]
+    return batch

@@ -24,6 +24,8 @@ import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+pytest_plugins = ("tests.trained_runs",)  # iris_run, charlm_run, tree_run: trained once per session
+
 
 def pytest_report_header(config):
     return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"

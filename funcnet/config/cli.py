@@ -5,7 +5,8 @@
     funcnet train CONFIG -s RUN_DIR --cpu-devices [N]    # on N JAX CPU devices (alone: one per core)
     funcnet train CONFIG -s RUN_DIR --coordinator HOST:PORT --num-processes N --process-id I  # one of N processes
     funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
-    funcnet predict RUN_DIR [INPUT|-] [--checkpoint best|latest|STEP]   # JSON lines in, JSON lines out
+    funcnet predict RUN_DIR|ARTEFACT [INPUT|-] [--checkpoint best|latest|STEP]   # JSON lines in and out
+    funcnet export RUN_DIR -o ARTEFACT [--checkpoint best|latest|STEP] [--platforms cpu,cuda]  # no code needed
 
 Every config error (unknown keys, wrong types, missing values, unknown component types) is
 reported with its key path before anything is built or compiled. ``RUN_DIR`` receives
@@ -27,13 +28,16 @@ from typing import Any
 
 import jax
 
+from ..deploy import ArtefactError
+from ..deploy.export import PLATFORMS
+from ..deploy.requests import predict_lines
 from ..train.checkpoint import CheckpointError, CheckpointSaveError
 from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
 from ..train.lock import RunLocked
 from ..train.stopping import BAD_CONFIG, FAILED
 from ..validation import ConfigError
-from .predict import predict_lines
+from .deployment import export_run, handler_of
 from .run_config import apply_overrides, import_modules, load_config
 from .runs import load_run
 from .tasks import choose_devices as choose_task_devices
@@ -87,15 +91,14 @@ def evaluate_run(
     return {"checkpoint": run.step, "split": split, **task.evaluate(run, config, split)}
 
 
-def predict_run(run_dir: str, source: str = "-", checkpoint: str = "best", batch_size: int = 64) -> int:
-    """``funcnet predict``: one JSON line out per JSON line in (``funcnet.config.predict``); 0, or 1 if any
-    line failed."""
-    run = load_run(run_dir, checkpoint=checkpoint)
-    task = task_of(run.config)
+def predict_run(directory: str, source: str = "-", checkpoint: str = "best", batch_size: int = 64) -> int:
+    """``funcnet predict``: one JSON line out per JSON line in (``funcnet.deploy.requests``), from a run directory
+    or an artefact; 0, or 1 if any line failed."""
+    handler = handler_of(directory, checkpoint)
     failed = 0
     stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
     try:
-        for record in predict_lines(run, task, stream, batch_size=batch_size):
+        for record in predict_lines(handler, stream, batch_size=batch_size):
             failed += "error" in record
             print(json.dumps(record), flush=True)
     finally:
@@ -129,11 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p_eval.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     p_eval.add_argument("--data", action="append", default=[], help="key=value for the run's data section (repeatable)")
-    p_predict = commands.add_parser("predict", help="predict from a trained run: JSON lines in, JSON lines out")
-    p_predict.add_argument("run_dir")
+    p_predict = commands.add_parser("predict", help="predict from a run or an artefact: JSON lines in and out")
+    p_predict.add_argument("run_dir", metavar="RUN_DIR|ARTEFACT")
     p_predict.add_argument("input", nargs="?", default="-", help="a file of JSON lines; - (the default): stdin")
     p_predict.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     p_predict.add_argument("--batch-size", type=int, default=64, help="requests predicted together (padded)")
+    p_export = commands.add_parser("export", help="write a run as an artefact that runs without its code")
+    p_export.add_argument("run_dir")
+    p_export.add_argument("-o", "--output", required=True, metavar="ARTEFACT", help="a new directory")
+    p_export.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    p_export.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated, of cpu, cuda, rocm, tpu")
     args = parser.parse_args(argv)
     use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only
     try:
@@ -145,9 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # fmt: skip
         if args.command == "predict":
             return predict_run(args.run_dir, args.input, args.checkpoint, args.batch_size)
+        if args.command == "export":
+            platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+            path = export_run(args.run_dir, args.output, checkpoint=args.checkpoint, platforms=platforms)
+            print(f"exported {args.run_dir} ({args.checkpoint} checkpoint) for {', '.join(platforms)} to {path}")
+            return 0
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
-    except (ConfigError, FileNotFoundError, SetupError, RunLocked, CheckpointError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, SetupError, RunLocked, CheckpointError,
+            ArtefactError) as error:  # fmt: skip
         print(f"error: {error}", file=sys.stderr)
         return BAD_CONFIG
     except (CheckpointSaveError, OSError) as error:  # a full disk also fails results.json: one line, not a traceback

@@ -28,7 +28,7 @@ class DataSplits(NamedTuple):
       test: held-out examples, evaluated once with the best checkpoint at the end.
       inputs: the batch keys passed to ``model.apply``, in order.
       preprocessing: how raw inputs become the model's inputs, as JSON-ready data, saved in the run
-        directory for reopening (``funcnet.train.run.prepare``): ``{"standardize": {input: {"mean": [...],
+        directory for reopening (``funcnet.deploy.handlers.standardized``): ``{"standardize": {input: {"mean": [...],
         "std": [...]}}}``.
     """
 

@@ -12,21 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from ..core import Model
+from ..deploy.export import ProgramSpec, Serving
 from ..train.checkpoint import restore_run
 from ..train.data import make_batches
 from ..train.evaluation import evaluate
 from ..train.loop import fit
 from ..train.result import FitResult
-from ..train.run import LoadedRun, prepare
+from ..train.run import LoadedRun
 from ..train.run_files import PREPROCESSING, write_json
 from ..train.state import abstract_train_state, data_mesh
 from ..validation import ConfigError
 from .components import DataSplits, build_component
 from .optimizer import make_optimizer
-from .predict import RequestError, padded
 from .registry import DATASETS, LOSSES, MODELS
 from .run_config import RunConfig, resolved_config, validate_config
 from .tasks import Task
@@ -114,52 +113,16 @@ class Supervised(Task):
                                multiple_of=mesh.size)  # fmt: skip
         return run.evaluate(build_component(LOSSES, config["loss"], "loss"), batches, mesh=mesh)
 
-    def prepare_request(self, run: LoadedRun, request: Any) -> dict[str, np.ndarray]:
-        """``{"x": [...]}`` (one key per model input), or a bare list for a model of one input: raw values,
-        prepared as in training (the run's standardisation)."""
-        if not isinstance(request, dict):
-            if len(run.inputs) > 1:
-                raise RequestError(
-                    f"expected an object with the inputs {list(run.inputs)}, got {type(request).__name__}"
-                )
-            request = {run.inputs[0]: request}
-        unknown = sorted(set(request) - set(run.inputs))
-        if unknown:
-            raise RequestError(f"{unknown[0]}: not an input of the model; its inputs are {list(run.inputs)}")
-        prepared = {}
-        for name in run.inputs:
-            if name not in request:
-                raise RequestError(f"{name}: missing; the model's inputs are {list(run.inputs)}")
-            spec = run.examples[name]
-            try:
-                value = np.asarray(request[name], dtype=spec.dtype)
-            except (TypeError, ValueError):
-                raise RequestError(
-                    f"{name}: expected numbers of dtype {spec.dtype}, got {request[name]!r:.60}"
-                ) from None
-            if value.shape != spec.shape[1:]:
-                raise RequestError(f"{name}: expected shape {list(spec.shape[1:])}, got {list(value.shape)}")
-            prepared[name] = prepare(run.preprocessing, name, value[None])[0]
-        return prepared
+    def serving(self, run: LoadedRun) -> Serving:
+        """Feature vectors in, the model's outputs out (``funcnet.deploy.handlers.Supervised``): one program,
+        ``forward``, over a batch of any size."""
+        (batch,) = jax.export.symbolic_shape("batch")
+        examples, model = run.examples, run.model
+        inputs = {name: jax.ShapeDtypeStruct((batch, *spec.shape[1:]), spec.dtype) for name, spec in examples.items()}
 
-    def predict(self, run: LoadedRun, requests: list[dict[str, np.ndarray]], batch_size: int) -> list[dict[str, Any]]:
-        """``{"prediction": outputs}``; with a classification loss also ``label`` and ``probabilities``."""
-        results = []
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start : start + batch_size]
-            inputs = [padded([r[name] for r in chunk], batch_size)[0] for name in run.inputs]
-            outputs = np.asarray(run.apply(run.params, run.state, *inputs))[: len(chunk)]
-            results += [self._describe(run.config["loss"]["type"], output) for output in outputs]
-        return results
+        def forward(weights, *xs):
+            return model.apply(weights["params"], weights["state"], *xs)[0]
 
-    @staticmethod
-    def _describe(loss: str, output: np.ndarray) -> dict[str, Any]:
-        result: dict[str, Any] = {"prediction": output.tolist()}
-        if loss == "softmax_cross_entropy":
-            probabilities = np.exp(output - output.max(-1, keepdims=True))
-            probabilities /= probabilities.sum(-1, keepdims=True)
-            result.update(label=int(np.argmax(output, -1)) if output.ndim == 1 else np.argmax(output, -1).tolist(),
-                          probabilities=probabilities.tolist())  # fmt: skip
-        elif loss == "binary_cross_entropy":
-            result["probability"] = (1 / (1 + np.exp(-output))).tolist()
-        return result
+        shapes = {name: {"shape": list(spec.shape[1:]), "dtype": str(spec.dtype)} for name, spec in examples.items()}
+        config = {"inputs": shapes, "loss": run.config["loss"]["type"]}
+        return Serving("supervised", config, {"forward": ProgramSpec(forward, inputs)})

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 
 from ..core import Model
+from ..deploy.export import Serving
 from ..train.devices import default_cpu_devices
 from ..train.result import FitResult
 from ..train.run import LoadedRun
@@ -72,14 +73,10 @@ class Task:
         ``"test"``) of the data ``config`` names (the run's, or with its data section changed)."""
         raise ConfigError("task", f"{type(self).__name__} runs cannot be evaluated")
 
-    def prepare_request(self, run: LoadedRun, request: Any) -> Any:
-        """One ``funcnet predict`` request (a decoded JSON line) checked and made ready for ``predict``; raises
-        ``funcnet.config.predict.RequestError`` naming the field that is wrong."""
+    def serving(self, run: LoadedRun) -> Serving:
+        """How the task's runs are predicted from and exported: the request handler's kind and config and the
+        programs it calls (``funcnet.deploy.export.Serving``), for ``funcnet predict``, ``export`` and ``serve``."""
         raise ConfigError("task", f"{type(self).__name__} runs cannot be predicted from")
-
-    def predict(self, run: LoadedRun, requests: list[Any], batch_size: int) -> list[dict[str, Any]]:
-        """The outputs of prepared requests, one JSON-ready dict each, in batches of at most ``batch_size``."""
-        raise NotImplementedError
 
 
 def task_of(config: Mapping[str, Any]) -> Task:

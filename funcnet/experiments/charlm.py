@@ -25,6 +25,7 @@ import funcnet as fn
 from funcnet.children import apply_child, init_child
 from funcnet.core import Model, output_spec
 
+from ..deploy.handlers import generate_text
 from .text import Vocabulary
 
 
@@ -202,23 +203,21 @@ def generate(
     >>> generate(lm, params, vocab, **options) == sample(lm, params, vocab, **options)
     True
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    prime_ids = vocab.encode(prime or "\n")
-    needed = len(prime_ids) - 1 + length
-    steps = steps or max(64, 1 << (needed - 1).bit_length())
-    if steps < needed:
-        raise ValueError(f"steps={steps} is less than the prime's length - 1 + length = {needed}")
-    tokens = np.zeros(steps + 1, np.int32)
-    tokens[: len(prime_ids)] = prime_ids
-    drawn = _generate(lm, params, tokens, len(prime_ids), jnp.float32(temperature), jax.random.key(seed), steps=steps)
-    return vocab.decode(np.asarray(drawn)[len(prime_ids) - 1 : needed])
+    program = functools.partial(_generate, lm, params)
+    return generate_text(program, vocab.chars, length=length, temperature=temperature, prime=prime, seed=seed,
+                         steps=steps)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("lm", "steps"))
-def _generate(lm, params, tokens, prime_len, temperature, key, *, steps):
-    """Feeds ``tokens[t]`` at step ``t`` while ``t < prime_len``, else the character drawn at ``t - 1``; returns
-    the characters drawn after each step (those before ``prime_len - 1`` are discarded by the caller)."""
+_generate = jax.jit(lambda lm, *args: generation(lm, *args), static_argnums=0)  # one program per tokens' length
+
+
+def generation(lm: Model, params: Any, tokens: jax.Array, prime_len: jax.Array, temperature: jax.Array,
+               key_data: jax.Array) -> jax.Array:  # fmt: skip
+    """The generation program (``funcnet.deploy.handlers.generate_text`` calls it; ``funcnet export`` exports it):
+    feeds ``tokens[t]`` at step ``t`` while ``t < prime_len``, else the character drawn at ``t - 1``, for ``steps =
+    len(tokens) - 1`` steps; returns the characters drawn after each step (those before ``prime_len - 1`` are
+    discarded by the caller). ``key_data``: ``jax.random.key_data`` of the sampling key."""
+    key, steps = jax.random.wrap_key_data(key_data), tokens.shape[0] - 1
     logits, state = lm.apply(params, {}, tokens[None, :1])  # the first character, from zeros
 
     def step(state, t):

@@ -13,11 +13,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from funcnet.config.optimizer import make_optimizer
-from funcnet.config.predict import RequestError
 from funcnet.config.run_config import merge_configs
 from funcnet.config.tasks import TASKS, Task, check_sections
 from funcnet.core import Model
+from funcnet.deploy.export import ProgramSpec, Serving
 from funcnet.train.data import Batches
 from funcnet.train.loop import fit
 from funcnet.train.options import TrainerConfig
@@ -29,7 +32,7 @@ from funcnet.train.stopping import FAILED_REASONS
 from funcnet.validation import ConfigError, check_arguments, check_compute_dtype
 
 from ..train.sequences import tbptt_dataset
-from .charlm import char_lm, generate, lm_loss, sample, stream_bits_per_character
+from .charlm import char_lm, generation, lm_loss, sample, stream_bits_per_character
 from .text import Vocabulary, load_corpus
 
 TASK = "char_lm"
@@ -162,32 +165,31 @@ class CharLM(Task):
         bpc = stream_bits_per_character(run.model, run.params, vocab.encode(text), seq_len=data["eval_seq_len"])
         return {"bpc": bpc, "characters": float(len(text))}
 
-    def prepare_request(self, run: LoadedRun, request: Any) -> dict[str, Any]:
-        """``{"prime": str, "length": int, "temperature": float, "seed": int}``, each optional (the run's
-        ``sample`` section gives the defaults); a bare string is a prime."""
-        if isinstance(request, str):
-            request = {"prime": request}
-        if not isinstance(request, dict):
-            raise RequestError(f"expected an object with a prime, length, temperature or seed, got {request!r:.60}")
-        options = {**run.config["sample"], **request}
-        try:
-            check_arguments(SampleSection, options, "", "a sample request")
-        except ConfigError as error:
-            raise RequestError(str(error)) from None
-        if not 1 <= options["length"] <= MAX_LENGTH:
-            raise RequestError(f"length: expected an int from 1 to {MAX_LENGTH}, got {options['length']}")
-        if not options["temperature"] > 0:
-            raise RequestError(f"temperature: expected a number > 0, got {options['temperature']}")
-        return options
+    def serving(self, run: LoadedRun) -> Serving:
+        """A prime, length, temperature and seed in, text out (``funcnet.deploy.handlers.CharLM``): the programs
+        ``generate`` (the sampling ``lax.scan``, any number of steps) and ``probabilities`` (the next character's
+        distribution after each character of a batch of sequences, any batch and length)."""
+        lm = run.model
+        (steps,) = jax.export.symbolic_shape("steps")
+        batch, time = jax.export.symbolic_shape("batch, time")
+        key_data = jax.random.key_data(jax.random.key(0))
 
-    def predict(self, run: LoadedRun, requests: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
-        """``{"prime": ..., "text": ...}``: the prime echoed and the text generated after it."""
-        vocab = Vocabulary(run.preprocessing["vocabulary"])
-        return [
-            {"prime": r["prime"], "text": generate(run.model, run.params, vocab, length=r["length"],
-                                                   temperature=r["temperature"], prime=r["prime"], seed=r["seed"])}
-            for r in requests
-        ]  # fmt: skip
+        def generate(weights, tokens, prime_len, temperature, key):
+            return generation(lm, weights["params"], tokens, prime_len, temperature, key)
+
+        def probabilities(weights, ids):
+            return jax.nn.softmax(lm.apply(weights["params"], weights["state"], ids)[0], axis=-1)
+
+        scalar = jax.ShapeDtypeStruct
+        programs = {
+            "generate": ProgramSpec(generate, {
+                "tokens": scalar((steps + 1,), jnp.int32), "prime_len": scalar((), jnp.int32),
+                "temperature": scalar((), jnp.float32), "key": scalar(key_data.shape, key_data.dtype),
+            }),
+            "probabilities": ProgramSpec(probabilities, {"ids": scalar((batch, time), jnp.int32)}),
+        }  # fmt: skip
+        defaults = {k: run.config["sample"][k] for k in ("prime", "length", "temperature", "seed")}
+        return Serving("char_lm", {"chars": "".join(run.preprocessing["vocabulary"]), "defaults": defaults}, programs)
 
 
 TASKS.register(TASK)(CharLM)

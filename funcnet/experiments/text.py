@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from funcnet.deploy.handlers import decode_chars, encode_chars
 from funcnet.errors import DataError
 
 STDLIB_MODULES = (
@@ -138,9 +139,8 @@ class Vocabulary(NamedTuple):
 
     def encode(self, text: str) -> np.ndarray:
         """int32 ids; characters outside the vocabulary map to 0."""
-        table = {c: i for i, c in enumerate(self.chars)}
-        return np.fromiter((table.get(c, 0) for c in text), dtype=np.int32, count=len(text))
+        return encode_chars(self.chars, text)
 
     def decode(self, ids: Sequence[int]) -> str:
         """The characters of ``ids`` (the unknown marker shows as ``?``)."""
-        return "".join("?" if i == 0 else self.chars[i] for i in np.asarray(ids).tolist())
+        return decode_chars(self.chars, ids)

@@ -15,17 +15,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import funcnet as fn
 from funcnet.children import apply_child, init_child
 from funcnet.core import Model, output_spec
 from funcnet.datasets import sentiment_language
-from funcnet.parse_trees import Tree, TreeParseError, Vocabulary, leaves, parse_tree, read_trees
+from funcnet.deploy.export import ProgramSpec, Serving
+from funcnet.parse_trees import Vocabulary, parse_tree, read_trees
 
 from ..config.optimizer import make_optimizer
-from ..config.predict import RequestError
 from ..config.run_config import apply_overrides, merge_configs
 from ..config.tasks import TASKS, Task, check_sections
 from ..train.evaluation import evaluate
@@ -263,42 +262,26 @@ class TreeSentiment(Task):
                               shuffle=False)  # fmt: skip
         return summarize(run.evaluate(tree_metrics, batches, mesh=mesh))
 
-    def prepare_request(self, run: LoadedRun, request: Any) -> Tree:
-        """``{"tree": "(3 (2 a) (3 good))"}`` (a PTB tree; its labels are not used) or ``{"sentence": "a good
-        film"}`` (split at spaces into a right-branching binary tree); a bare string is a tree if it starts
-        with ``(``, else a sentence."""
-        if isinstance(request, str):
-            request = {"tree" if request.lstrip().startswith("(") else "sentence": request}
-        if not isinstance(request, dict) or len(set(request) & {"tree", "sentence"}) != 1 or len(request) != 1:
-            raise RequestError('expected {"tree": "(3 (2 a) (3 good))"} or {"sentence": "a good film"}')
-        if "tree" in request:
-            try:
-                tree = parse_tree(str(request["tree"]))
-            except TreeParseError as error:
-                raise RequestError(f"tree: {error}") from None
-        else:
-            words = str(request["sentence"]).split()
-            if not words:
-                raise RequestError("sentence: expected at least one word, got none")
-            tree = _right_branching(words)
-        wide = [n for n in _all_nodes(tree) if len(n.children) > 2]
-        if wide:
-            raise RequestError(f"tree: a node has {len(wide[0].children)} children; the Tree-LSTM is binary")
-        return tree
+    def serving(self, run: LoadedRun) -> Serving:
+        """A PTB tree or a sentence in, the label distribution of every node out
+        (``funcnet.deploy.handlers.TreeSentiment``): one program, ``forward``, over one group of scheduled trees
+        of any size (symbolic leaf slots, steps and trees; the rows follow: leaves + steps * width + 1)."""
+        leaves, steps, trees = jax.export.symbolic_shape("leaves, steps, trees")
+        width = run.config["data"]["width"]
+        rows, arity = leaves + steps * width + 1, run.examples["children"].shape[-1]
+        shapes = {
+            "leaf_tokens": (leaves,), "leaf_mask": (leaves,), "children": (steps, width, arity),
+            "child_mask": (steps, width, arity), "internal_mask": (steps, width), "labels": (rows,),
+            "label_mask": (rows,), "node_tree": (rows,), "roots": (trees,), "tree_mask": (trees,),
+        }  # fmt: skip
+        inputs = {f: jax.ShapeDtypeStruct((1, *shapes[f]), run.examples[f].dtype) for f in FIELDS}
+        model = run.model
 
-    def predict(self, run: LoadedRun, trees: list[Tree], batch_size: int) -> list[dict[str, Any]]:
-        """The label distribution of the root (``label``, ``probabilities``) and of every node (``nodes``, in
-        pre-order, each with its ``text``)."""
-        batches = TreeBatches(trees, _vocabulary(run), batch_size, width=run.config["data"]["width"], shuffle=False)
-        outputs = []
-        for index, batch in enumerate(batches.epoch(0)):
-            logits = np.asarray(run.apply(run.params, run.state, *[batch[f] for f in FIELDS]))[0]
-            probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-            probabilities /= probabilities.sum(-1, keepdims=True)
-            for t, tree in enumerate(trees[index * batches.batch_size : (index + 1) * batches.batch_size]):
-                nodes = _node_outputs(tree, int(batch["roots"][0, t]), batch, probabilities)
-                outputs.append({"label": nodes[0]["label"], "probabilities": nodes[0]["probabilities"], "nodes": nodes})
-        return outputs
+        def forward(weights, *fields):
+            return model.apply(weights["params"], weights["state"], *fields)[0]
+
+        config = {"tokens": list(run.preprocessing["vocabulary"]), "width": width}
+        return Serving("tree_sentiment", config, {"forward": ProgramSpec(forward, inputs)})
 
 
 TASKS.register(TASK)(TreeSentiment)
@@ -308,32 +291,6 @@ def _vocabulary(run: LoadedRun) -> Vocabulary:
     """The vocabulary the run trained with (``preprocessing.json``)."""
     tokens = tuple(run.preprocessing["vocabulary"])
     return Vocabulary(tokens, {token: i for i, token in enumerate(tokens)})
-
-
-def _right_branching(words: list[str]) -> Tree:
-    """``a (good film)``: a sentence as a binary tree (labels 2, unused)."""
-    tree = Tree(2, token=words[-1])
-    for word in reversed(words[:-1]):
-        tree = Tree(2, (Tree(2, token=word), tree))
-    return tree
-
-
-def _all_nodes(tree: Tree) -> list[Tree]:
-    return [tree, *(node for child in tree.children for node in _all_nodes(child))]
-
-
-def _node_outputs(tree: Tree, row: int, batch: dict[str, np.ndarray], probabilities: np.ndarray) -> list[dict]:
-    """Pre-order outputs of ``tree``'s nodes, found from its root's buffer row (``funcnet.tree_schedule`` layout)."""
-    p = probabilities[row]
-    rounded = np.round(p.astype(float), 4).tolist()
-    out = [{"text": " ".join(leaves(tree)), "label": int(p.argmax()), "probabilities": rounded}]
-    if tree.children:
-        leaf_slots, width = batch["leaf_tokens"].shape[1], batch["children"].shape[2]
-        step, slot = divmod(row - leaf_slots, width)
-        kids = batch["children"][0, step, slot][batch["child_mask"][0, step, slot] > 0]
-        for child, kid_row in zip(tree.children, kids, strict=True):
-            out += _node_outputs(child, int(kid_row), batch, probabilities)
-    return out
 
 
 def resolve_config(preset: str = "default", overrides: list[str] = ()) -> dict[str, Any]:

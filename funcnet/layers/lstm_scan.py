@@ -70,6 +70,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from ..precision import compute_dtype_of, rounded_dot
+from ._scan import unroll_for
 from .embed import Embedded, take_rows
 
 
@@ -122,7 +123,7 @@ def _forward(w_ih, w_hh, b, xs, h0, c0, valid, reverse, unroll, save):
 
     steps = jnp.arange(time)
     inputs = steps if valid is None else (steps, valid)
-    (h, c), out = lax.scan(step, (h0, c0), inputs, reverse=reverse, unroll=unroll)
+    (h, c), out = lax.scan(step, (h0, c0), inputs, reverse=reverse, unroll=unroll_for(time, unroll))
     hs = out.h if save else out  # [T, B, H]
     if valid is not None:
         hs = jnp.where(valid[..., None], hs, jnp.zeros_like(hs))  # outputs exactly zero past the end
@@ -210,7 +211,7 @@ def _recurrence_jvp(reverse, unroll, primals, tangents):
 
     inputs = (jnp.arange(time), saved.i, saved.f, saved.g, saved.o, c_prev, saved.tanh_c)
     inputs = inputs if valid is None else (*inputs, valid)
-    (dh, dc), dys = lax.scan(step, (dh0, dc0), inputs, reverse=reverse, unroll=unroll)
+    (dh, dc), dys = lax.scan(step, (dh0, dc0), inputs, reverse=reverse, unroll=unroll_for(time, unroll))
     return (ys, h, c), (jnp.swapaxes(dys, 0, 1), dh, dc)
 
 
@@ -313,7 +314,7 @@ def _vjp_forward(zx, w_hh, b, h0, c0, valid, reverse, unroll, dtype, save):
 
     inputs = jnp.arange(time) if valid is None else (jnp.arange(time), valid)
     init = (h0, c0, zx, jnp.zeros((hidden, time, batch), work)) if save else (h0, c0)
-    final, out = lax.scan(step, init, inputs, reverse=reverse, unroll=unroll)
+    final, out = lax.scan(step, init, inputs, reverse=reverse, unroll=unroll_for(time, unroll))
     hs = out[0] if save else out  # [T, B, H]
     if valid is not None:
         hs = jnp.where(valid[..., None], hs, jnp.zeros_like(hs))  # outputs exactly zero past the end
@@ -362,7 +363,8 @@ def _vjp_backward(reverse, unroll, dtype, residuals, cotangents):
 
     inputs = (jnp.arange(dys.shape[1]), jnp.swapaxes(dys, 0, 1), saved.k, saved.f)
     inputs = inputs if valid is None else (*inputs, valid)
-    (dh0, dc0, dz), _ = lax.scan(step, (dh, dc, saved.factors), inputs, reverse=not reverse, unroll=unroll)
+    rolled = unroll_for(dys.shape[1], unroll)
+    (dh0, dc0, dz), _ = lax.scan(step, (dh, dc, saved.factors), inputs, reverse=not reverse, unroll=rolled)
     # Contracted over (T, B), h_prev first; dz is rounded once, here.
     d_w_hh = rounded_dot(saved.h_prev_t, dz.astype(dtype), ((1, 2), (0, 1)), dtype, work)
     return dz, d_w_hh, None if b is None else jnp.sum(dz, (0, 1)), dh0, dc0, None

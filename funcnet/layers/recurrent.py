@@ -43,6 +43,7 @@ from jax import lax
 from ..children import apply_child, check_children, child_output_spec, init_child, put
 from ..core import Model
 from ..errors import DTypeError, ParamsError, ShapeError, check_floating, check_rank, describe
+from ._scan import unroll_for
 from ._sharding import reshard_like
 from .cells import Cell
 from .dropout import dropout as dropout_layer
@@ -226,7 +227,11 @@ def rnn(cell: Cell, *, reverse: bool = False, return_carry: bool = False, unroll
 
         xs_time_major = jnp.swapaxes(xs, 0, 1)  # [time, batch, features]
         (carry, state), ys = lax.scan(
-            step, (initial_carry, state), (xs_time_major, jnp.arange(time)), reverse=reverse, unroll=unroll
+            step,
+            (initial_carry, state),
+            (xs_time_major, jnp.arange(time)),
+            reverse=reverse,
+            unroll=unroll_for(time, unroll),
         )
         ys = jnp.swapaxes(ys, 0, 1)  # [batch, time, hidden]
         return ((ys, carry) if return_carry else ys), state

@@ -36,6 +36,7 @@ from jax import lax
 from ..core import Model
 from ..errors import DTypeError, ParamsError, ShapeError, check_array, check_floating, check_rank, describe
 from ..precision import round_weights
+from ._scan import unroll_for
 from .tree_cells import TreeCarry, TreeCell
 
 
@@ -145,7 +146,7 @@ def _scan_steps(node, num_leaves: int, unroll: int | bool, buffers, children, in
         ), y
 
     xs = (children, internal_mask, jnp.arange(steps), per_step)
-    return lax.scan(step, tuple(buffers), xs, unroll=unroll)
+    return lax.scan(step, tuple(buffers), xs, unroll=unroll_for(steps, unroll))
 
 
 def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule):
@@ -233,7 +234,7 @@ def _internal_bwd(cell, num_leaves, unroll, residuals, cotangents):
 
     passed = tuple(jnp.zeros((links + 1, hidden), d.dtype) for d in cotangents)
     xs = (present, *own, link_of, jnp.arange(steps), zs)
-    passed, d_zs = lax.scan(step, passed, xs, reverse=True, unroll=unroll)
+    passed, d_zs = lax.scan(step, passed, xs, reverse=True, unroll=unroll_for(steps, unroll))
     kids = TreeCarry(*(jnp.take(a, present.reshape(slots, arity), axis=0, mode="clip") for a in (h, c)))
     d_zs = jax.tree.map(lambda a: a.reshape(slots, *a.shape[2:]), d_zs)
     d_params = jax.vjp(lambda p: cell.pre(p, kids), params)[1](d_zs)[0]

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from ..core import Model, param_path
+from ..deploy.handlers import standardized
 from .checkpoint import Checkpointer, CheckpointError
 from .data import Position
 from .evaluation import evaluate
@@ -146,21 +147,8 @@ class LoadedRun(NamedTuple):
 
         Compiles once per input shape; pad or bucket many small requests into a few shapes.
         """
-        prepared = [prepare(self.preprocessing, name, x) for name, x in zip(self.inputs, inputs, strict=False)]
+        prepared = [standardized(self.preprocessing, name, x) for name, x in zip(self.inputs, inputs, strict=False)]
         return self.apply(self.params, self.state, *prepared, **keywords)
-
-
-def prepare(preprocessing: Mapping[str, Any], name: str, value: Any) -> Any:
-    """``value`` of input ``name`` as the model saw it in training: standardized if the run recorded so.
-
-    >>> prepare({"standardize": {"x": {"mean": [1.0, 2.0], "std": [2.0, 4.0]}}}, "x", [[3.0, 6.0]])
-    array([[1., 1.]], dtype=float32)
-    """
-    stats = preprocessing.get("standardize", {}).get(name)
-    if stats is None:
-        return value
-    mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
-    return ((np.asarray(value, np.float32) - mean) / std).astype(np.float32)
 
 
 def load_run(run_dir: str | os.PathLike, model: Model, *, checkpoint: str | int = "best") -> LoadedRun:

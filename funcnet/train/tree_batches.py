@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ..parse_trees import Tree, Vocabulary
-from ..tree_schedule import Buckets, TreeBatch, schedule
+from ..tree_schedule import Buckets, TreeBatch, grouped_batch, schedule
 from .data import BatchIterator, Position
 
 FIELDS = TreeBatch._fields
@@ -83,24 +83,8 @@ class TreeBatches:
         return -(-len(self.trees) // self.batch_size)
 
     def _batch(self, trees: list[Tree]) -> dict[str, np.ndarray]:
-        size = self.trees_per_group
-        groups = [trees[g * size : (g + 1) * size] for g in range(self.groups)]
-        real = [len(group) for group in groups]
-        groups = [group or trees[:1] for group in groups]  # an empty group schedules one masked copy
-        scheduled = [self._schedule(group, self.buckets) for group in groups]
-        if len({(s.leaf_tokens.shape, s.children.shape) for s in scheduled}) > 1:
-            # groups landed in different buckets: schedule all of them at the largest
-            leaves = max(s.leaf_tokens.shape[0] for s in scheduled)
-            steps = max(s.children.shape[0] for s in scheduled)
-            scheduled = [self._schedule(group, Buckets((leaves,), (steps,))) for group in groups]
-        batch = {name: np.stack([getattr(s, name) for s in scheduled]) for name in FIELDS}
-        real_trees = np.stack([np.arange(size) < n for n in real]).astype(np.float32)
-        batch["tree_mask"] = batch["tree_mask"] * real_trees
-        batch["mask"] = batch["tree_mask"]
-        return batch
-
-    def _schedule(self, trees: list[Tree], buckets: Buckets) -> TreeBatch:
-        return schedule(trees, self.vocab, width=self.width, num_trees=self.trees_per_group, buckets=buckets)
+        return grouped_batch(trees, self.vocab, groups=self.groups, trees_per_group=self.trees_per_group,
+                             width=self.width, buckets=self.buckets)  # fmt: skip
 
     def order(self, epoch: int) -> np.ndarray:
         """The example order of ``epoch``."""

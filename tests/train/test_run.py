@@ -13,10 +13,10 @@ import pytest
 import funcnet as fn
 from funcnet.config import cli
 from funcnet.config import load_run as load_config_run
+from funcnet.deploy.handlers import standardized as prepare
 from funcnet.train import TrainerConfig, fit, load_run
 from funcnet.train.checkpoint import CheckpointError
 from funcnet.train.data import ArrayDataset, Batches
-from funcnet.train.run import prepare
 
 RNG = np.random.default_rng(1)
 X = RNG.standard_normal((64, 3)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Runs of every task, trained once per session, that the predict and evaluate tests reopen."""
+"""Runs of every task, trained once per test session (a plugin of tests/conftest.py): predict, evaluate, export."""
 
 from __future__ import annotations
 
