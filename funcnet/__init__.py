@@ -246,8 +246,8 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+def __dir__() -> list[str]:  # the public names (and dunders), as before the names became lazy
+    return sorted({name for name in globals() if name.startswith("__")} | set(_LAZY))
 
 
 __version__ = "0.1.0"
