@@ -1,11 +1,11 @@
-"""Runs of every task, trained once per test session (a plugin of tests/conftest.py): predict, evaluate, export."""
+"""Runs of every task and their artefacts, made once per test session (a plugin of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from funcnet.config import cli
+from funcnet.config import cli, deployment
 from funcnet.experiments import rnn, treelstm
 
 
@@ -42,3 +42,18 @@ def tree_run(tmp_path_factory):
     )
     assert code == 0
     return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def iris_artefact(iris_run, tmp_path_factory):
+    return deployment.export_run(iris_run, tmp_path_factory.mktemp("export") / "iris")
+
+
+@pytest.fixture(scope="session")
+def charlm_artefact(charlm_run, tmp_path_factory):
+    return deployment.export_run(charlm_run, tmp_path_factory.mktemp("export") / "charlm")
+
+
+@pytest.fixture(scope="session")
+def tree_artefact(tree_run, tmp_path_factory):
+    return deployment.export_run(tree_run, tmp_path_factory.mktemp("export") / "tree")

@@ -7,6 +7,7 @@
     funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
     funcnet predict RUN_DIR|ARTEFACT [INPUT|-] [--checkpoint best|latest|STEP]   # JSON lines in and out
     funcnet export RUN_DIR -o ARTEFACT [--checkpoint best|latest|STEP] [--platforms cpu,cuda]  # no code needed
+    funcnet serve RUN_DIR|ARTEFACT [--host 127.0.0.1] [--port 8000] [--max-batch 64] [--max-wait-ms 5]  # HTTP
 
 Every config error (unknown keys, wrong types, missing values, unknown component types) is
 reported with its key path before anything is built or compiled. ``RUN_DIR`` receives
@@ -37,7 +38,7 @@ from ..train.distributed import Processes, SetupError, join
 from ..train.lock import RunLocked
 from ..train.stopping import BAD_CONFIG, FAILED
 from ..validation import ConfigError
-from .deployment import export_run, handler_of
+from .deployment import export_run, served
 from .run_config import apply_overrides, import_modules, load_config
 from .runs import load_run
 from .tasks import choose_devices as choose_task_devices
@@ -94,7 +95,7 @@ def evaluate_run(
 def predict_run(directory: str, source: str = "-", checkpoint: str = "best", batch_size: int = 64) -> int:
     """``funcnet predict``: one JSON line out per JSON line in (``funcnet.deploy.requests``), from a run directory
     or an artefact; 0, or 1 if any line failed."""
-    handler = handler_of(directory, checkpoint)
+    handler = served(directory, checkpoint).handler
     failed = 0
     stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
     try:
@@ -107,6 +108,22 @@ def predict_run(directory: str, source: str = "-", checkpoint: str = "best", bat
     if failed:
         print(f"{failed} line(s) could not be predicted; their records say why", file=sys.stderr)
     return 1 if failed else 0
+
+
+def serve_directory(args: argparse.Namespace) -> int:
+    """``funcnet serve``: until SIGTERM or Ctrl-C (``funcnet.deploy.server``)."""
+    try:
+        from ..deploy import server
+    except ImportError as missing:
+        fix = "Fix: pip install 'funcnet[serve]'"
+        raise ConfigError("", f"funcnet serve needs the serve extra ({missing}). {fix}") from None
+    model = served(args.run_dir, args.checkpoint)
+    app = server.make_app(model.handler, model.metadata, model.compilations, max_batch=args.max_batch,
+                          max_wait_ms=args.max_wait_ms, max_request_kb=args.max_request_kb)  # fmt: skip
+    print(f"serving {args.run_dir} ({model.metadata['kind']}) at http://{args.host}:{args.port}: POST /predict, "
+          "GET /health, /metadata, /docs", flush=True)  # fmt: skip
+    server.serve(app, args.host, args.port)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,6 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("-o", "--output", required=True, metavar="ARTEFACT", help="a new directory")
     p_export.add_argument("--checkpoint", default="best", help="best, latest or a step number")
     p_export.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated, of cpu, cuda, rocm, tpu")
+    p_serve = commands.add_parser("serve", help="serve a run or an artefact over HTTP, batching requests")
+    p_serve.add_argument("run_dir", metavar="RUN_DIR|ARTEFACT")
+    p_serve.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--checkpoint", default="best", help="of a run directory: best, latest or a step number")
+    p_serve.add_argument("--max-batch", type=int, default=64, help="instances per compiled call (1: no batching)")
+    p_serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p_serve.add_argument("--max-request-kb", type=int, default=1024, help="the largest request body")
     args = parser.parse_args(argv)
     use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only
     try:
@@ -153,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # fmt: skip
         if args.command == "predict":
             return predict_run(args.run_dir, args.input, args.checkpoint, args.batch_size)
+        if args.command == "serve":
+            return serve_directory(args)
         if args.command == "export":
             platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
             path = export_run(args.run_dir, args.output, checkpoint=args.checkpoint, platforms=platforms)

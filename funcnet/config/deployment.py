@@ -9,9 +9,9 @@ its artefact take the same requests and give the same outputs.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..deploy import artefact, handlers
 from ..deploy.export import PLATFORMS, export_serving, jitted, write_artefact
@@ -19,14 +19,33 @@ from .runs import load_run
 from .tasks import DEFAULT_TASK, task_of
 
 
-def handler_of(directory: str | os.PathLike, checkpoint: str | int = "best") -> Any:
-    """The request handler of an artefact (``funcnet export``) or of a run directory's checkpoint."""
+class Served(NamedTuple):
+    """A model ready to serve: its request ``handler``, its ``metadata`` (kind, program signatures, where it comes
+    from) and ``compilations()`` (programs compiled so far, by name)."""
+
+    handler: Any
+    metadata: dict[str, Any]
+    compilations: Callable[[], dict[str, int]]
+
+
+def served(directory: str | os.PathLike, checkpoint: str | int = "best") -> Served:
+    """An artefact (``funcnet export``) or a run directory's checkpoint, ready to serve."""
     if (Path(directory) / artefact.MANIFEST).exists():
-        return artefact.load(directory).handler
+        loaded = artefact.load(directory)
+        keys = ("kind", "source", "versions", "platforms", "programs")
+        return Served(loaded.handler, {k: loaded.manifest[k] for k in keys}, loaded.compilations)
     run = load_run(directory, checkpoint=checkpoint)
     serving = task_of(run.config).serving(run)
     programs = jitted(serving, {"params": run.params, "state": run.state})
-    return handlers.build(serving.kind, serving.config, run.preprocessing, programs)
+    handler = handlers.build(serving.kind, serving.config, run.preprocessing, programs)
+    metadata = {"kind": serving.kind, "source": {"run_dir": str(Path(directory).resolve()), "checkpoint": run.step},
+                "programs": {name: list(spec.inputs) for name, spec in serving.programs.items()}}  # fmt: skip
+    return Served(handler, metadata, lambda: {name: p.compilations() for name, p in programs.items()})
+
+
+def handler_of(directory: str | os.PathLike, checkpoint: str | int = "best") -> Any:
+    """The request handler of an artefact (``funcnet export``) or of a run directory's checkpoint."""
+    return served(directory, checkpoint).handler
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str | int = "best",

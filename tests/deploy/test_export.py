@@ -15,25 +15,10 @@ import pytest
 
 import funcnet.deploy as deploy
 from funcnet.config import cli, load_run
-from funcnet.config.deployment import export_run, handler_of
+from funcnet.config.deployment import handler_of
 from funcnet.deploy.requests import predict_requests
 
 IRIS = [[5.0, 3.4, 1.5], [6.5, 3.0, 5.5], [5.9, 2.8, 4.2]]
-
-
-@pytest.fixture(scope="module")
-def iris_artefact(iris_run, tmp_path_factory):
-    return export_run(iris_run, tmp_path_factory.mktemp("export") / "iris")
-
-
-@pytest.fixture(scope="module")
-def charlm_artefact(charlm_run, tmp_path_factory):
-    return export_run(charlm_run, tmp_path_factory.mktemp("export") / "charlm")
-
-
-@pytest.fixture(scope="module")
-def tree_artefact(tree_run, tmp_path_factory):
-    return export_run(tree_run, tmp_path_factory.mktemp("export") / "tree")
 
 
 def test_iris_artefact_predicts_what_the_run_does_at_several_batch_sizes(iris_run, iris_artefact):

@@ -1,0 +1,178 @@
+"""``funcnet serve``: an HTTP JSON service over a request handler, batching concurrent requests.
+
+Endpoints (FastAPI on uvicorn, the ``serve`` extra):
+
+- ``POST /predict`` with ``{"instances": [...]}`` (one or many requests, each what ``funcnet predict`` reads on a
+  line) gives ``{"predictions": [...]}`` (each what it writes). A bad instance gets 422 naming it and its
+  field (``instances[1]: x: expected shape [3], got [2]``); a body that is not JSON 400; one over the size
+  limit 413. The server carries on either way.
+- ``GET /health``; ``GET /metadata``: the model's kind and signature, the batching options, and the
+  compilations and batched calls so far; ``GET /openapi.json`` and ``/docs``.
+
+Dynamic batching, as TF Serving's and Triton's: instances from concurrent requests wait in one queue; a
+worker takes up to ``max_batch`` of them, waiting at most ``max_wait`` after the first, and predicts them
+in ONE call of the handler, whose batches are padded to powers of two (``funcnet.deploy.requests``), so the
+compilations stay few. ``max_batch=1`` turns batching off. The compiled calls run in one worker thread, off
+the event loop, so a slow batch never stalls the requests arriving meanwhile. SIGTERM (and Ctrl-C) stop
+accepting connections, answer the requests in flight, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import FastAPI, Request  # the serve extra: this module is imported only to serve
+from fastapi.responses import JSONResponse
+
+from .requests import Handler, RequestError
+
+MAX_BATCH = 64
+MAX_WAIT_MS = 5.0
+MAX_REQUEST_KB = 1024
+
+
+class Batcher:
+    """One queue of prepared instances and the task that predicts them in batches (see the module docstring)."""
+
+    def __init__(self, handler: Handler, max_batch: int, max_wait: float):
+        if max_batch < 1 or max_wait < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_wait >= 0, got {max_batch}, {max_wait}")
+        self.handler, self.max_batch, self.max_wait = handler, max_batch, max_wait
+        self.queue: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue()
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="funcnet-predict")
+        self.calls = self.instances = 0  # batched calls of the handler, and the instances they held
+
+    async def submit(self, prepared: list[Any]) -> list[dict[str, Any]]:
+        """The outputs of prepared instances, in order, once the batches holding them have run."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in prepared]
+        for item, future in zip(prepared, futures, strict=True):
+            self.queue.put_nowait((item, future))
+        return list(await asyncio.gather(*futures))
+
+    async def run(self) -> None:
+        """Forever: take a batch from the queue, predict it in the worker thread, answer its instances."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            items = [item for item, _ in batch]
+            try:
+                results = await loop.run_in_executor(self.worker, self.handler.predict, items, self.max_batch)
+            except Exception as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.calls, self.instances = self.calls + 1, self.instances + len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+def make_app(
+    handler: Handler,
+    metadata: dict[str, Any],
+    compilations: Callable[[], dict[str, int]],
+    *,
+    max_batch: int = MAX_BATCH,
+    max_wait_ms: float = MAX_WAIT_MS,
+    max_request_kb: int = MAX_REQUEST_KB,
+):
+    """The FastAPI application serving ``handler``; ``metadata`` (the model's kind and signature) and
+    ``compilations()`` (programs compiled so far) are reported by ``GET /metadata``."""
+    state: dict[str, Any] = {}
+    limit = max_request_kb * 1024
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher = state["batcher"] = Batcher(handler, max_batch, max_wait_ms / 1000)
+        task = asyncio.create_task(batcher.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            batcher.worker.shutdown(wait=True)
+
+    version = metadata.get("versions", {}).get("funcnet", "")
+    app = FastAPI(title="funcnet model server", version=version, lifespan=lifespan)
+
+    def error(status: int, detail: str) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.middleware("http")
+    async def size_limit(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return error(413, f"request body of {length} bytes: the limit is {limit} (--max-request-kb)")
+        return await call_next(request)
+
+    body_schema = {"type": "object", "required": ["instances"], "properties": {"instances": {"type": "array"}}}
+
+    @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": body_schema, "example": {"instances": metadata.get("example", [])}}}}})  # fmt: skip
+    async def predict(request: Request):
+        """Predicts ``{"instances": [...]}``; answers ``{"predictions": [...]}`` in the same order."""
+        body = await request.body()
+        if len(body) > limit:
+            return error(413, f"request body of {len(body)} bytes: the limit is {limit} (--max-request-kb)")
+        try:
+            decoded = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            return error(400, f"not JSON: {bad}")
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("instances"), list):
+            return error(422, 'instances: expected {"instances": [...]}, a list of requests')
+        instances = decoded["instances"]
+        if not instances or len(instances) > max_batch * 16:
+            return error(422, f"instances: expected 1 to {max_batch * 16} requests, got {len(instances)}")
+        prepared = []
+        for index, instance in enumerate(instances):
+            try:
+                prepared.append(handler.prepare(instance))
+            except RequestError as bad:
+                return error(422, f"instances[{index}]: {bad}")
+        try:
+            return {"predictions": await state["batcher"].submit(prepared)}
+        except Exception as failed:
+            return error(500, f"prediction failed: {type(failed).__name__}: {failed}")
+
+    @app.get("/health")
+    async def health():
+        """``{"status": "ok"}`` while the server answers."""
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    async def describe():
+        """The model (kind, signature), the batching options, and the compilations and batched calls so far."""
+        batcher = state["batcher"]
+        return {
+            **metadata,
+            "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_request_kb": max_request_kb},
+            "compilations": compilations(),
+            "batches": {"calls": batcher.calls, "instances": batcher.instances},
+        }
+
+    return app
+
+
+def serve(app, host: str, port: int) -> None:
+    """Runs ``app`` until SIGTERM or Ctrl-C, which answer the requests in flight first (uvicorn's graceful exit)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

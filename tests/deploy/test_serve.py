@@ -1,0 +1,127 @@
+"""funcnet serve over real HTTP on loopback: answers, 4xx for bad input without harm, real batching, SIGTERM drains."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import funcnet.deploy as deploy
+
+pytest.importorskip("fastapi", reason="funcnet serve needs the serve extra: pip install -e '.[serve]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(directory, *options):
+    port = _free_port()
+    command = [sys.executable, "-m", "funcnet.config.cli", "serve", str(directory), "--port", str(port), *options]
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process.log = log  # closed by _stop
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"the server exited {process.returncode}: {log.read()[-2000:]!r}")
+        try:
+            if _get(url + "/health") == {"status": "ok"}:
+                return process, url
+        except OSError:
+            time.sleep(0.2)
+    _stop(process, signal.SIGKILL)
+    raise AssertionError("the server did not answer /health within 120 s")
+
+
+def _stop(process, signum=signal.SIGTERM) -> int:
+    """Sends ``signum`` (0: none, it was sent) and waits for the exit code."""
+    if signum:
+        process.send_signal(signum)
+    try:
+        return process.wait(timeout=60)
+    finally:
+        process.log.close()
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _post(url, body: bytes | str | dict):
+    data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+    request = urllib.request.Request(url + "/predict", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def iris_server(iris_artefact):
+    process, url = _start(iris_artefact, "--max-wait-ms", "20")
+    yield url
+    _stop(process)
+
+
+def test_answers_equal_the_runtimes_and_metadata_and_schema_are_served(iris_server, iris_artefact):
+    instances = [[5.0, 3.4, 1.5], {"x": [6.5, 3.0, 5.5]}]
+    status, body = _post(iris_server, {"instances": instances})
+    assert status == 200 and body["predictions"] == deploy.load(iris_artefact).predict(instances)
+    metadata = _get(iris_server + "/metadata")
+    assert metadata["kind"] == "supervised" and metadata["batching"]["max_batch"] == 64
+    assert metadata["programs"]["forward"]["inputs"][0]["shape"] == ["batch", 3]
+    assert "/predict" in _get(iris_server + "/openapi.json")["paths"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"instances": [[1.0, 2.0]]}, 422, "instances[0]: x: expected shape [3], got [2]"),
+        ({"instances": [{"y": [1, 2, 3]}]}, 422, "instances[0]: y: not an input of the model"),
+        ({"instances": [[1.0, 2.0, 3.0], ["a", 1, 2]]}, 422, "instances[1]: x: expected numbers of dtype float32"),
+        ({"inputs": [[1.0, 2.0, 3.0]]}, 422, "instances: expected"),
+        ("{oops", 400, "not JSON"),
+        (b"[" + b"1.0, " * 300_000 + b"1.0]", 413, "the limit is 1048576"),
+    ],
+)
+def test_bad_input_gets_a_4xx_naming_the_field_and_the_next_request_succeeds(iris_server, body, status, message):
+    got, answer = _post(iris_server, body)
+    assert got == status and message in answer["detail"], answer
+    assert _post(iris_server, {"instances": [[5.0, 3.4, 1.5]]})[0] == 200
+
+
+def test_concurrent_requests_are_batched_into_fewer_compiled_calls(iris_server):
+    before = _get(iris_server + "/metadata")["batches"]["calls"]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda i: _post(iris_server, {"instances": [[5.0, 3.0, float(i) / 8]]}), range(32)))
+    assert all(status == 200 for status, _ in answers)
+    calls = _get(iris_server + "/metadata")["batches"]["calls"] - before
+    assert 1 <= calls < 32, calls
+    assert _get(iris_server + "/metadata")["compilations"]["forward"] <= 7  # padded to powers of two up to 64
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits(iris_artefact):
+    process, url = _start(iris_artefact, "--max-wait-ms", "1500")  # requests wait 1.5 s for their batch
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(_post, url, {"instances": [[5.0, 3.4, 1.5]]}) for _ in range(6)]
+        time.sleep(0.5)  # in flight: queued, their batch not run yet
+        process.send_signal(signal.SIGTERM)
+        answers = [future.result(timeout=60) for future in futures]
+    assert [status for status, _ in answers] == [200] * 6
+    assert _stop(process, 0) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it drained for
