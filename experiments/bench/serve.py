@@ -1,0 +1,177 @@
+"""Load test of ``funcnet serve`` on loopback: requests/s and latency, with dynamic batching on and off.
+
+    python experiments/bench/serve.py                      # both models, 1/4/16/64 clients, ~3 min
+    python experiments/bench/serve.py --seconds 2 --models iris
+
+Models: the iris MLP (``experiments/configs/iris.toml``) and the Tree-LSTM sentiment model (the tiny preset of
+``funcnet.experiments.treelstm``), each trained for a few seconds here and exported (``funcnet export``), then
+served by ``funcnet serve`` in its own process:
+
+  batching on   --max-batch 64 --max-wait-ms 0   (the instances queued while a batch runs form the next)
+  batching off  --max-batch 1                    (one compiled call per request)
+
+Each client is a thread with its own keep-alive connection sending one instance per request, the next as soon
+as the answer arrives, for ``--seconds`` per level after a warm-up that compiles every padded batch size.
+Figures: requests/s, p50 and p99 latency (ms). Targets (issue 20): with batching, at 16 clients, at least 3x the
+requests/s of batching off, and p99 under 4x the single-client p50. The clients share the machine with the
+server (2 cores here): requests/s is what one loopback client process drives, not the server alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENTS = (1, 4, 16, 64)
+MODES = {"on": ["--max-batch", "64", "--max-wait-ms", "0"], "off": ["--max-batch", "1"]}
+SIZES = {"on": (1, 2, 4, 8, 16, 32, 64), "off": (1,)}  # the padded batch sizes each mode compiles
+
+
+def train_and_export(model: str, folder: Path) -> tuple[Path, list]:
+    """The artefact of a model trained here, and the requests to send it."""
+    run, artefact = folder / f"{model}-run", folder / f"{model}-artefact"
+    if model == "iris":
+        command = ["-m", "funcnet.config.cli", "train", str(ROOT / "experiments/configs/iris.toml"), "-s", str(run),
+                   "-o", "trainer.progress=false"]  # fmt: skip
+        requests = [[4.5 + i / 10, 3.0, 1.5 + i / 20] for i in range(20)]
+    else:
+        command = ["-m", "funcnet.experiments.treelstm", "--preset", "tiny", "--run-dir", str(run), "-o",
+                   "trainer.progress=false"]  # fmt: skip
+        words = ["a", "good", "film", "not", "very", "bad", "plot", "fine"]
+        requests = [{"sentence": " ".join(words[(i + j) % len(words)] for j in range(3 + i % 5))} for i in range(20)]
+    subprocess.run([sys.executable, *command], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "funcnet.config.cli", "export", str(run), "-o", str(artefact),
+                    "--platforms", "cpu"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)  # fmt: skip
+    return artefact, requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(connection: http.client.HTTPConnection, body: bytes) -> None:
+    connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    data = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+
+
+def start(artefact: Path, options: list[str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [sys.executable, "-m", "funcnet.config.cli", "serve", str(artefact), "--port", str(port), *options]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def warm(port: int, requests: list, sizes: tuple[int, ...]) -> None:
+    """Compiles every padded batch size (and, for trees, the schedules' shapes) before timing."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for size in sizes:
+        for offset in range(0, len(requests), 5):
+            instances = [requests[(offset + i) % len(requests)] for i in range(size)]
+            post(connection, json.dumps({"instances": instances}).encode())
+
+
+def metadata(port: int) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("GET", "/metadata")
+    return json.loads(connection.getresponse().read())
+
+
+def level(port: int, requests: list, clients: int, seconds: float) -> dict:
+    """``clients`` threads sending one instance per request for ``seconds``: requests/s, p50/p99 ms, and the
+    batched calls and compilations the server made meanwhile (a compilation inside the window shows in p99)."""
+    before = metadata(port)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop = time.monotonic() + seconds
+    bodies = [json.dumps({"instances": [r]}).encode() for r in requests]
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = index
+        while time.monotonic() < stop:
+            start = time.perf_counter()
+            post(connection, bodies[i % len(bodies)])
+            latencies[index].append(time.perf_counter() - start)
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    every = sorted(x for per in latencies for x in per)
+    after = metadata(port)
+    return {
+        "batched_calls": after["batches"]["calls"] - before["batches"]["calls"],
+        "compiled_meanwhile": sum(after["compilations"].values()) - sum(before["compilations"].values()),
+        "requests_per_s": round(len(every) / elapsed, 1),
+        "p50_ms": round(1e3 * statistics.median(every), 2),
+        "p99_ms": round(1e3 * every[min(len(every) - 1, int(0.99 * len(every)))], 2),
+        "requests": len(every),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="iris,sentiment")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per level (clients x batching)")
+    args = parser.parse_args(argv)
+    print(json.dumps({"figure": "setup", "cpu_count": __import__("os").cpu_count(), "seconds": args.seconds}))
+    with tempfile.TemporaryDirectory() as folder:
+        for model in args.models.split(","):
+            artefact, requests = train_and_export(model, Path(folder))
+            rows = {}
+            for mode, options in MODES.items():
+                process, port = start(artefact, options)
+                try:
+                    warm(port, requests, SIZES[mode])
+                    for clients in CLIENTS:
+                        rows[mode, clients] = figures = level(port, requests, clients, args.seconds)
+                        print(json.dumps({"figure": "serve", "model": model, "batching": mode, "clients": clients,
+                                          **figures}), flush=True)  # fmt: skip
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=60)
+            print(f"\n{model}: requests/s, p50 / p99 ms")
+            print(f"{'clients':>8} {'batching on':>28} {'batching off':>28}")
+            for clients in CLIENTS:
+                on, off = rows["on", clients], rows["off", clients]
+                print(f"{clients:>8} {on['requests_per_s']:>10} {on['p50_ms']:>8} / {on['p99_ms']:<7} "
+                      f"{off['requests_per_s']:>10} {off['p50_ms']:>8} / {off['p99_ms']:<7}")  # fmt: skip
+            ratio = rows["on", 16]["requests_per_s"] / rows["off", 16]["requests_per_s"]
+            tail = rows["on", 16]["p99_ms"] / rows["on", 1]["p50_ms"]
+            target = {"on_over_off_at_16": round(ratio, 2), "met_3x": ratio >= 3,
+                      "p99_at_16_over_p50_at_1": round(tail, 2), "met_4x": tail < 4}  # fmt: skip
+            print(json.dumps({"figure": "target", "model": model, **target}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
