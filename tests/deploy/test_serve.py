@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,12 +99,24 @@ def test_answers_equal_the_runtimes_and_metadata_and_schema_are_served(iris_serv
         ({"instances": [[1.0, 2.0, 3.0], ["a", 1, 2]]}, 422, "instances[1]: x: expected numbers of dtype float32"),
         ({"inputs": [[1.0, 2.0, 3.0]]}, 422, "instances: expected"),
         ("{oops", 400, "not JSON"),
-        (b"[" + b"1.0, " * 300_000 + b"1.0]", 413, "the limit is 1048576"),
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_field_and_the_next_request_succeeds(iris_server, body, status, message):
     got, answer = _post(iris_server, body)
     assert got == status and message in answer["detail"], answer
+    assert _post(iris_server, {"instances": [[5.0, 3.4, 1.5]]})[0] == 200
+
+
+def test_a_body_over_the_size_limit_is_refused_before_it_is_read(iris_server):
+    # Only the headers are sent: the server answers from Content-Length alone, without reading 2 MB.
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(iris_server).netloc, timeout=30)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(2 << 20))
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and "the limit is 1048576" in json.loads(response.read())["detail"]
+    connection.close()
     assert _post(iris_server, {"instances": [[5.0, 3.4, 1.5]]})[0] == 200
 
 
