@@ -2,12 +2,14 @@
 
     python experiments/bench/serve.py                      # both models, 1/4/16/64 clients, ~3 min
     python experiments/bench/serve.py --seconds 2 --models iris
+    python experiments/bench/serve.py --seconds 2 --models iris --max-wait-ms 5   # batches wait to fill
 
 Models: the iris MLP (``experiments/configs/iris.toml``) and the Tree-LSTM sentiment model (the tiny preset of
 ``funcnet.experiments.treelstm``), each trained for a few seconds here and exported (``funcnet export``), then
 served by ``funcnet serve`` in its own process:
 
-  batching on   --max-batch 64 --max-wait-ms 0   (the instances queued while a batch runs form the next)
+  batching on   --max-batch 64 --max-wait-ms 0   (the instances queued while a batch runs form the next;
+                                                  ``--max-wait-ms`` here sets another wait)
   batching off  --max-batch 1                    (one compiled call per request)
 
 Each client is a thread with its own keep-alive connection sending one instance per request, the next as soon
@@ -34,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = (1, 4, 16, 64)
-MODES = {"on": ["--max-batch", "64", "--max-wait-ms", "0"], "off": ["--max-batch", "1"]}
+MODES = {"on": ["--max-batch", "64"], "off": ["--max-batch", "1"]}  # and --max-wait-ms (main's option, 0 off)
 SIZES = {"on": (1, 2, 4, 8, 16, 32, 64), "off": (1,)}  # the padded batch sizes each mode compiles
 
 
@@ -142,13 +144,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="iris,sentiment")
     parser.add_argument("--seconds", type=float, default=5.0, help="per level (clients x batching)")
+    parser.add_argument("--max-wait-ms", default="0", help="how long a batch waits to fill, with batching on")
     args = parser.parse_args(argv)
     print(json.dumps({"figure": "setup", "cpu_count": __import__("os").cpu_count(), "seconds": args.seconds}))
     with tempfile.TemporaryDirectory() as folder:
         for model in args.models.split(","):
             artefact, requests = train_and_export(model, Path(folder))
             rows = {}
-            for mode, options in MODES.items():
+            for mode, batch in MODES.items():
+                options = [*batch, "--max-wait-ms", args.max_wait_ms if mode == "on" else "0"]
                 process, port = start(artefact, options)
                 try:
                     warm(port, requests, SIZES[mode])

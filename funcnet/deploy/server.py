@@ -34,6 +34,7 @@ from .requests import Handler, RequestError
 MAX_BATCH = 64
 MAX_WAIT_MS = 5.0
 MAX_REQUEST_KB = 1024
+MAX_INSTANCES = 1024  # instances in one request
 
 
 class Batcher:
@@ -139,8 +140,8 @@ def make_app(
         if not isinstance(decoded, dict) or not isinstance(decoded.get("instances"), list):
             return error(422, 'instances: expected {"instances": [...]}, a list of requests')
         instances = decoded["instances"]
-        if not instances or len(instances) > max_batch * 16:
-            return error(422, f"instances: expected 1 to {max_batch * 16} requests, got {len(instances)}")
+        if not instances or len(instances) > MAX_INSTANCES:
+            return error(422, f"instances: expected 1 to {MAX_INSTANCES} requests, got {len(instances)}")
         prepared = []
         for index, instance in enumerate(instances):
             try:
