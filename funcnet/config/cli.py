@@ -7,7 +7,7 @@
     funcnet evaluate RUN_DIR [--split validation|test|train] [--checkpoint best|latest|STEP] [--data key=value]
     funcnet predict RUN_DIR|ARTEFACT [INPUT|-] [--checkpoint best|latest|STEP]   # JSON lines in and out
     funcnet export RUN_DIR -o ARTEFACT [--checkpoint best|latest|STEP] [--platforms cpu,cuda]  # no code needed
-    funcnet serve RUN_DIR|ARTEFACT [--host 127.0.0.1] [--port 8000] [--max-batch 64] [--max-wait-ms 5]  # HTTP
+    funcnet serve RUN_DIR|ARTEFACT [--host 127.0.0.1] [--port 8000] [--max-batch 64] [--max-wait-ms 0]  # HTTP
 
 Every config error (unknown keys, wrong types, missing values, unknown component types) is
 reported with its key path before anything is built or compiled. ``RUN_DIR`` receives
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int, default=8000)
     p_serve.add_argument("--checkpoint", default="best", help="of a run directory: best, latest or a step number")
     p_serve.add_argument("--max-batch", type=int, default=64, help="instances per compiled call (1: no batching)")
-    p_serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p_serve.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a batch waits to fill")
     p_serve.add_argument("--max-request-kb", type=int, default=1024, help="the largest request body")
     args = parser.parse_args(argv)
     use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only

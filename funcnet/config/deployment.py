@@ -32,8 +32,7 @@ def served(directory: str | os.PathLike, checkpoint: str | int = "best") -> Serv
     """An artefact (``funcnet export``) or a run directory's checkpoint, ready to serve."""
     if (Path(directory) / artefact.MANIFEST).exists():
         loaded = artefact.load(directory)
-        keys = ("kind", "source", "versions", "platforms", "programs")
-        return Served(loaded.handler, {k: loaded.manifest[k] for k in keys}, loaded.compilations)
+        return Served(loaded.handler, loaded.metadata(), loaded.compilations)
     run = load_run(directory, checkpoint=checkpoint)
     serving = task_of(run.config).serving(run)
     programs = jitted(serving, {"params": run.params, "state": run.state})

@@ -89,6 +89,10 @@ class Artefact:
 
         return predict_requests(self.handler, requests, batch_size)
 
+    def metadata(self) -> dict[str, Any]:
+        """What a server reports of the model: its kind, source, versions, platforms and programs' signatures."""
+        return {k: self.manifest[k] for k in ("kind", "source", "versions", "platforms", "programs")}
+
     def compilations(self) -> dict[str, int]:
         """Programs compiled so far, per exported program (one per input shape met)."""
         return {name: program.compilations for name, program in self.programs.items()}

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from .requests import Handler, RequestError
 
 MAX_BATCH = 64
-MAX_WAIT_MS = 5.0
+MAX_WAIT_MS = 0.0  # a batch is what queued while the last one ran
 MAX_REQUEST_KB = 1024
 MAX_INSTANCES = 1024  # instances in one request
 

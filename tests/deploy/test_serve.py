@@ -28,9 +28,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(directory, *options):
+# Serving an artefact with the runtime alone: importing any of these raises in the server's process.
+RUNTIME_ONLY = """
+import importlib.abc, runpy, sys
+BLOCKED = ("funcnet.layers", "funcnet.train", "funcnet.experiments", "funcnet.config", "optax", "orbax")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.startswith(BLOCKED):
+            raise ImportError(name + " may not be imported to serve an artefact")
+sys.meta_path.insert(0, Block())
+runpy.run_module("funcnet.deploy", run_name="__main__")
+"""
+
+
+def _start(directory, *options, runtime_only=False):
     port = _free_port()
-    command = [sys.executable, "-m", "funcnet.config.cli", "serve", str(directory), "--port", str(port), *options]
+    if runtime_only:
+        command = [sys.executable, "-c", RUNTIME_ONLY, str(directory), "--port", str(port), *options]
+    else:
+        command = [sys.executable, "-m", "funcnet.config.cli", "serve", str(directory), "--port", str(port), *options]
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     process.log = log  # closed by _stop
@@ -139,3 +155,15 @@ def test_sigterm_answers_the_requests_in_flight_then_exits(iris_artefact):
         answers = [future.result(timeout=60) for future in futures]
     assert [status for status, _ in answers] == [200] * 6
     assert _stop(process, 0) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it drained for
+
+
+def test_an_artefact_is_served_with_no_model_code_importable(tree_artefact):
+    process, url = _start(tree_artefact, runtime_only=True)
+    try:
+        status, body = _post(url, {"instances": [{"sentence": "a good film"}, "(3 (2 a) (3 good))"]})
+        assert status == 200 and body["predictions"] == deploy.load(tree_artefact).predict(
+            [{"sentence": "a good film"}, "(3 (2 a) (3 good))"]
+        )
+        assert _get(url + "/metadata")["kind"] == "tree_sentiment"
+    finally:
+        _stop(process)
