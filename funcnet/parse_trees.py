@@ -311,6 +311,16 @@ class Vocabulary(NamedTuple):
     ids: dict[str, int]
 
     @classmethod
+    def from_tokens(cls, tokens: Iterable[str]) -> Vocabulary:
+        """The vocabulary of ``tokens`` in order (id ``i`` is ``tokens[i]``), e.g. as a run recorded it.
+
+        >>> Vocabulary.from_tokens(["<unk>", "a", "film"]).ids["film"]
+        2
+        """
+        tokens = tuple(tokens)
+        return cls(tokens, {token: i for i, token in enumerate(tokens)})
+
+    @classmethod
     def from_trees(cls, trees: Iterable[Tree], min_count: int = 1) -> Vocabulary:
         """Builds the vocabulary of the leaves' tokens seen at least ``min_count`` times.
 

@@ -111,6 +111,21 @@ def shuffled_on_device(batches, mesh):
         epoch += 1
 
 
+def plans_loop(step, state, plans):
+    """``run(steps)``: ``steps`` calls of a gathering step fed ``plans``, from ``state`` on, blocking on the last."""
+    import jax
+
+    box = {"state": state}
+
+    def run(steps):
+        state = box["state"]
+        for _ in range(steps):
+            state, _ = step(state, next(plans))
+        box["state"] = jax.block_until_ready(state)
+
+    return run
+
+
 def resident_part():
     import fit as fit_bench
     import jax
@@ -132,11 +147,7 @@ def resident_part():
     placed = [jax.device_put(batch) for batch in train.epoch(0)]  # with their masks, as fit's batches have
     plans = EpochPlans(train, Position(0, 0), 0, mesh)
 
-    def resident(steps):
-        state = states["r"]
-        for _ in range(steps):
-            state, _ = gathering(state, next(plans))
-        states["r"] = jax.block_until_ready(state)
+    resident = plans_loop(gathering, states["r"], plans)
 
     def preplaced(steps):
         state = states["b"]
@@ -208,14 +219,8 @@ def host_part():
     model, loss, optimizer = fn.dense(1), fn.losses.per_example(fn.losses.mse), optax.adam(1e-3)
     mesh = data_mesh(jax.devices()[:1])
     step = make_resident_step(model, loss, optimizer, resident_arrays(train, mesh, 64), mesh=mesh)
-    box = {"state": create_train_state(model, optimizer, jax.random.key(0), x[:8], mesh=mesh)}
-    plans = EpochPlans(train, Position(0, 0), 0, mesh)
-
-    def loop(steps):
-        state = box["state"]
-        for _ in range(steps):
-            state, _ = step(state, next(plans))
-        box["state"] = jax.block_until_ready(state)
+    state = create_train_state(model, optimizer, jax.random.key(0), x[:8], mesh=mesh)
+    loop = plans_loop(step, state, EpochPlans(train, Position(0, 0), 0, mesh))
 
     def in_fit(steps):  # one fresh fit; its window of `steps` steady steps is timed (fit.py's Window)
         window, run_dir = fit_bench.Window(8, 8 + steps), tempfile.mkdtemp()

@@ -29,7 +29,7 @@ from typing import Any
 
 import jax
 
-from ..deploy import ArtefactError
+from ..deploy import ArtefactError, server
 from ..deploy.export import PLATFORMS
 from ..deploy.requests import predict_lines
 from ..train.checkpoint import CheckpointError, CheckpointSaveError
@@ -112,14 +112,12 @@ def predict_run(directory: str, source: str = "-", checkpoint: str = "best", bat
 
 def serve_directory(args: argparse.Namespace) -> int:
     """``funcnet serve``: until SIGTERM or Ctrl-C (``funcnet.deploy.server``)."""
+    model = served(args.run_dir, args.checkpoint)
     try:
-        from ..deploy import server
+        app = server.make_app(model.handler, model.metadata, model.compilations, **server.app_options(args))
     except ImportError as missing:
         fix = "Fix: pip install 'funcnet[serve]'"
         raise ConfigError("", f"funcnet serve needs the serve extra ({missing}). {fix}") from None
-    model = served(args.run_dir, args.checkpoint)
-    app = server.make_app(model.handler, model.metadata, model.compilations, max_batch=args.max_batch,
-                          max_wait_ms=args.max_wait_ms, max_request_kb=args.max_request_kb)  # fmt: skip
     print(f"serving {args.run_dir} ({model.metadata['kind']}) at http://{args.host}:{args.port}: POST /predict, "
           "GET /health, /metadata, /docs", flush=True)  # fmt: skip
     server.serve(app, args.host, args.port)
@@ -161,12 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated, of cpu, cuda, rocm, tpu")
     p_serve = commands.add_parser("serve", help="serve a run or an artefact over HTTP, batching requests")
     p_serve.add_argument("run_dir", metavar="RUN_DIR|ARTEFACT")
-    p_serve.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
-    p_serve.add_argument("--port", type=int, default=8000)
     p_serve.add_argument("--checkpoint", default="best", help="of a run directory: best, latest or a step number")
-    p_serve.add_argument("--max-batch", type=int, default=64, help="instances per compiled call (1: no batching)")
-    p_serve.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a batch waits to fill")
-    p_serve.add_argument("--max-request-kb", type=int, default=1024, help="the largest request body")
+    server.add_options(p_serve)
     args = parser.parse_args(argv)
     use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only
     try:

@@ -42,11 +42,6 @@ def served(directory: str | os.PathLike, checkpoint: str | int = "best") -> Serv
     return Served(handler, metadata, lambda: {name: p.compilations() for name, p in programs.items()})
 
 
-def handler_of(directory: str | os.PathLike, checkpoint: str | int = "best") -> Any:
-    """The request handler of an artefact (``funcnet export``) or of a run directory's checkpoint."""
-    return served(directory, checkpoint).handler
-
-
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str | int = "best",
                platforms: Sequence[str] = PLATFORMS) -> Path:  # fmt: skip
     """Writes the artefact of a run's checkpoint to ``out`` (``funcnet.deploy.artefact``); returns its path."""

@@ -26,6 +26,7 @@ import numpy as np
 from jax import export as jax_export
 
 from . import handlers
+from .requests import predict_requests
 
 FORMAT = "funcnet-artefact"
 FORMAT_VERSION = 1
@@ -85,8 +86,6 @@ class Artefact:
 
     def predict(self, requests: list[Any], batch_size: int = 64) -> list[dict[str, Any]]:
         """The outputs of decoded requests (JSON-like), in order; ``{"error": ...}`` for a bad one."""
-        from .requests import predict_requests
-
         return predict_requests(self.handler, requests, batch_size)
 
     def metadata(self) -> dict[str, Any]:

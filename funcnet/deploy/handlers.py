@@ -23,7 +23,7 @@ import numpy as np
 
 from ..parse_trees import Tree, TreeParseError, Vocabulary, leaves, parse_tree
 from ..tree_schedule import Buckets, TreeBatch, grouped_batch
-from .requests import RequestError, padded
+from .requests import RequestError, padded, padded_size
 
 MAX_LENGTH = 100_000  # characters one generation request may ask for
 TREE_FIELDS = TreeBatch._fields  # the tree model's inputs, in order
@@ -216,7 +216,7 @@ class TreeSentiment:
     """
 
     def __init__(self, tokens: Sequence[str], width: int, forward: Callable[..., Any]):
-        self.vocab = Vocabulary(tuple(tokens), {token: i for i, token in enumerate(tokens)})
+        self.vocab = Vocabulary.from_tokens(tokens)
         self.width, self.forward = width, forward
 
     def prepare(self, request: Any) -> Tree:
@@ -243,7 +243,7 @@ class TreeSentiment:
         outputs = []
         for start in range(0, len(prepared), batch_size):
             trees = prepared[start : start + batch_size]
-            size = padded([np.zeros(0)] * len(trees), batch_size)[0].shape[0]
+            size = padded_size(len(trees), batch_size)
             batch = grouped_batch(trees, self.vocab, groups=1, trees_per_group=size, width=self.width,
                                   buckets=TREE_BUCKETS)  # fmt: skip
             logits = np.asarray(self.forward(*[batch[f] for f in TREE_FIELDS]))[0]

@@ -42,6 +42,15 @@ def batch_sizes(largest: int) -> list[int]:
     return sizes
 
 
+def padded_size(count: int, largest: int) -> int:
+    """The batch size ``count`` requests are padded to: the next of ``batch_sizes(largest)``.
+
+    >>> padded_size(3, 64), padded_size(64, 64)
+    (4, 64)
+    """
+    return next(s for s in batch_sizes(largest) if s >= count)
+
+
 def padded(rows: Sequence[np.ndarray], largest: int) -> tuple[np.ndarray, int]:
     """``rows`` stacked and padded with zeros to the next of ``batch_sizes(largest)``; and how many are real.
 
@@ -49,7 +58,7 @@ def padded(rows: Sequence[np.ndarray], largest: int) -> tuple[np.ndarray, int]:
     >>> batch.shape, real
     ((4, 2), 3)
     """
-    size = next(s for s in batch_sizes(largest) if s >= len(rows))
+    size = padded_size(len(rows), largest)
     stacked = np.stack(rows)
     pad = np.zeros((size - len(rows), *stacked.shape[1:]), stacked.dtype)
     return np.concatenate([stacked, pad]), len(rows)

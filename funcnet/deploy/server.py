@@ -17,17 +17,13 @@ the event loop, so a slow batch never stalls the requests arriving meanwhile. SI
 accepting connections, answer the requests in flight, then exit.
 """
 
-from __future__ import annotations
-
+import argparse
 import asyncio
 import contextlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-from fastapi import FastAPI, Request  # the serve extra: this module is imported only to serve
-from fastapi.responses import JSONResponse
 
 from .requests import Handler, RequestError
 
@@ -97,7 +93,16 @@ def make_app(
     max_request_kb: int = MAX_REQUEST_KB,
 ):
     """The FastAPI application serving ``handler``; ``metadata`` (the model's kind and signature) and
-    ``compilations()`` (programs compiled so far) are reported by ``GET /metadata``."""
+    ``compilations()`` (programs compiled so far) are reported by ``GET /metadata``.
+
+    Raises:
+      ImportError: FastAPI is not installed (the ``serve`` extra).
+    """
+    # Imported here, so that the options below need no serve extra; and without ``from __future__ import
+    # annotations`` in this module, so that FastAPI reads ``request: Request`` as the class, not a name.
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
     state: dict[str, Any] = {}
     limit = max_request_kb * 1024
 
@@ -170,6 +175,20 @@ def make_app(
         }
 
     return app
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The server's options (``funcnet serve``, ``python -m funcnet.deploy``); ``app_options`` reads them."""
+    parser.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="instances per compiled call (1: no batching)")
+    parser.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="how long a batch waits to fill")
+    parser.add_argument("--max-request-kb", type=int, default=MAX_REQUEST_KB, help="the largest request body")
+
+
+def app_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``make_app``'s keyword options from the parsed ``add_options``."""
+    return {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "max_request_kb": args.max_request_kb}
 
 
 def serve(app, host: str, port: int) -> None:

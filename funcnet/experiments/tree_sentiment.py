@@ -257,8 +257,8 @@ class TreeSentiment(Task):
         trees = dict(zip(("train", "validation", "test"), load_splits(data), strict=True))[split]
         if not trees:
             raise ConfigError("data.path", f"{data['path'] or 'the synthetic language'} has no {split} trees")
-        mesh = data_mesh()
-        batches = TreeBatches(trees, _vocabulary(run), trainer["batch_size"], groups=mesh.size, width=data["width"],
+        mesh, vocab = data_mesh(), Vocabulary.from_tokens(run.preprocessing["vocabulary"])
+        batches = TreeBatches(trees, vocab, trainer["batch_size"], groups=mesh.size, width=data["width"],
                               shuffle=False)  # fmt: skip
         return summarize(run.evaluate(tree_metrics, batches, mesh=mesh))
 
@@ -285,12 +285,6 @@ class TreeSentiment(Task):
 
 
 TASKS.register(TASK)(TreeSentiment)
-
-
-def _vocabulary(run: LoadedRun) -> Vocabulary:
-    """The vocabulary the run trained with (``preprocessing.json``)."""
-    tokens = tuple(run.preprocessing["vocabulary"])
-    return Vocabulary(tokens, {token: i for i, token in enumerate(tokens)})
 
 
 def resolve_config(preset: str = "default", overrides: list[str] = ()) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet.config import cli, load_run
-from funcnet.config.deployment import handler_of
+from funcnet.config.deployment import served
 from funcnet.deploy.requests import batch_sizes, predict_lines
 from funcnet.experiments import charlm
 from funcnet.experiments.text import Vocabulary
@@ -41,7 +41,7 @@ def test_supervised_predictions_prepare_raw_inputs_and_bad_lines_get_error_recor
 
 def test_a_file_of_many_lines_compiles_once_per_batch_size(iris_run):
     lines = [json.dumps([float(i), 3.0, 1.5]) for i in range(150)]  # batches of 64, 64 and 22 -> padded to 32
-    handler = handler_of(iris_run)
+    handler = served(iris_run).handler
     records = list(predict_lines(handler, lines, batch_size=64))
     assert len(records) == 150 and all("prediction" in r for r in records)
     assert handler.forward.compilations() == 2  # sizes 64 and 32, not one program per line
@@ -66,7 +66,7 @@ def test_char_lm_predictions_echo_the_prime_and_equal_the_sampler(charlm_run, ca
     assert records[0]["text"] == want
     assert records[1]["text"] == charlm.sample(run.model, run.params, vocab, length=25, temperature=0.5, prime="cat",
                                                seed=3)  # fmt: skip
-    handler = handler_of(charlm_run)
+    handler = served(charlm_run).handler
     assert len(list(predict_lines(handler, lines[:2]))) == 2
     assert handler.generate.compilations() == 1  # both requests in one bucket: one program
     assert records[2]["error"].startswith("length: expected an int from 1")
@@ -89,7 +89,7 @@ def test_sentiment_predictions_give_every_node_and_do_not_depend_on_the_batch(tr
         assert abs(sum(record["probabilities"]) - 1) < 1e-3
     assert records[0]["nodes"][0]["text"] == "a good film" and records[0]["nodes"][2]["text"] == "good film"
     assert records[2]["nodes"][0]["text"] == "a good film"  # a sentence becomes a right-branching tree
-    (alone,) = predict_lines(handler_of(tree_run), [lines[1]], batch_size=1)
+    (alone,) = predict_lines(served(tree_run).handler, [lines[1]], batch_size=1)
     # Padding slots and other trees do not leak into a tree's nodes (probabilities rounded to 4 places; other
     # batch shapes may round the last place differently).
     assert [n["text"] for n in alone["nodes"]] == [n["text"] for n in records[1]["nodes"]]

@@ -15,14 +15,14 @@ import pytest
 
 import funcnet.deploy as deploy
 from funcnet.config import cli, load_run
-from funcnet.config.deployment import handler_of
+from funcnet.config.deployment import served
 from funcnet.deploy.requests import predict_requests
 
 IRIS = [[5.0, 3.4, 1.5], [6.5, 3.0, 5.5], [5.9, 2.8, 4.2]]
 
 
 def test_iris_artefact_predicts_what_the_run_does_at_several_batch_sizes(iris_run, iris_artefact):
-    artefact, handler = deploy.load(iris_artefact), handler_of(iris_run)
+    artefact, handler = deploy.load(iris_artefact), served(iris_run).handler
     assert artefact.kind == "supervised" and set(artefact.manifest["platforms"]) == {"cpu", "cuda"}
     signature = artefact.manifest["programs"]["forward"]
     assert signature["inputs"] == [{"name": "x", "shape": ["batch", 3], "dtype": "float32"}]
@@ -37,7 +37,7 @@ def test_iris_artefact_predicts_what_the_run_does_at_several_batch_sizes(iris_ru
 def test_char_lm_artefact_generates_the_runs_text_and_gives_its_probabilities(charlm_run, charlm_artefact):
     artefact, run = deploy.load(charlm_artefact), load_run(charlm_run)
     requests = ["the ", {"prime": "cat", "length": 70, "seed": 3, "temperature": 0.5}, {"length": 0}]
-    got, want = artefact.predict(requests), predict_requests(handler_of(charlm_run), requests, 8)
+    got, want = artefact.predict(requests), predict_requests(served(charlm_run).handler, requests, 8)
     assert got[:2] == want[:2] and got[1]["prime"] == "cat" and len(got[1]["text"]) == 70
     assert got[2]["error"].startswith("length: expected an int from 1")
     probabilities = artefact.programs["probabilities"]
@@ -51,7 +51,7 @@ def test_char_lm_artefact_generates_the_runs_text_and_gives_its_probabilities(ch
 def test_sentiment_artefact_gives_every_nodes_distribution_as_the_run_does(tree_run, tree_artefact):
     artefact = deploy.load(tree_artefact)
     requests = ["(3 (2 a) (3 (2 good) (2 film)))", {"sentence": "not a good film at all"}, "(3 (2 a)"]
-    got, want = artefact.predict(requests, batch_size=4), predict_requests(handler_of(tree_run), requests, 4)
+    got, want = artefact.predict(requests, batch_size=4), predict_requests(served(tree_run).handler, requests, 4)
     for g, w in zip(got[:2], want[:2], strict=True):
         assert [n["text"] for n in g["nodes"]] == [n["text"] for n in w["nodes"]]
         np.testing.assert_allclose([n["probabilities"] for n in g["nodes"]], [n["probabilities"] for n in w["nodes"]],
