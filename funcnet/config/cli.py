@@ -31,7 +31,7 @@ import jax
 
 from ..deploy import ArtefactError, server
 from ..deploy.export import PLATFORMS
-from ..deploy.requests import predict_lines
+from ..deploy.requests import RequestError, predict_lines
 from ..train.checkpoint import CheckpointError, CheckpointSaveError
 from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
@@ -118,6 +118,8 @@ def serve_directory(args: argparse.Namespace) -> int:
     except ImportError as missing:
         fix = "Fix: pip install 'funcnet[serve]'"
         raise ConfigError("", f"funcnet serve needs the serve extra ({missing}). {fix}") from None
+    except (OSError, RequestError) as bad:
+        raise ConfigError("--warmup", str(bad)) from None
     print(f"serving {args.run_dir} ({model.metadata['kind']}) at http://{args.host}:{args.port}: POST /predict, "
           "GET /health, /metadata, /docs", flush=True)  # fmt: skip
     server.serve(app, args.host, args.port)

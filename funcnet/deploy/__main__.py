@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import server
 from .artefact import ArtefactError, load
+from .requests import RequestError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,10 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         artefact = load(args.artefact)
-    except ArtefactError as error:
+        options = server.app_options(args)
+        app = server.make_app(artefact.handler, artefact.metadata(), artefact.compilations, **options)
+    except (ArtefactError, OSError, RequestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    app = server.make_app(artefact.handler, artefact.metadata(), artefact.compilations, **server.app_options(args))
     print(f"serving {args.artefact} ({artefact.kind}) at http://{args.host}:{args.port}", flush=True)
     server.serve(app, args.host, args.port)
     return 0

@@ -210,9 +210,11 @@ class TreeSentiment:
     (split at spaces into a right-branching binary tree); a bare string is a tree if it starts with ``(``, else a
     sentence. Out: the root's ``label`` and ``probabilities`` and every node's (``nodes``, pre-order, with ``text``).
 
-    ``tokens``: the vocabulary; ``width``: the schedule's width the model trained with; ``forward(*fields)``:
-    the model on one group of scheduled trees (``TREE_FIELDS``, each with a leading group axis of 1) ->
-    logits ``[1, rows, classes]``.
+    ``tokens``: the vocabulary; ``width``: the schedule's width the model trained with, the least width of a
+    served batch; ``forward(*fields)``: the model on one group of scheduled trees (``TREE_FIELDS``, each with a
+    leading group axis of 1) -> logits ``[1, rows, classes]``. A batch of B trees (padded to a power of two) is
+    scheduled ``max(B, width)`` wide: B sentences take as many steps as the deepest one (one node of each per
+    step), so batching does not lengthen the scan. ``forward`` takes any width (the exported program's is symbolic).
     """
 
     def __init__(self, tokens: Sequence[str], width: int, forward: Callable[..., Any]):
@@ -244,29 +246,55 @@ class TreeSentiment:
         for start in range(0, len(prepared), batch_size):
             trees = prepared[start : start + batch_size]
             size = padded_size(len(trees), batch_size)
-            batch = grouped_batch(trees, self.vocab, groups=1, trees_per_group=size, width=self.width,
-                                  buckets=TREE_BUCKETS)  # fmt: skip
+            batch = grouped_batch(trees, self.vocab, groups=1, trees_per_group=size, width=max(size, self.width),
+                                  buckets=tree_buckets(trees, size))  # fmt: skip
             logits = np.asarray(self.forward(*[batch[f] for f in TREE_FIELDS]))[0]
             probabilities = np.exp(logits - logits.max(-1, keepdims=True))
             probabilities /= probabilities.sum(-1, keepdims=True)
+            rows = _Rows(batch, probabilities)
             for t, tree in enumerate(trees):
-                nodes = _node_outputs(tree, int(batch["roots"][0, t]), batch, probabilities)
+                nodes = rows.outputs(tree, int(batch["roots"][0, t]))
                 outputs.append({"label": nodes[0]["label"], "probabilities": nodes[0]["probabilities"], "nodes": nodes})
         return outputs
 
 
-def _node_outputs(tree: Tree, row: int, batch: Mapping[str, np.ndarray], probabilities: np.ndarray) -> list[dict]:
-    """Pre-order outputs of ``tree``'s nodes, found from its root's buffer row (``funcnet.tree_schedule`` layout)."""
-    p = probabilities[row]
-    rounded = np.round(p.astype(float), 4).tolist()
-    out = [{"text": " ".join(leaves(tree)), "label": int(p.argmax()), "probabilities": rounded}]
-    if tree.children:
-        leaf_slots, width = batch["leaf_tokens"].shape[1], batch["children"].shape[2]
-        step, slot = divmod(row - leaf_slots, width)
-        kids = batch["children"][0, step, slot][batch["child_mask"][0, step, slot] > 0]
-        for child, kid_row in zip(tree.children, kids, strict=True):
-            out += _node_outputs(child, int(kid_row), batch, probabilities)
-    return out
+def tree_buckets(trees: Sequence[Tree], size: int) -> Buckets:
+    """The shapes a batch of ``trees`` padded to ``size`` is scheduled at: ``size`` times the longest tree's
+    leaves (to a power of two, at least 4) leaf slots, and ``TREE_BUCKETS``' steps. A batch of sentences then
+    takes a shape set by its size and its longest sentence alone, so a warm-up of one request per length
+    compiles every shape a stream of such requests meets.
+
+    >>> from funcnet.parse_trees import parse_tree
+    >>> tree_buckets([parse_tree("(2 (2 a) (2 (2 b) (2 c)))"), parse_tree("(2 d)")], 2).leaves
+    (8,)
+    """
+    longest = max(len(leaves(tree)) for tree in trees)
+    return Buckets((size * max(4, 1 << (longest - 1).bit_length()),), TREE_BUCKETS.steps)
+
+
+class _Rows:
+    """Every node's outputs, read from its buffer row (``funcnet.tree_schedule``'s layout) of a scheduled batch."""
+
+    def __init__(self, batch: Mapping[str, np.ndarray], probabilities: np.ndarray):
+        self.leaf_slots, self.width = batch["leaf_tokens"].shape[1], batch["children"].shape[2]
+        self.children, self.child_mask = batch["children"][0], batch["child_mask"][0]
+        self.labels = probabilities.argmax(-1).tolist()
+        self.rounded = np.round(probabilities.astype(float), 4).tolist()
+
+    def outputs(self, tree: Tree, root: int) -> list[dict[str, Any]]:
+        """Pre-order ``{"text", "label", "probabilities"}`` of ``tree``'s nodes (no recursion: deep trees)."""
+        order, stack = [], [(tree, root)]
+        while stack:
+            node, row = stack.pop()
+            order.append((node, row))
+            if node.children:
+                step, slot = divmod(row - self.leaf_slots, self.width)
+                kids = self.children[step, slot][self.child_mask[step, slot] > 0].tolist()
+                stack.extend(reversed(list(zip(node.children, kids, strict=True))))
+        text: dict[int, str] = {}
+        for node, _ in reversed(order):  # children before their parents
+            text[id(node)] = " ".join(text[id(c)] for c in node.children) if node.children else node.token
+        return [{"text": text[id(n)], "label": self.labels[r], "probabilities": self.rounded[r]} for n, r in order]
 
 
 KINDS = ("supervised", "char_lm", "tree_sentiment")

@@ -15,17 +15,24 @@ in ONE call of the handler, whose batches are padded to powers of two (``funcnet
 compilations stay few. ``max_batch=1`` turns batching off. The compiled calls run in one worker thread, off
 the event loop, so a slow batch never stalls the requests arriving meanwhile. SIGTERM (and Ctrl-C) stop
 accepting connections, answer the requests in flight, then exit.
+
+Warm-up, as TF Serving's ``assets.extra/tf_serving_warmup_requests`` and Triton's ``model_warmup``: with
+``warmup`` requests (``--warmup FILE``, JSON lines as ``funcnet predict`` reads), the server predicts batches of
+every padded size made of them before it accepts a connection, so the programs those requests need are
+compiled at start, not during the first minutes of traffic (a compilation stalls its batch for a fraction of
+a second). ``/metadata`` reports what the warm-up compiled and how long it took.
 """
 
 import argparse
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .requests import Handler, RequestError
+from .requests import Handler, RequestError, batch_sizes, decode
 
 MAX_BATCH = 64
 MAX_WAIT_MS = 0.0  # a batch is what queued while the last one ran
@@ -83,6 +90,93 @@ class Batcher:
                     future.set_result(result)
 
 
+def warmup_batches(requests: list[Any], max_batch: int) -> list[list[Any]]:
+    """The batches a warm-up predicts: at every padded size, each request repeated to fill it, and the requests
+    taken in turn from each offset (sizes between the extremes, for models whose shapes follow the content).
+
+    >>> warmup_batches(["a", "bb"], 2)
+    [['a'], ['bb'], ['a', 'a'], ['bb', 'bb'], ['a', 'bb'], ['bb', 'a']]
+    """
+    batches = []
+    for size in batch_sizes(max_batch):
+        batches += [[request] * size for request in requests]
+        if size > 1:
+            batches += [[requests[(k + i) % len(requests)] for i in range(size)] for k in range(len(requests))]
+    return batches
+
+
+def prepared_warmup(handler: Handler, requests: list[Any]) -> list[Any]:
+    """The warm-up requests prepared; RequestError naming the first the handler refuses (1-based)."""
+    prepared = []
+    for number, request in enumerate(requests, 1):
+        try:
+            prepared.append(handler.prepare(request))
+        except RequestError as bad:
+            raise RequestError(f"warm-up request {number}: {bad}") from None
+    return prepared
+
+
+def warm_up(handler: Handler, prepared: list[Any], max_batch: int, compilations: Callable[[], dict[str, int]]):
+    """Predicts the ``warmup_batches`` of prepared requests; what it compiled and how long it took."""
+    began, before = time.perf_counter(), sum(compilations().values())
+    for batch in warmup_batches(prepared, max_batch):
+        handler.predict(batch, max_batch)
+    return {
+        "requests": len(prepared),
+        "compilations": sum(compilations().values()) - before,
+        "seconds": round(time.perf_counter() - began, 2),
+    }
+
+
+def read_warmup(path: str) -> list[Any]:
+    """The requests of a warm-up file (JSON lines; blank lines skipped); OSError or RequestError naming the line."""
+    with open(path, encoding="utf-8") as lines:
+        requests = [(number, decode(line)) for number, line in enumerate(lines, 1) if line.strip()]
+    for number, request in requests:
+        if isinstance(request, RequestError):
+            raise RequestError(f"{path}:{number}: {request}")
+    if not requests:
+        raise RequestError(f"{path}: no warm-up requests in it")
+    return [request for _, request in requests]
+
+
+class Front:
+    """The ASGI layer before FastAPI: 413 for a body whose Content-Length is over ``limit`` (before it is read),
+    and ``POST /predict`` answered by ``answer(body) -> (status, JSON bytes)`` directly. FastAPI's route for it
+    does the same and gives the OpenAPI schema and ``/docs``; going through FastAPI's middleware, routing and
+    exception layers would cost more host time per request than a small model's whole batch does."""
+
+    def __init__(self, app, limit: int, answer: Callable[[bytes], Any]):
+        self.app, self.limit, self.answer = app, limit, answer
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            detail = f"request body of {length.decode(errors='replace')} bytes: the limit is {self.limit}"
+            return await _send(send, 413, _detail(f"{detail} (--max-request-kb)"))
+        if scope["path"] != "/predict" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more and len(body) <= self.limit:  # a body sent without its length stops being read at the limit
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        await _send(send, *await self.answer(body))
+
+
+def _detail(message: str) -> bytes:
+    return json.dumps({"detail": message}).encode()
+
+
+async def _send(send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def make_app(
     handler: Handler,
     metadata: dict[str, Any],
@@ -91,17 +185,21 @@ def make_app(
     max_batch: int = MAX_BATCH,
     max_wait_ms: float = MAX_WAIT_MS,
     max_request_kb: int = MAX_REQUEST_KB,
+    warmup: list[Any] | None = None,
 ):
     """The FastAPI application serving ``handler``; ``metadata`` (the model's kind and signature) and
-    ``compilations()`` (programs compiled so far) are reported by ``GET /metadata``.
+    ``compilations()`` (programs compiled so far) are reported by ``GET /metadata``. With ``warmup`` requests,
+    the application predicts them in batches of every padded size when it starts (``warm_up``).
 
     Raises:
       ImportError: FastAPI is not installed (the ``serve`` extra).
+      RequestError: a warm-up request the handler refuses.
     """
+    prepared = prepared_warmup(handler, warmup or [])
     # Imported here, so that the options below need no serve extra; and without ``from __future__ import
     # annotations`` in this module, so that FastAPI reads ``request: Request`` as the class, not a name.
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import Response
 
     state: dict[str, Any] = {}
     limit = max_request_kb * 1024
@@ -109,6 +207,9 @@ def make_app(
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher = state["batcher"] = Batcher(handler, max_batch, max_wait_ms / 1000)
+        if prepared:
+            work = (handler, prepared, max_batch, compilations)
+            state["warmup"] = await asyncio.get_running_loop().run_in_executor(batcher.worker, warm_up, *work)
         task = asyncio.create_task(batcher.run())
         try:
             yield
@@ -119,44 +220,39 @@ def make_app(
     version = metadata.get("versions", {}).get("funcnet", "")
     app = FastAPI(title="funcnet model server", version=version, lifespan=lifespan)
 
-    def error(status: int, detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status)
+    async def answer(body: bytes) -> tuple[int, bytes]:
+        """The status and JSON body answering a ``POST /predict`` body."""
+        if len(body) > limit:
+            return 413, _detail(f"request body of {len(body)} bytes: the limit is {limit} (--max-request-kb)")
+        try:
+            decoded = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            return 400, _detail(f"not JSON: {bad}")
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("instances"), list):
+            return 422, _detail('instances: expected {"instances": [...]}, a list of requests')
+        instances = decoded["instances"]
+        if not instances or len(instances) > MAX_INSTANCES:
+            return 422, _detail(f"instances: expected 1 to {MAX_INSTANCES} requests, got {len(instances)}")
+        prepared = []
+        for index, instance in enumerate(instances):
+            try:
+                prepared.append(handler.prepare(instance))
+            except RequestError as bad:
+                return 422, _detail(f"instances[{index}]: {bad}")
+        try:
+            return 200, json.dumps({"predictions": await state["batcher"].submit(prepared)}).encode()
+        except Exception as failed:
+            return 500, _detail(f"prediction failed: {type(failed).__name__}: {failed}")
 
-    @app.middleware("http")
-    async def size_limit(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return error(413, f"request body of {length} bytes: the limit is {limit} (--max-request-kb)")
-        return await call_next(request)
-
+    app.add_middleware(Front, limit=limit, answer=answer)
     body_schema = {"type": "object", "required": ["instances"], "properties": {"instances": {"type": "array"}}}
 
     @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": body_schema, "example": {"instances": metadata.get("example", [])}}}}})  # fmt: skip
     async def predict(request: Request):
         """Predicts ``{"instances": [...]}``; answers ``{"predictions": [...]}`` in the same order."""
-        body = await request.body()
-        if len(body) > limit:
-            return error(413, f"request body of {len(body)} bytes: the limit is {limit} (--max-request-kb)")
-        try:
-            decoded = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
-            return error(400, f"not JSON: {bad}")
-        if not isinstance(decoded, dict) or not isinstance(decoded.get("instances"), list):
-            return error(422, 'instances: expected {"instances": [...]}, a list of requests')
-        instances = decoded["instances"]
-        if not instances or len(instances) > MAX_INSTANCES:
-            return error(422, f"instances: expected 1 to {MAX_INSTANCES} requests, got {len(instances)}")
-        prepared = []
-        for index, instance in enumerate(instances):
-            try:
-                prepared.append(handler.prepare(instance))
-            except RequestError as bad:
-                return error(422, f"instances[{index}]: {bad}")
-        try:
-            return {"predictions": await state["batcher"].submit(prepared)}
-        except Exception as failed:
-            return error(500, f"prediction failed: {type(failed).__name__}: {failed}")
+        status, body = await answer(await request.body())
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/health")
     async def health():
@@ -172,6 +268,7 @@ def make_app(
             "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_request_kb": max_request_kb},
             "compilations": compilations(),
             "batches": {"calls": batcher.calls, "instances": batcher.instances},
+            "warmup": state.get("warmup"),
         }
 
     return app
@@ -184,11 +281,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="instances per compiled call (1: no batching)")
     parser.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="how long a batch waits to fill")
     parser.add_argument("--max-request-kb", type=int, default=MAX_REQUEST_KB, help="the largest request body")
+    parser.add_argument("--warmup", metavar="FILE", help="requests (JSON lines) to compile the programs for at start")
 
 
 def app_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``make_app``'s keyword options from the parsed ``add_options``."""
-    return {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "max_request_kb": args.max_request_kb}
+    """``make_app``'s keyword options from the parsed ``add_options`` (reading the warm-up file).
+
+    Raises:
+      OSError, RequestError: the warm-up file cannot be read, or a line of it is not JSON.
+    """
+    warmup = read_warmup(args.warmup) if args.warmup else None
+    return {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "max_request_kb": args.max_request_kb,
+            "warmup": warmup}  # fmt: skip
 
 
 def serve(app, host: str, port: int) -> None:

@@ -265,9 +265,12 @@ class TreeSentiment(Task):
     def serving(self, run: LoadedRun) -> Serving:
         """A PTB tree or a sentence in, the label distribution of every node out
         (``funcnet.deploy.handlers.TreeSentiment``): one program, ``forward``, over one group of scheduled trees
-        of any size (symbolic leaf slots, steps and trees; the rows follow: leaves + steps * width + 1)."""
-        leaves, steps, trees = jax.export.symbolic_shape("leaves, steps, trees")
-        width = run.config["data"]["width"]
+        of any size (symbolic leaf slots, steps, width and trees; the rows follow: leaves + steps * width + 1).
+        The width is symbolic so that the server can widen the steps with the batch: a batch of B sentences
+        then takes as many steps as its deepest tree, not B times as many."""
+        # the constraint tells shape checks (a step's rows fit the buffer) what steps >= 1 means for the rows
+        leaves, steps, width, trees = jax.export.symbolic_shape("leaves, steps, width, trees",
+                                                                constraints=("steps*width >= width",))  # fmt: skip
         rows, arity = leaves + steps * width + 1, run.examples["children"].shape[-1]
         shapes = {
             "leaf_tokens": (leaves,), "leaf_mask": (leaves,), "children": (steps, width, arity),
@@ -280,7 +283,7 @@ class TreeSentiment(Task):
         def forward(weights, *fields):
             return model.apply(weights["params"], weights["state"], *fields)[0]
 
-        config = {"tokens": list(run.preprocessing["vocabulary"]), "width": width}
+        config = {"tokens": list(run.preprocessing["vocabulary"]), "width": run.config["data"]["width"]}
         return Serving("tree_sentiment", config, {"forward": ProgramSpec(forward, inputs)})
 
 

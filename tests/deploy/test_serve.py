@@ -105,6 +105,8 @@ def test_answers_equal_the_runtimes_and_metadata_and_schema_are_served(iris_serv
     assert metadata["kind"] == "supervised" and metadata["batching"]["max_batch"] == 64
     assert metadata["programs"]["forward"]["inputs"][0]["shape"] == ["batch", 3]
     assert "/predict" in _get(iris_server + "/openapi.json")["paths"]
+    with pytest.raises(urllib.error.HTTPError, match="405"):  # FastAPI's route still answers other methods
+        _get(iris_server + "/predict")
 
 
 @pytest.mark.parametrize(
@@ -136,6 +138,16 @@ def test_a_body_over_the_size_limit_is_refused_before_it_is_read(iris_server):
     assert _post(iris_server, {"instances": [[5.0, 3.4, 1.5]]})[0] == 200
 
 
+def test_a_body_without_its_length_stops_being_read_at_the_limit(iris_server):
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(iris_server).netloc, timeout=30)
+    chunks = (b" " * (64 << 10) for _ in range(32))  # 2 MB, chunked: no Content-Length to refuse it by
+    connection.request("POST", "/predict", chunks, {"Content-Type": "application/json"}, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and "the limit is 1048576" in json.loads(response.read())["detail"]
+    connection.close()
+    assert _post(iris_server, {"instances": [[5.0, 3.4, 1.5]]})[0] == 200
+
+
 def test_concurrent_requests_are_batched_into_fewer_compiled_calls(iris_server):
     before = _get(iris_server + "/metadata")["batches"]["calls"]
     with ThreadPoolExecutor(32) as pool:
@@ -157,13 +169,36 @@ def test_sigterm_answers_the_requests_in_flight_then_exits(iris_artefact):
     assert _stop(process, 0) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it drained for
 
 
-def test_an_artefact_is_served_with_no_model_code_importable(tree_artefact):
-    process, url = _start(tree_artefact, runtime_only=True)
+def test_an_artefact_is_served_with_no_model_code_importable_and_warms_up(tree_artefact, tmp_path):
+    sentences = [{"sentence": " ".join(["a", "good", "film"][: n % 3 + 1] * (n // 3 + 1))} for n in range(6)]
+    warmup = tmp_path / "warmup.jsonl"
+    warmup.write_text("".join(json.dumps(s) + "\n" for s in sentences))
+    process, url = _start(tree_artefact, "--max-batch", "8", "--warmup", str(warmup), runtime_only=True)
     try:
         status, body = _post(url, {"instances": [{"sentence": "a good film"}, "(3 (2 a) (3 good))"]})
         assert status == 200 and body["predictions"] == deploy.load(tree_artefact).predict(
             [{"sentence": "a good film"}, "(3 (2 a) (3 good))"]
         )
-        assert _get(url + "/metadata")["kind"] == "tree_sentiment"
+        metadata = _get(url + "/metadata")
+        assert metadata["kind"] == "tree_sentiment" and metadata["warmup"]["compilations"] >= 4
+        # any mix of the warm-up's sentences, at any batch size, runs a program the warm-up compiled
+        compiled = metadata["compilations"]["forward"]
+        for count in (1, 3, 5, 8):
+            status, _ = _post(url, {"instances": [sentences[(count * i) % 6] for i in range(count)]})
+            assert status == 200
+        assert _get(url + "/metadata")["compilations"]["forward"] == compiled
     finally:
         _stop(process)
+
+
+def test_a_bad_warmup_file_is_refused_with_its_line(iris_artefact, tmp_path):
+    warmup = tmp_path / "warmup.jsonl"
+    warmup.write_text("[5.0, 3.4, 1.5]\n\n[1.0, 2.0]\n")
+    command = [sys.executable, "-m", "funcnet.deploy", str(iris_artefact), "--warmup", str(warmup)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: warm-up request 2: x: expected shape [3], got [2]"
+    ], done.stderr
+    warmup.write_text("{oops\n")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"{warmup}:1: not JSON" in done.stderr, done.stderr
