@@ -1,22 +1,25 @@
 """Load test of ``funcnet serve`` on loopback: requests/s and latency, with dynamic batching on and off.
 
-    python experiments/bench/serve.py                      # both models, 1/4/16/64 clients, ~3 min
+    python experiments/bench/serve.py                      # iris and sentiment, 1/4/16/64 clients, ~5 min
     python experiments/bench/serve.py --seconds 2 --models iris
+    python experiments/bench/serve.py --models sentiment-sst          # the Tree-LSTM at Tai et al.'s SST sizes
     python experiments/bench/serve.py --seconds 2 --models iris --max-wait-ms 5   # batches wait to fill
 
-Models: the iris MLP (``experiments/configs/iris.toml``) and the Tree-LSTM sentiment model (the tiny preset of
-``funcnet.experiments.treelstm``), each trained for a few seconds here and exported (``funcnet export``), then
-served by ``funcnet serve`` in its own process:
+Models: the iris MLP (``experiments/configs/iris.toml``) and the Tree-LSTM sentiment model of
+``funcnet.experiments.treelstm`` (its default sizes; ``sentiment-sst``: embed 300, hidden 150), each trained for
+a few seconds here and exported (``funcnet export``), then served by ``funcnet serve`` in its own process, which
+first compiles the programs its warm-up requests need (``--warmup``, the requests the clients send):
 
   batching on   --max-batch 64 --max-wait-ms 0   (the instances queued while a batch runs form the next;
                                                   ``--max-wait-ms`` here sets another wait)
   batching off  --max-batch 1                    (one compiled call per request)
 
-Each client is a thread with its own keep-alive connection sending one instance per request, the next as soon
-as the answer arrives, for ``--seconds`` per level after a warm-up that compiles every padded batch size.
-Figures: requests/s, p50 and p99 latency (ms). Targets (issue 20): with batching, at 16 clients, at least 3x the
-requests/s of batching off, and p99 under 4x the single-client p50. The clients share the machine with the
-server (2 cores here): requests/s is what one loopback client process drives, not the server alone.
+Each client is a thread with its own keep-alive connection sending one instance per request (encoded once,
+over a raw socket: a few microseconds of client Python per request), the next as soon as the answer arrives,
+for ``--seconds`` per level. Figures: requests/s, p50 and p99 latency (ms), the batched calls and the programs
+compiled during the level. Targets (issue 20): with batching, at 16 clients, at least 3x the requests/s of
+batching off, and p99 under 4x the single-client p50. The clients share the machine with the server (2 cores
+here): requests/s is what one loopback client process drives, not the server alone.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ def train_and_export(model: str, folder: Path) -> tuple[Path, list]:
                    "-o", "trainer.progress=false"]  # fmt: skip
         requests = [[4.5 + i / 10, 3.0, 1.5 + i / 20] for i in range(20)]
     else:
-        # the experiment's default model (embed 64, hidden 64, width 24), trained for one short epoch
+        # the experiment's default model (embed 64, hidden 64, width 24), or with Tai et al.'s SST sizes
+        # (sentiment-sst: embed 300, hidden 150), trained for one short epoch
+        sizes = ["-o", "model.embed=300", "-o", "model.hidden=150"] if model == "sentiment-sst" else []
         command = ["-m", "funcnet.experiments.treelstm", "--run-dir", str(run), "-o", "trainer.progress=false",
-                   "-o", "trainer.epochs=1", "-o", "data.train_size=400"]  # fmt: skip
+                   "-o", "trainer.epochs=1", "-o", "data.train_size=400", *sizes]  # fmt: skip
         words = ["a", "good", "film", "not", "very", "bad", "plot", "fine"]
         requests = [{"sentence": " ".join(words[(i + j) % len(words)] for j in range(3 + i % 5))} for i in range(20)]
     subprocess.run([sys.executable, *command], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -62,14 +67,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def post(connection: http.client.HTTPConnection, body: bytes) -> None:
-    connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    data = response.read()
-    if response.status != 200:
-        raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
 
 
 class RawClient:
@@ -166,7 +163,7 @@ def level(port: int, requests: list, clients: int, seconds: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="iris,sentiment")
+    parser.add_argument("--models", default="iris,sentiment", help="of iris, sentiment, sentiment-sst")
     parser.add_argument("--seconds", type=float, default=5.0, help="per level (clients x batching)")
     parser.add_argument("--max-wait-ms", default="0", help="how long a batch waits to fill, with batching on")
     args = parser.parse_args(argv)

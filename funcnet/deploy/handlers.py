@@ -88,6 +88,14 @@ class Supervised:
             results += [self._describe(output) for output in outputs]
         return results
 
+    def example(self) -> Any:
+        """The training means of standardized inputs (to 4 decimals; zeros for the others); a bare list for a
+        model of one input."""
+        stats = self.preprocessing.get("standardize", {})
+        means = {name: np.broadcast_to(np.round(stats[name]["mean"], 4) if name in stats else np.zeros((), dtype),
+                                       shape).tolist() for name, (shape, dtype) in self.inputs.items()}  # fmt: skip
+        return next(iter(means.values())) if len(means) == 1 else means
+
     def _describe(self, output: np.ndarray) -> dict[str, Any]:
         result: dict[str, Any] = {"prediction": output.tolist()}
         if self.loss == "softmax_cross_entropy":
@@ -180,6 +188,9 @@ class CharLM:
             raise RequestError(f"temperature: expected a number > 0, got {options['temperature']}")
         return options
 
+    def example(self) -> dict[str, Any]:
+        return {"prime": self.defaults["prime"], "length": min(self.defaults["length"], 100)}
+
     def predict(self, prepared: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
         del batch_size  # one sequence at a time; lengths are bucketed (generation_steps)
         return [{"prime": r["prime"], "text": generate_text(self.generate, self.chars, **r)} for r in prepared]
@@ -240,6 +251,10 @@ class TreeSentiment:
         if wide:
             raise RequestError(f"tree: a node has {len(wide[0].children)} children; the Tree-LSTM is binary")
         return tree
+
+    def example(self) -> dict[str, str]:
+        """A sentence of the first words of the vocabulary."""
+        return {"sentence": " ".join(self.vocab.tokens[1:4])}
 
     def predict(self, prepared: list[Tree], batch_size: int) -> list[dict[str, Any]]:
         outputs = []

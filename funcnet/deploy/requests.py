@@ -29,6 +29,9 @@ class Handler(Protocol):
     def predict(self, prepared: list[Any], batch_size: int) -> list[dict[str, Any]]:
         """One JSON-ready dict per prepared request, computed in batches of at most ``batch_size``."""
 
+    def example(self) -> Any:
+        """A request the handler takes (the OpenAPI schema's example)."""
+
 
 def batch_sizes(largest: int) -> list[int]:
     """The padded batch sizes: powers of two up to ``largest``.

@@ -248,7 +248,7 @@ def make_app(
     body_schema = {"type": "object", "required": ["instances"], "properties": {"instances": {"type": "array"}}}
 
     @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": body_schema, "example": {"instances": metadata.get("example", [])}}}}})  # fmt: skip
+        "schema": body_schema, "example": {"instances": [handler.example()]}}}}})  # fmt: skip
     async def predict(request: Request):
         """Predicts ``{"instances": [...]}``; answers ``{"predictions": [...]}`` in the same order."""
         status, body = await answer(await request.body())

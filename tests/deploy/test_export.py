@@ -83,6 +83,16 @@ def test_the_runtime_runs_with_no_model_code_importable(iris_artefact, tree_arte
     assert tree[0]["nodes"][0]["text"] == "a good film" and len(text[0]["text"]) == 12
 
 
+def test_each_kind_gives_an_example_request_it_takes(iris_artefact, tree_artefact, charlm_artefact):
+    for directory in (iris_artefact, tree_artefact, charlm_artefact):
+        artefact = deploy.load(directory)
+        example = artefact.handler.example()
+        [output] = artefact.predict([json.loads(json.dumps(example))])  # as it arrives over JSON
+        assert "error" not in output, (directory, example, output)
+    means = json.loads((iris_artefact / "artefact.json").read_text())["preprocessing"]["standardize"]["x"]["mean"]
+    assert deploy.load(iris_artefact).handler.example() == [round(m, 4) for m in means]  # the training means
+
+
 def test_funcnet_predict_takes_an_artefact_like_a_run(iris_run, iris_artefact, capsys, monkeypatch):
     outputs = []
     for directory in (iris_run, iris_artefact):

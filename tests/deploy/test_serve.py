@@ -104,7 +104,10 @@ def test_answers_equal_the_runtimes_and_metadata_and_schema_are_served(iris_serv
     metadata = _get(iris_server + "/metadata")
     assert metadata["kind"] == "supervised" and metadata["batching"]["max_batch"] == 64
     assert metadata["programs"]["forward"]["inputs"][0]["shape"] == ["batch", 3]
-    assert "/predict" in _get(iris_server + "/openapi.json")["paths"]
+    schema = _get(iris_server + "/openapi.json")["paths"]["/predict"]["post"]["requestBody"]["content"]
+    example = schema["application/json"]["example"]  # the training means: a request the model takes
+    expected = deploy.load(iris_artefact).predict(example["instances"])
+    assert _post(iris_server, example) == (200, {"predictions": expected})
     with pytest.raises(urllib.error.HTTPError, match="405"):  # FastAPI's route still answers other methods
         _get(iris_server + "/predict")
 
@@ -181,6 +184,8 @@ def test_an_artefact_is_served_with_no_model_code_importable_and_warms_up(tree_a
         )
         metadata = _get(url + "/metadata")
         assert metadata["kind"] == "tree_sentiment" and metadata["warmup"]["compilations"] >= 4
+        schema = _get(url + "/openapi.json")["paths"]["/predict"]["post"]["requestBody"]["content"]
+        assert _post(url, schema["application/json"]["example"])[0] == 200
         # any mix of the warm-up's sentences, at any batch size, runs a program the warm-up compiled
         compiled = metadata["compilations"]["forward"]
         for count in (1, 3, 5, 8):
