@@ -85,7 +85,7 @@ class Supervised:
             chunk = prepared[start : start + batch_size]
             inputs = [padded([r[name] for r in chunk], batch_size)[0] for name in self.inputs]
             outputs = np.asarray(self.forward(*inputs))[: len(chunk)]
-            results += [self._describe(output) for output in outputs]
+            results += self._describe(outputs)
         return results
 
     def example(self) -> Any:
@@ -96,16 +96,16 @@ class Supervised:
                                        shape).tolist() for name, (shape, dtype) in self.inputs.items()}  # fmt: skip
         return next(iter(means.values())) if len(means) == 1 else means
 
-    def _describe(self, output: np.ndarray) -> dict[str, Any]:
-        result: dict[str, Any] = {"prediction": output.tolist()}
+    def _describe(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """One record per row of ``outputs`` (computed for the batch at once: it runs per request)."""
+        fields = {"prediction": outputs.tolist()}
         if self.loss == "softmax_cross_entropy":
-            probabilities = np.exp(output - output.max(-1, keepdims=True))
+            probabilities = np.exp(outputs - outputs.max(-1, keepdims=True))
             probabilities /= probabilities.sum(-1, keepdims=True)
-            result.update(label=int(np.argmax(output, -1)) if output.ndim == 1 else np.argmax(output, -1).tolist(),
-                          probabilities=probabilities.tolist())  # fmt: skip
+            fields.update(label=np.argmax(outputs, -1).tolist(), probabilities=probabilities.tolist())
         elif self.loss == "binary_cross_entropy":
-            result["probability"] = (1 / (1 + np.exp(-output))).tolist()
-        return result
+            fields["probability"] = (1 / (1 + np.exp(-outputs))).tolist()
+        return [dict(zip(fields, values, strict=True)) for values in zip(*fields.values(), strict=True)]
 
 
 def encode_chars(chars: str, text: str) -> np.ndarray:
