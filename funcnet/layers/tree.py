@@ -37,6 +37,7 @@ from ..core import Model
 from ..errors import DTypeError, ParamsError, ShapeError, check_array, check_floating, check_rank, describe
 from ..precision import round_weights
 from ._scan import unroll_for
+from .steps import scan_steps, zero_unless
 from .tree_cells import TreeCarry, TreeCell
 
 
@@ -118,42 +119,11 @@ def _init(layer: str, cell: TreeCell, index_rank: int, what: str) -> Callable[..
     return init
 
 
-def _zero_unless(keep: jax.Array, a: jax.Array, dtype: Any) -> jax.Array:
-    """``a`` where ``keep: [n]`` is positive, exactly zero elsewhere (NaN-safe), cast to ``dtype``."""
-    return jnp.where(keep[:, None] > 0, a, jnp.zeros_like(a)).astype(dtype)
-
-
-def _step_rows(num_leaves: int, width: int, s: jax.Array) -> jax.Array:
-    return num_leaves + s * width
-
-
-def _scan_steps(node, num_leaves: int, unroll: int | bool, buffers, children, internal_mask, per_step):
-    """The scan over steps: each step gathers its children's rows and writes its ``W`` rows.
-
-    ``node(kids, per_step[s]) -> (TreeCarry [W, H], y)``; returns the final buffers and the stacked ``y``.
-    """
-    steps, width = internal_mask.shape
-    dtype = buffers[0].dtype
-
-    def step(buffers, xs):
-        children, internal_mask, s, extra = xs
-        kids = TreeCarry(*(jnp.take(buf, children, axis=0, mode="clip") for buf in buffers))
-        out, y = node(kids, extra)
-        row = _step_rows(num_leaves, width, s)
-        return tuple(
-            lax.dynamic_update_slice(buf, _zero_unless(internal_mask, a, dtype), (row, 0))
-            for buf, a in zip(buffers, out, strict=True)
-        ), y
-
-    xs = (children, internal_mask, jnp.arange(steps), per_step)
-    return lax.scan(step, tuple(buffers), xs, unroll=unroll_for(steps, unroll))
-
-
 def _internal_nodes(cell: TreeCell, num_leaves: int, unroll: int | bool, params, buffers, schedule):
     """The steps through ``cell.node`` (plain autodiff differentiates this)."""
     children, child_mask, internal_mask = schedule
-    node = lambda kids, mask: (cell.node(params, kids, mask), None)  # noqa: E731
-    return _scan_steps(node, num_leaves, unroll, buffers, children, internal_mask, child_mask)[0]
+    node = lambda kids, mask: (cell.node(params, TreeCarry(*kids), mask), None)  # noqa: E731
+    return scan_steps(node, num_leaves, buffers, children, internal_mask, child_mask, unroll=unroll)[0]
 
 
 def _present(children: jax.Array, child_mask: jax.Array, rows: int) -> jax.Array:
@@ -171,10 +141,11 @@ def _fast_forward(cell: TreeCell, num_leaves: int, unroll: int | bool, params, b
     weights = round_weights(params, cell.compute_dtype)  # once: XLA would convert them in every step
 
     def node(kids, _):
+        kids = TreeCarry(*kids)
         z = cell.pre(weights, kids)
         return cell.post(z, kids), z
 
-    out, zs = _scan_steps(node, num_leaves, unroll, buffers, present, internal_mask, None)
+    out, zs = scan_steps(node, num_leaves, buffers, present, internal_mask, None, unroll=unroll)
     return out, zs, present
 
 
@@ -301,7 +272,7 @@ def tree(cell: TreeCell, *, unroll: int | bool = 1, custom_vjp: bool = True) -> 
         leaves = cell.leaf(params, leaf_x)
         dtype = leaves.h.dtype
         pad = jnp.zeros((steps * width + 1, cell.hidden), dtype)  # internal slots and the dummy row
-        buffers = tuple(jnp.concatenate([_zero_unless(b["leaf_mask"], a, dtype), pad]) for a in leaves)
+        buffers = tuple(jnp.concatenate([zero_unless(b["leaf_mask"], a, dtype), pad]) for a in leaves)
         schedule = (jnp.asarray(b["children"]), b["child_mask"], b["internal_mask"])
         fast = custom_vjp and cell.pre is not None and cell.post is not None
         run = _internal_custom_vjp if fast else _internal_nodes
