@@ -1,6 +1,6 @@
 """Neural module networks: shared modules assembled into a different network per question, run compiled.
 
-The modules (Andreas et al. 2016) work on an image's cells ``cells: [N, P, D]`` (``P`` positions, e.g. a
+``grid_cells`` turns an image into the features of its grid's cells. The modules (Andreas et al. 2016) work on an image's cells ``cells: [N, P, D]`` (``P`` positions, e.g. a
 3x3 grid's 9, each with ``D`` features) and attention maps ``[N, P]`` with values in (0, 1):
 
 - ``find_module``: cells and a word -> attention (``find[red]``: where the red things are);
@@ -35,6 +35,38 @@ def _glorot(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     fan_in, fan_out = shape[-2], shape[-1]
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+
+
+def grid_cells(grid: int, features: int, hidden: int) -> Model:
+    """An image's cells: ``apply(params, state, image [N, H, W, C]) -> cells [N, grid*grid, features]``, each
+    cell's pixels through a two-layer ReLU MLP (a convolution whose kernel and stride are the cell), row by row.
+
+    >>> model = grid_cells(3, features=8, hidden=16)
+    >>> params, state = model.init(jax.random.key(0), jnp.ones((2, 30, 30, 3)))
+    >>> model.apply(params, state, jnp.ones((2, 30, 30, 3)))[0].shape
+    (2, 9, 8)
+    """
+
+    def cells_of(image):
+        n, height, width, channels = image.shape
+        if height % grid or width % grid:
+            raise ValueError(f"grid_cells: a {height}x{width} image does not split into {grid}x{grid} cells")
+        cells = image.reshape(n, grid, height // grid, grid, width // grid, channels).transpose(0, 1, 3, 2, 4, 5)
+        return cells.reshape(n, grid * grid, -1)
+
+    def init(key, image):
+        k1, k2 = jax.random.split(key)
+        pixels = jax.eval_shape(cells_of, image).shape[-1]
+        params = {"hidden": _glorot(k1, (pixels, hidden)), "hidden_bias": jnp.zeros(hidden),
+                  "out": _glorot(k2, (hidden, features)), "out_bias": jnp.zeros(features)}  # fmt: skip
+        return params, {}
+
+    def apply(params, state, image, *, key=None, train=False):
+        del key, train
+        h = jax.nn.relu(cells_of(image) @ params["hidden"] + params["hidden_bias"])
+        return jax.nn.relu(h @ params["out"] + params["out_bias"]), state
+
+    return Model(init, apply, "grid_cells")
 
 
 def find_module(words: int, hidden: int) -> Model:
@@ -113,20 +145,29 @@ def or_module() -> Model:
     return _combine("or", jnp.maximum)
 
 
-def exists_module(hidden: int) -> Model:
-    """``exists``: ``apply(params, state, attention [N, P]) -> logits [N, 2]`` (no, yes), a two-layer MLP over
-    the attention map."""
+def exists_module() -> Model:
+    """``exists``: ``apply(params, state, attention [N, P]) -> logits [N, 2]`` (no, yes): the yes logit is
+    ``sum_k softplus(w_k) r_k + b`` over the attention values ranked from the largest, ``r``. It reads what is
+    attended to, not where, and more attention never means less yes: ``find`` cannot learn an inverted
+    code that ``exists`` undoes but ``and`` and ``transform`` would not.
+
+    >>> model = exists_module()
+    >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 9)))
+    >>> logits, _ = model.apply(params, state, jnp.array([[0.0] * 9, [0.0] * 8 + [1.0]]))
+    >>> bool(logits[1, 1] > logits[0, 1])
+    True
+    """
 
     def init(key, attention):
-        k1, k2 = jax.random.split(key)
-        params = {"hidden": _glorot(k1, (attention.shape[-1], hidden)), "hidden_bias": jnp.zeros(hidden),
-                  "out": _glorot(k2, (hidden, 2)), "out_bias": jnp.zeros(2)}  # fmt: skip
-        return params, {}
+        del key
+        positions = attention.shape[-1]
+        return {"weight": jnp.full(positions, -2.0).at[0].set(2.0), "bias": jnp.array(-2.0)}, {}
 
     def apply(params, state, attention, *, key=None, train=False):
         del key, train
-        h = jax.nn.relu(attention @ params["hidden"] + params["hidden_bias"])
-        return h @ params["out"] + params["out_bias"], state
+        ranked = -jnp.sort(-attention, axis=-1)
+        yes = ranked @ jax.nn.softplus(params["weight"]) + params["bias"]
+        return jnp.stack([jnp.zeros_like(yes), yes], -1), state
 
     return Model(init, apply, "exists")
 
@@ -142,9 +183,9 @@ class Modules(NamedTuple):
 
     @classmethod
     def create(cls, vocab: LayoutVocab, hidden: int) -> Modules:
-        """Modules for ``vocab``'s words, ``hidden`` units in ``find`` and ``exists``."""
+        """Modules for ``vocab``'s words, ``hidden`` units in ``find``."""
         return cls(find_module(vocab.find.size, hidden), transform_module(max(1, len(vocab.words("transform")))),
-                   and_module(), or_module(), exists_module(hidden))  # fmt: skip
+                   and_module(), or_module(), exists_module())  # fmt: skip
 
 
 def init_modules(modules: Modules, key: jax.Array, cells_dim: int, positions: int) -> dict[str, Any]:

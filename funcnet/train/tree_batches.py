@@ -4,13 +4,14 @@ A batch is a dict of arrays with a leading group axis ``G`` (the data-parallel d
 group ``g`` holds ``T`` trees scheduled together (``funcnet.tree_schedule.schedule``), and every group of a
 batch is padded to the same bucket, so the engine shards the batch along its first axis and each
 device runs its own trees. ``mask`` is the ``[G, T]`` tree mask; the loss returns per-tree values of
-that shape.
+that shape. Per-tree arrays (``extras``: a module network's images and answers) come along as
+``[G, T, ...]``, zero for padding trees.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class TreeBatches:
       width: internal slots per scan step.
       buckets: allowed leaf and step sizes (``auto_buckets`` by default).
       shuffle: a permutation of the trees per epoch from ``(seed, epoch)``.
+      extras: per-tree arrays by name (first axis: the trees), batched beside the schedule.
     """
 
     def __init__(
@@ -68,9 +70,14 @@ class TreeBatches:
         buckets: Buckets | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        extras: Mapping[str, np.ndarray] | None = None,
     ):
         if not trees:
             raise ValueError("TreeBatches: no trees")
+        self.extras = {name: np.asarray(array) for name, array in (extras or {}).items()}
+        for name, array in self.extras.items():
+            if len(array) != len(trees):
+                raise ValueError(f"TreeBatches: extras[{name!r}] has {len(array)} rows for {len(trees)} trees")
         self.trees, self.vocab, self.groups, self.width = list(trees), vocab, groups, width
         self.trees_per_group = -(-batch_size // groups)
         self.batch_size = self.trees_per_group * groups
@@ -96,7 +103,12 @@ class TreeBatches:
         order = self.order(epoch)
         for index in range(start, self.steps_per_epoch):
             rows = order[index * self.batch_size : (index + 1) * self.batch_size]
-            yield self._batch([self.trees[i] for i in rows])
+            batch = self._batch([self.trees[i] for i in rows])
+            for name, array in self.extras.items():
+                padded = np.zeros((self.batch_size, *array.shape[1:]), array.dtype)
+                padded[: len(rows)] = array[rows]
+                batch[name] = padded.reshape(self.groups, self.trees_per_group, *array.shape[1:])
+            yield batch
 
     def iterate(self, position: Position | None = None) -> BatchIterator:
         """Batches across epochs from ``position``, with ``.position`` for checkpoints."""
