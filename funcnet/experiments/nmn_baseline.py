@@ -67,7 +67,7 @@ def baseline_model(vocab_size: int, features: int = 32, hidden: int = 64) -> Mod
         params = {"cells": children["cells"].init(keys["cells"], image)[0]}
         params["embed"], _ = children["embed"].init(keys["embed"], question)
         params["lstm"], _ = children["lstm"].init(keys["lstm"], jnp.zeros((1, question.shape[-1], hidden)))
-        joint = jax.eval_shape(lambda p: encode(p, image, question), params)
+        joint = jax.eval_shape(encode, params, image, question)
         params["hidden"], _ = children["hidden"].init(keys["hidden"], jnp.zeros((1, joint.shape[-1])))
         params["out"], _ = children["out"].init(keys["out"], jnp.zeros((1, hidden)))
         return params, {}

@@ -1,7 +1,8 @@
 """Neural module networks: shared modules assembled into a different network per question, run compiled.
 
-``grid_cells`` turns an image into the features of its grid's cells. The modules (Andreas et al. 2016) work on an image's cells ``cells: [N, P, D]`` (``P`` positions, e.g. a
-3x3 grid's 9, each with ``D`` features) and attention maps ``[N, P]`` with values in (0, 1):
+The modules (Andreas et al. 2016) work on an image's cells ``cells: [N, P, D]`` (``P`` positions, e.g. a
+3x3 grid's 9, each with ``D`` features; ``grid_cells`` computes them from the image) and attention maps
+``[N, P]`` with values in (0, 1):
 
 - ``find_module``: cells and a word -> attention (``find[red]``: where the red things are);
 - ``transform_module``: attention and a word -> attention (``transform[above]``: one learned ``P x P`` map
