@@ -64,8 +64,8 @@ def grid_cells(grid: int, features: int, hidden: int) -> Model:
 
     def apply(params, state, image, *, key=None, train=False):
         del key, train
-        h = jax.nn.relu(cells_of(image) @ params["hidden"] + params["hidden_bias"])
-        return jax.nn.relu(h @ params["out"] + params["out_bias"]), state
+        h = jax.nn.relu(cells_of(image) @ params["hidden"] + params["hidden_bias"][None, None])
+        return jax.nn.relu(h @ params["out"] + params["out_bias"][None, None]), state
 
     return Model(init, apply, "grid_cells")
 
@@ -94,7 +94,7 @@ def find_module(words: int, hidden: int) -> Model:
 
     def apply(params, state, cells, word, *, key=None, train=False):
         del key, train
-        h = jax.nn.relu(cells @ params["cell"] + params["word"][word][:, None, :] + params["bias"])
+        h = jax.nn.relu(cells @ params["cell"] + params["word"][word][:, None, :] + params["bias"][None, None])
         return jax.nn.sigmoid(h @ params["out"] + params["out_bias"]), state
 
     return Model(init, apply, "find")
