@@ -102,13 +102,16 @@ class TreeBatches:
         """The batches of ``epoch`` from batch index ``start``."""
         order = self.order(epoch)
         for index in range(start, self.steps_per_epoch):
-            rows = order[index * self.batch_size : (index + 1) * self.batch_size]
-            batch = self._batch([self.trees[i] for i in rows])
-            for name, array in self.extras.items():
-                padded = np.zeros((self.batch_size, *array.shape[1:]), array.dtype)
-                padded[: len(rows)] = array[rows]
-                batch[name] = padded.reshape(self.groups, self.trees_per_group, *array.shape[1:])
-            yield batch
+            yield self.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+
+    def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch of the trees at ``rows`` (at most ``batch_size``; fewer are padded with masked trees)."""
+        batch = self._batch([self.trees[i] for i in rows])
+        for name, array in self.extras.items():
+            padded = np.zeros((self.batch_size, *array.shape[1:]), array.dtype)
+            padded[: len(rows)] = array[rows]
+            batch[name] = padded.reshape(self.groups, self.trees_per_group, *array.shape[1:])
+        return batch
 
     def iterate(self, position: Position | None = None) -> BatchIterator:
         """Batches across epochs from ``position``, with ``.position`` for checkpoints."""
