@@ -172,8 +172,9 @@ def main(argv=None) -> int:
             rates[name].append(len(order) * args.batch_size / (time.perf_counter() - began))
         print(json.dumps({"figure": "round", "round": r, **{k: round(v[-1], 1) for k, v in rates.items()}}), flush=True)
     ratios = [f / t for f, t in zip(rates["funcnet"], rates["torch"], strict=True)]
-    print(json.dumps({"figure": "nmn_training", "funcnet_questions_per_s": round(statistics.median(rates["funcnet"]), 1),
-                      "torch_questions_per_s": round(statistics.median(rates["torch"]), 1),
+    medians = {name: round(statistics.median(values), 1) for name, values in rates.items()}
+    print(json.dumps({"figure": "nmn_training", "funcnet_questions_per_s": medians["funcnet"],
+                      "torch_questions_per_s": medians["torch"],
                       "funcnet_over_torch": round(statistics.median(ratios), 2),
                       "compilations": step._cache_size()}))  # fmt: skip
     return 0

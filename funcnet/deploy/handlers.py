@@ -312,7 +312,7 @@ class _Rows:
         return [{"text": text[id(n)], "label": self.labels[r], "probabilities": self.rounded[r]} for n, r in order]
 
 
-KINDS = ("supervised", "char_lm", "tree_sentiment")
+KINDS = ("supervised", "char_lm", "tree_sentiment", "nmn")
 
 
 def build(kind: str, config: Mapping[str, Any], preprocessing: Mapping[str, Any],
@@ -332,4 +332,8 @@ def build(kind: str, config: Mapping[str, Any], preprocessing: Mapping[str, Any]
         return CharLM(config["chars"], config["defaults"], programs["generate"])
     if kind == "tree_sentiment":
         return TreeSentiment(config["tokens"], config["width"], programs["forward"])
+    if kind == "nmn":
+        from .visual_questions import VisualQuestions  # it builds on this module's tree_buckets
+
+        return VisualQuestions(config["words"], config["width"], config["image_shape"], programs["forward"])
     raise ValueError(f"unknown kind {kind!r}; funcnet serves {list(KINDS)}")

@@ -21,6 +21,7 @@ import optax
 
 from funcnet.core import Model
 from funcnet.datasets.shapes import GRID, WORDS, Example, shapes_questions
+from funcnet.deploy.export import ProgramSpec, Serving
 from funcnet.layers.nmn import Modules, grid_cells, layout_executor
 from funcnet.layouts import LayoutVocab, body_tree, check_layout
 
@@ -192,6 +193,29 @@ class NMN(Task):
         mesh = data_mesh()
         split_batches = batches(config, load_split(config["data"], split), mesh.size, False)
         return run.evaluate(answer_metrics, split_batches, mesh=mesh)
+
+    def serving(self, run: LoadedRun) -> Serving:
+        """A question (or layout) about a scene in, yes or no out (``funcnet.deploy.visual_questions``): one
+        program, ``forward``, over one group of scheduled layouts of any size (symbolic leaf slots, steps, width
+        and layouts, as the Tree-LSTM's). The baseline is not served: it is the experiment's yardstick."""
+        if run.config["model"]["kind"] != "nmn":
+            raise ConfigError("model.kind", "only module-network runs are served; this run is the cnn_lstm baseline")
+        leaves, steps, width, trees = jax.export.symbolic_shape("leaves, steps, width, trees",
+                                                                constraints=("steps*width >= width",))  # fmt: skip
+        rows, arity = leaves + steps * width + 1, run.examples["children"].shape[-1]
+        shapes = {
+            "image": (trees, *run.examples["image"].shape[2:]), "leaf_tokens": (leaves,), "leaf_mask": (leaves,),
+            "children": (steps, width, arity), "child_mask": (steps, width, arity), "internal_mask": (steps, width),
+            "labels": (rows,), "label_mask": (rows,), "node_tree": (rows,), "roots": (trees,), "tree_mask": (trees,),
+        }  # fmt: skip
+        inputs = {f: jax.ShapeDtypeStruct((1, *shapes[f]), run.examples[f].dtype) for f in INPUTS}
+        model = run.model
+
+        def forward(weights, *xs):
+            return model.apply(weights["params"], weights["state"], *xs)[0]
+
+        config = {"words": WORDS, "width": run.config["data"]["width"], "image_shape": list(shapes["image"][1:])}
+        return Serving("nmn", config, {"forward": ProgramSpec(forward, inputs)})
 
 
 def shapes_per_epoch(training: TreeBatches) -> int:
