@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         code = train_run(configs[kind], directory)
         if code:
             return code
-    print(f"\n{'model':<10} {'like training':>14} {'systematic':>11} {'shapes/epoch':>13}")
+    print(f"\n{'model':<10} {'like training':>14} {'systematic':>11} {'compilations':>13}")
     for kind, directory in runs.items():
         results = json.loads((directory / "results.json").read_text())
         print(f"{kind:<10} {results['like_training']['accuracy']:>14.4f} {results['systematic']['accuracy']:>11.4f} "
-              f"{results['shapes_per_epoch']:>13}")  # fmt: skip
+              f"{results['compilations_this_session']:>13}")  # fmt: skip
     return 0
 
 

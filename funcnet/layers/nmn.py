@@ -137,12 +137,20 @@ def _combine(name: str, op) -> Model:
 
 
 def and_module() -> Model:
-    """``and``: ``apply({}, {}, a [N, P], b [N, P]) -> minimum(a, b)``, the cells both attend to."""
+    """``and``: ``apply({}, {}, a [N, P], b [N, P]) -> minimum(a, b)``, the cells both attend to.
+
+    >>> and_module().apply({}, {}, jnp.array([[0.9, 0.2]]), jnp.array([[0.8, 0.7]]))[0].tolist()
+    [[0.800000011920929, 0.20000000298023224]]
+    """
     return _combine("and", jnp.minimum)
 
 
 def or_module() -> Model:
-    """``or``: ``apply({}, {}, a [N, P], b [N, P]) -> maximum(a, b)``."""
+    """``or``: ``apply({}, {}, a [N, P], b [N, P]) -> maximum(a, b)``, the cells either attends to.
+
+    >>> or_module().apply({}, {}, jnp.array([[0.0, 0.5]]), jnp.array([[1.0, 0.25]]))[0].tolist()
+    [[1.0, 0.5]]
+    """
     return _combine("or", jnp.maximum)
 
 
