@@ -433,6 +433,20 @@ BUILDERS = {
 # ---------------------------------------------------------------- main
 
 
+def torch_bf16_unavailable(device: str) -> str | None:
+    """Why PyTorch cannot run its LSTM under bfloat16 autocast here (oneDNN builds one for CPUs with bfloat16
+    instructions only), or None if it can."""
+    import torch
+
+    where = "cuda" if device == "gpu" else "cpu"
+    try:
+        with torch.autocast(where, dtype=torch.bfloat16):
+            torch.nn.LSTM(4, 4, batch_first=True).to(where)(torch.zeros(1, 2, 4, device=where))
+    except RuntimeError as error:
+        return f"PyTorch's bfloat16 LSTM does not run on this {where}: {str(error).splitlines()[0][:120]}"
+    return None
+
+
 def parse_args(argv):
     p = common.parser(__doc__.splitlines()[0], SYSTEMS, rounds=6, quick_skips=("funcnet_jvp", "funcnet_rows"))
     p.add_argument("--first-step-repeats", type=int, default=None, help="fresh builds timed per system (default 3)")
@@ -446,6 +460,10 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     malloc = common.start(args)
+    if "torch_bf16" in args.systems and (reason := torch_bf16_unavailable(args.device)):
+        args.systems.remove("torch_bf16")
+        print(f"NOTE: skipping torch_bf16: {reason}", flush=True)
+        common.emit(figure="skipped", system="torch_bf16", reason=reason)
     devices = 1
     if args.device == "cpu":  # before anything starts JAX's backend; for the whole process
         from funcnet.train import cpu_devices
