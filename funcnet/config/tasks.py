@@ -28,13 +28,15 @@ import jax
 from ..core import Model
 from ..deploy.export import Serving
 from ..train.devices import default_cpu_devices
+from ..train.options import TrainerConfig
 from ..train.result import FitResult
 from ..train.run import LoadedRun
 from ..train.run_files import update_record, write_json
 from ..train.stopping import FAILED_REASONS, exit_code
-from ..validation import ConfigError, did_you_mean, show
+from ..validation import ConfigError, check_arguments, did_you_mean, show
+from .optimizer import make_optimizer
 from .registry import Registry
-from .run_config import module_files
+from .run_config import merge_configs, module_files
 
 TASKS = Registry("task")
 """Task classes: ``() -> Task``; a config picks one with its top-level ``task`` key."""
@@ -106,6 +108,20 @@ def check_sections(config: Mapping[str, Any], task: Task, name: str) -> None:
     for key in config:
         if key not in allowed:
             raise ConfigError(str(key), did_you_mean(key, allowed, f"section for task {name!r}"))
+
+
+def resolve_sections(config: Mapping[str, Any], task: Task, name: str, base: Mapping[str, Any],
+                     schemas: Mapping[str, type]) -> dict[str, Any]:  # fmt: skip
+    """What a task's ``resolve`` starts from: ``base`` updated by ``config`` (without ``task`` and ``imports``),
+    after ``check_sections``; each section of ``schemas`` checked against its dataclass (key paths in errors),
+    ``trainer`` filled in by ``TrainerConfig`` and ``optimizer`` built once, so a bad one fails here."""
+    check_sections(config, task, name)
+    config = merge_configs(base, {k: v for k, v in config.items() if k not in ("task", "imports")})
+    for section, schema in schemas.items():
+        check_arguments(schema, config[section], section, section)
+    config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
+    make_optimizer(config["optimizer"])
+    return config
 
 
 def train_run(

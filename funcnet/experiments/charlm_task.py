@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnet.config.optimizer import make_optimizer
-from funcnet.config.run_config import merge_configs
-from funcnet.config.tasks import TASKS, Task, check_sections
+from funcnet.config.tasks import TASKS, Task, resolve_sections
 from funcnet.core import Model
 from funcnet.deploy.export import ProgramSpec, Serving
 from funcnet.train.data import Batches
@@ -29,7 +28,7 @@ from funcnet.train.run import LoadedRun
 from funcnet.train.run_files import PREPROCESSING, write_json
 from funcnet.train.state import data_mesh
 from funcnet.train.stopping import FAILED_REASONS
-from funcnet.validation import ConfigError, check_arguments, check_compute_dtype
+from funcnet.validation import ConfigError, check_compute_dtype
 
 from ..train.sequences import tbptt_dataset
 from .charlm import char_lm, generation, lm_loss, sample, stream_bits_per_character
@@ -121,16 +120,11 @@ class CharLM(Task):
         >>> CharLM().resolve({"model": {"hidden": 12}})["model"]["hidden"]
         12
         """
-        check_sections(config, self, TASK)
-        given = {k: v for k, v in config.items() if k not in ("task", "imports")}
-        config = merge_configs(_BASE, given)
-        for section, schema in (("data", DataSection), ("model", ModelSection), ("sample", SampleSection)):
-            check_arguments(schema, config[section], section, section)
+        schemas = {"data": DataSection, "model": ModelSection, "sample": SampleSection}
+        config = resolve_sections(config, self, TASK, _BASE, schemas)
         check_compute_dtype(config["model"].get("compute_dtype"), "model.compute_dtype")
-        config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
         if config["trainer"]["shuffle"]:
             raise ConfigError("trainer.shuffle", "must be false: batches continue each text stream (TBPTT)")
-        make_optimizer(config["optimizer"])
         return {"task": TASK, "imports": IMPORTS, **config}
 
     def fit(self, config: dict[str, Any], run_dir: Path, restart: bool) -> tuple[FitResult, dict[str, Any]]:

@@ -26,8 +26,7 @@ from funcnet.layers.nmn import Modules, grid_cells, layout_executor
 from funcnet.layouts import LayoutVocab, body_tree, check_layout
 
 from ..config.optimizer import make_optimizer
-from ..config.run_config import merge_configs
-from ..config.tasks import TASKS, Task, check_sections
+from ..config.tasks import TASKS, Task, resolve_sections
 from ..train.evaluation import evaluate
 from ..train.loop import fit
 from ..train.options import TrainerConfig
@@ -37,7 +36,7 @@ from ..train.run_files import PREPROCESSING, write_json
 from ..train.state import data_mesh
 from ..train.stopping import FAILED_REASONS
 from ..train.tree_batches import FIELDS, TreeBatches
-from ..validation import ConfigError, check_arguments
+from ..validation import ConfigError
 from .nmn_baseline import QUESTION_LENGTH, baseline_model, question_tokens, question_vocabulary
 
 TASK = "nmn"
@@ -140,14 +139,9 @@ class NMN(Task):
 
     def resolve(self, config: dict[str, Any]) -> dict[str, Any]:
         """The base config updated by ``config``, every section checked; ``task`` and ``imports`` set."""
-        check_sections(config, self, TASK)
-        config = merge_configs(_BASE, {k: v for k, v in config.items() if k not in ("task", "imports")})
-        check_arguments(DataSection, config["data"], "data", "data")
-        check_arguments(ModelSection, config["model"], "model", "model")
+        config = resolve_sections(config, self, TASK, _BASE, {"data": DataSection, "model": ModelSection})
         if config["model"]["kind"] not in ("nmn", "cnn_lstm"):
             raise ConfigError("model.kind", f"expected 'nmn' or 'cnn_lstm', got {config['model']['kind']!r}")
-        config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
-        make_optimizer(config["optimizer"])
         return {"task": TASK, "imports": IMPORTS, **config}
 
     def model(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> Model:

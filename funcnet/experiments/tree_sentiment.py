@@ -25,8 +25,8 @@ from funcnet.deploy.export import ProgramSpec, Serving
 from funcnet.parse_trees import Vocabulary, parse_tree, read_trees
 
 from ..config.optimizer import make_optimizer
-from ..config.run_config import apply_overrides, merge_configs
-from ..config.tasks import TASKS, Task, check_sections
+from ..config.run_config import apply_overrides
+from ..config.tasks import TASKS, Task, resolve_sections
 from ..train.evaluation import evaluate
 from ..train.loop import fit
 from ..train.options import TrainerConfig
@@ -37,7 +37,7 @@ from ..train.state import data_mesh
 from ..train.stopping import FAILED_REASONS
 from ..train.tree_batches import FIELDS, TreeBatches
 from ..tree_schedule import Buckets
-from ..validation import ConfigError, check_arguments, check_compute_dtype
+from ..validation import ConfigError, check_compute_dtype
 
 TASK = "tree_sentiment"
 
@@ -204,13 +204,8 @@ class TreeSentiment(Task):
 
     def resolve(self, config: dict[str, Any]) -> dict[str, Any]:
         """The base config updated by ``config``, every section checked; ``task`` and ``imports`` set."""
-        check_sections(config, self, TASK)
-        config = merge_configs(_BASE, {k: v for k, v in config.items() if k not in ("task", "imports")})
-        check_arguments(DataSection, config["data"], "data", "data")
-        check_arguments(ModelSection, config["model"], "model", "model")
+        config = resolve_sections(config, self, TASK, _BASE, {"data": DataSection, "model": ModelSection})
         check_compute_dtype(config["model"].get("compute_dtype"), "model.compute_dtype")
-        config["trainer"] = TrainerConfig.from_dict(config["trainer"]).to_dict()
-        make_optimizer(config["optimizer"])
         return {"task": TASK, "imports": IMPORTS, **config}
 
     def fit(self, config: dict[str, Any], run_dir: Path, restart: bool) -> tuple[FitResult, dict[str, Any]]:
