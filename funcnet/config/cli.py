@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 
+from ..datasets import cache
 from ..deploy import ArtefactError, server
 from ..deploy.export import PLATFORMS
 from ..deploy.requests import RequestError, predict_lines
@@ -126,6 +127,29 @@ def serve_directory(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_command(action: str, names: Sequence[str]) -> int:
+    """``funcnet data list``: each data set, where it comes from and whether it is fetched; ``funcnet data fetch
+    NAME...``: download into the cache (``funcnet.datasets.cache``), checking every file's SHA-256."""
+    if action == "list":
+        for name, source in cache.SOURCES.items():
+            state = "fetched" if cache.is_fetched(name) else "not fetched"
+            print(f"{name:<16} {state:<12} {source.about}")
+        print(f"cache: {cache.cache_folder()} (set FUNCNET_DATA to move it)")
+        return 0
+    unknown = [name for name in names if name not in cache.SOURCES]
+    if not names or unknown:
+        print(f"error: name data sets to fetch, of {', '.join(cache.SOURCES)}; got {list(unknown or names)}",
+              file=sys.stderr)  # fmt: skip
+        return BAD_CONFIG
+    try:
+        for name in names:
+            cache.fetch(name)
+    except (cache.DataFetchError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return FAILED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``funcnet`` console script."""
     parser = argparse.ArgumentParser(prog="funcnet", description=__doc__.splitlines()[0])
@@ -163,7 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument("run_dir", metavar="RUN_DIR|ARTEFACT")
     p_serve.add_argument("--checkpoint", default="best", help="of a run directory: best, latest or a step number")
     server.add_options(p_serve)
+    p_data = commands.add_parser("data", help="public data sets: where they come from, fetched into a cache")
+    p_data.add_argument("action", choices=["fetch", "list"])
+    p_data.add_argument("names", nargs="*", metavar="NAME", help=f"data sets to fetch, of {', '.join(cache.SOURCES)}")
     args = parser.parse_args(argv)
+    if args.command == "data":
+        return data_command(args.action, args.names)
     use_cpu_devices_flag(p_train, getattr(args, "cpu_devices", None))  # train only
     try:
         if args.command == "train":

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from funcnet.datasets.cache import resolve as resolve_data
 from funcnet.deploy.handlers import decode_chars, encode_chars
 from funcnet.errors import DataError
 
@@ -86,8 +87,9 @@ def stdlib_corpus() -> Corpus:
 
 
 def load_corpus(path: str | os.PathLike | None, encoding: str = "utf-8") -> Corpus:
-    """The default corpus (``path`` None or ""), a text file split 90/5/5 by lines, or a folder with
-    ``train.txt`` and ``valid.txt`` (and optionally ``test.txt``).
+    """The default corpus (``path`` None or ""), a text file split 90/5/5 by lines, a folder with
+    ``train.txt`` and ``valid.txt`` (and optionally ``test.txt``), or a fetched data set's name
+    (``funcnet data fetch tinyshakespeare``).
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -98,7 +100,7 @@ def load_corpus(path: str | os.PathLike | None, encoding: str = "utf-8") -> Corp
     """
     if not path:
         return stdlib_corpus()
-    path = Path(path)
+    path = Path(resolve_data(str(path)))  # a data set's name (``tinyshakespeare``) means its cached folder
     if path.is_dir():
         missing = [name for name in ("train.txt", "valid.txt") if not (path / name).is_file()]
         if missing:

@@ -21,6 +21,7 @@ import funcnet as fn
 from funcnet.children import apply_child, init_child
 from funcnet.core import Model, output_spec
 from funcnet.datasets import sentiment_language
+from funcnet.datasets.cache import resolve as resolve_data
 from funcnet.deploy.export import ProgramSpec, Serving
 from funcnet.parse_trees import Vocabulary, parse_tree, read_trees
 
@@ -183,9 +184,10 @@ def summarize(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def load_splits(data: dict[str, Any]):
-    """(train, dev, test-or-None) trees: SST files from ``path``, or the synthetic language."""
+    """(train, dev, test-or-None) trees: SST files from ``path`` (a folder, or ``sst`` once ``funcnet data fetch sst``
+    has cached it), or the synthetic language."""
     if data["path"]:
-        folder = Path(data["path"])
+        folder = Path(resolve_data(data["path"]))
         test = folder / "test.txt"
         return (
             read_trees(folder / "train.txt", classes=5),
@@ -214,7 +216,7 @@ class TreeSentiment(Task):
         train_trees, dev_trees, test_trees = load_splits(data)
         vocab = Vocabulary.from_trees(train_trees)
         mesh = data_mesh()
-        print(f"data: {data['path'] or 'synthetic sentiment language'}: {len(train_trees):,} train, "
+        print(f"data: {resolve_data(data['path']) or 'synthetic sentiment language'}: {len(train_trees):,} train, "
               f"{len(dev_trees):,} dev, {len(test_trees or []):,} test trees; vocabulary {vocab.size:,}")  # fmt: skip
         write_json(run_dir / PREPROCESSING, {"vocabulary": list(vocab.tokens)})
 
