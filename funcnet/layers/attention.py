@@ -148,9 +148,9 @@ def multi_head_attention(
         ``None``: the projections in the operands' own dtype.
 
     Returns:
-      A Model ("attention") with params ``{"query": {"kernel": [Dq, H, Dh], "bias": [H, Dh]},
-      "key": {... [Dk, H, Dh]}, "value": {... [Dk, H, Dh]}, "out": {"kernel": [H, Dh, out],
-      "bias": [out]}}`` (Flax's layout).
+      A Model ("attention") with params in Flax's layout: ``query``, ``key`` and ``value`` each
+      ``{"kernel": [D, H, Dh], "bias": [H, Dh]}`` (``D`` is ``Dq`` for the query, ``Dk`` for the
+      others), and ``out`` ``{"kernel": [H, Dh, out], "bias": [out]}``.
 
     Raises:
       ValueError: bad hyper-parameters (at construction).

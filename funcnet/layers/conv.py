@@ -240,8 +240,8 @@ def conv(
         in their common dtype.
 
     Returns:
-      A Model with params ``{"kernel": [*kernel_size, in // feature_group_count, features],
-      "bias": [features]}``.
+      A Model with params ``kernel: [*kernel_size, in // feature_group_count, features]`` and
+      ``bias: [features]``.
 
     Raises:
       ValueError: at construction, for bad hyper-parameters.
