@@ -3,8 +3,9 @@
     pip install -e '.[docs]'
     python -m sphinx -W -b html docs docs/_build/html        # warnings are errors, as in the tests
 
-``api/*.md`` are generated here from what the package exports (``funcnet.__dir__()`` and each documented
-module's public names), so the reference cannot drift from the code; they are not in git.
+``api/*.md`` (from what the package exports: ``funcnet.__dir__()`` and each documented module's public names)
+and ``config-reference.md`` (``config_reference.py``: from the code that checks configs) are generated here, so
+the reference cannot drift from the code; they are not in git.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import config_reference  # noqa: E402  (beside this file)
 
 import funcnet  # noqa: E402
 
@@ -108,3 +111,4 @@ def write_api() -> None:
 
 
 write_api()
+config_reference.write(HERE / "config-reference.md")

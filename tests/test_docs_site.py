@@ -32,7 +32,7 @@ def built(tmp_path_factory):
 
 
 def test_the_site_builds_with_warnings_as_errors_and_every_page_is_there(built):
-    for page in ("index", "getting-started", "data", "design", "api/index", "api/funcnet.train"):
+    for page in ("index", "getting-started", "data", "design", "config-reference", "api/index", "api/funcnet.train"):
         assert (built / f"{page}.html").is_file(), page
 
 
@@ -41,6 +41,24 @@ def test_the_reference_documents_every_public_name(built):
     public = [n for n in dir(funcnet) if not n.startswith("_") and not inspect.ismodule(getattr(funcnet, n))]
     missing = [n for n in public if f'id="funcnet.{n}"' not in reference]
     assert not missing and len(public) > 50, missing
+
+
+def test_the_config_reference_has_every_key_the_code_checks(built):
+    import dataclasses
+
+    import funcnet.experiments.charlm_task
+    import funcnet.experiments.nmn_task
+    import funcnet.experiments.tree_sentiment  # noqa: F401  (they register their tasks)
+    from funcnet.config.tasks import TASKS
+    from funcnet.train.options import TrainerConfig
+
+    page = (built / "config-reference.html").read_text()
+    missing = [f.name for f in dataclasses.fields(TrainerConfig) if f"trainer.{f.name}" not in page]
+    assert not missing, missing
+    for task in ("char_lm", "tree_sentiment", "nmn"):  # registered by the reference's generator
+        defaults = TASKS.get(task)().resolve({})
+        keys = [f"{s}.{k}" for s, v in defaults.items() if isinstance(v, dict) and s != "trainer" for k in v]
+        assert keys and not [k for k in keys if k not in page], task
 
 
 def test_the_pages_mark_code_to_run():
