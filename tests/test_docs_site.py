@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,19 @@ def test_the_config_reference_has_every_key_the_code_checks(built):
         defaults = TASKS.get(task)().resolve({})
         keys = [f"{s}.{k}" for s, v in defaults.items() if isinstance(v, dict) and s != "trainer" for k in v]
         assert keys and not [k for k in keys if k not in page], task
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def test_a_real_browser_shows_the_getting_started_page(built):
+    browser = next((path for name in BROWSERS if (path := shutil.which(name))), None)
+    if browser is None:
+        pytest.skip(f"no headless browser on this machine (looked for {', '.join(BROWSERS)} on PATH)")
+    page = (built / "getting-started.html").as_uri()
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    assert "<title>Getting started" in dom and "pip install -e" in dom  # the title and the first code block
 
 
 def test_the_pages_mark_code_to_run():
