@@ -33,7 +33,8 @@ def built(tmp_path_factory):
 
 
 def test_the_site_builds_with_warnings_as_errors_and_every_page_is_there(built):
-    for page in ("index", "getting-started", "data", "design", "config-reference", "api/index", "api/funcnet.train"):
+    pages = ("index", "getting-started", "module-networks", "data", "design", "config-reference", "api/index")
+    for page in (*pages, "api/funcnet.train"):
         assert (built / f"{page}.html").is_file(), page
 
 
