@@ -29,7 +29,7 @@ from jax import lax
 
 from funcnet.datasets.shapes import WORDS, shapes_questions
 from funcnet.experiments import nmn_task
-from funcnet.layers.nmn import Modules
+from funcnet.layers.nmn import Modules, grid_cells
 from funcnet.layers.steps import scan_steps, zero_unless
 from funcnet.layouts import LayoutVocab, body_tree
 from funcnet.tree_schedule import _flatten  # the flattened forest both schedules start from
@@ -100,8 +100,6 @@ def switch_model(vocab: LayoutVocab, features: int, hidden: int):
     order = vocab.internal_modules()  # the kinds' order: transform, and, or
 
     def apply(params, image, b):
-        from funcnet.layers.nmn import grid_cells
-
         cells, _ = grid_cells(3, features, hidden).apply(params["cells"], {}, image)
         mods = params["modules"]
         num_leaves, (steps, width, _) = b["leaf_tokens"].shape[0], b["children"].shape

@@ -21,11 +21,10 @@ import numpy as np
 
 from ..datasets.shapes import COLORS, GRID, SHAPES, parse_question, random_scene, render
 from ..layouts import Layout, LayoutError, LayoutVocab, body_tree, check_layout, parse_layout
-from ..tree_schedule import TreeBatch, schedule
-from .handlers import tree_buckets
+from ..tree_schedule import schedule
+from .handlers import TREE_FIELDS, tree_buckets
 from .requests import RequestError, padded_size
 
-FIELDS = TreeBatch._fields
 _IMAGE_KEYS = ("scene", "seed", "image")
 
 
@@ -108,7 +107,7 @@ class VisualQuestions:
                              buckets=tree_buckets(trees, size))  # fmt: skip
             images = np.zeros((1, size, *self.image_shape), np.float32)
             images[0, : len(chunk)] = [image for _, image in chunk]
-            logits = np.asarray(self.forward(images, *[getattr(batch, f)[None] for f in FIELDS]))[0]
+            logits = np.asarray(self.forward(images, *[getattr(batch, f)[None] for f in TREE_FIELDS]))[0]
             yes = 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))
             outputs += [{"answer": "yes" if p > 0.5 else "no", "probability": round(float(p), 4), "layout": str(layout)}
                         for (layout, _), p in zip(chunk, yes, strict=False)]  # fmt: skip
