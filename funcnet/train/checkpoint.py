@@ -366,6 +366,8 @@ class Checkpointer:
             try:
                 self.closed_at = self.manager.latest_step()
                 self.manager.close()
+            except Exception as error:  # Orbax's close waits again and raises a failed save's error a second time
+                self._log.failure = self._log.failure or error
             finally:
                 if self.failed or self._log.failure is not None:  # its threads may log for a while yet: keep the filter
                     logging.getLogger("asyncio").addFilter(_UnretrievedWrites())

@@ -231,6 +231,26 @@ def test_a_full_disk_stops_the_run_in_one_line_leaving_no_temp_folder_and_resume
     chex.assert_trees_all_equal(_params(tmp_path / "copy"), _params(tmp_path / "straight"))
 
 
+def test_a_save_failing_again_as_orbax_closes_is_still_the_one_line_save_error(tmp_path, monkeypatch):
+    """Orbax's ``close`` waits for the failed background save once more and raises its OSError a second time:
+    that must not replace the run's CheckpointSaveError (it did in CI, where the disk filled as the run closed)."""
+    from funcnet.train import checkpoint
+
+    full = OSError(28, "No space left on device")
+    real_save = Checkpointer.save
+
+    def save_then_fail(self, step, *args, **kwargs):
+        real_save(self, step, *args, **kwargs)
+        if step >= 4:  # as a background save failing: Orbax logs it, and raises it from every wait after
+            self._log.failure = self._log.failure or full
+            monkeypatch.setattr(self.manager, "wait_until_finished", lambda: (_ for _ in ()).throw(full))
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_fail)
+    failed = r"saving checkpoint 4 in .* failed: OSError: \[Errno 28\]"
+    with pytest.raises(checkpoint.CheckpointSaveError, match=failed):
+        _fit(tmp_path / "run", epochs=3, checkpoint_every=2)
+
+
 def _params(run_dir):
     from funcnet.config.run_config import validate_config
     from funcnet.config.supervised import Run
