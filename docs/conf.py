@@ -5,7 +5,8 @@
 
 ``api/*.md`` (from what the package exports: ``funcnet.__dir__()`` and each documented module's public names)
 and ``config-reference.md`` (``config_reference.py``: from the code that checks configs) are generated here, so
-the reference cannot drift from the code; they are not in git.
+the reference cannot drift from the code, and so are ``plots.md`` and ``_static/plots/`` (``plots.py``: from the
+results recorded in ``experiments/results/``); none of them is in git.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import config_reference  # noqa: E402  (beside this file)
+import plots  # noqa: E402  (beside this file)
 
 import funcnet  # noqa: E402
 
@@ -28,6 +30,7 @@ source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build", "README.md"]
 html_theme = "sphinx_book_theme"
 html_title = "funcnet"
+html_static_path = ["_static"]
 html_theme_options = {"show_toc_level": 2}
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
@@ -112,3 +115,4 @@ def write_api() -> None:
 
 write_api()
 config_reference.write(HERE / "config-reference.md")
+plots.write()

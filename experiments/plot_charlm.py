@@ -1,6 +1,6 @@
 """Plots the loss curves of char-LM runs: training loss and validation bits per character.
 
-    pip install -e '.[plot]'
+    pip install -e '.[docs]'
     python experiments/plot_charlm.py OUT.png RUN_DIR [RUN_DIR ...]
 
 Reads the runs' event files (``RUN_DIR/logs``) with ``funcnet.train.writers.read_scalars``.
