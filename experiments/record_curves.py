@@ -70,14 +70,14 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def record(run_dir: Path, name: str, title: str, command: str, points: int) -> Path:
+def record(run_dir: Path, name: str, title: str, command: str, points: int = 200, folder: Path = FOLDER) -> Path:
     scalars = read_scalars(run_dir / "logs")
     series = {tag: thin(values, points) for tag, values in sorted(scalars.items()) if _kept(tag)}
     if "train/loss" not in series:
         raise SystemExit(f"error: {run_dir}/logs holds no train/loss scalars: is {run_dir} a run directory?")
     import jax
 
-    out = FOLDER / f"{name}.json"
+    out = Path(folder) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "name": name,

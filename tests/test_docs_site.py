@@ -3,16 +3,21 @@ code block marked to run in its pages runs. Needs the ``docs`` extra (in the ``t
 
 from __future__ import annotations
 
+import doctest
+import importlib.util
 import inspect
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import funcnet
+import funcnet as fn
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MARK = "<!-- runs as a test -->"
@@ -74,6 +79,49 @@ def test_a_real_browser_shows_the_getting_started_page(built):
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
     assert "<title>Getting started" in dom and "pip install -e" in dom  # the title and the first code block
+
+
+def test_the_plots_page_draws_every_recorded_curve_and_benchmark(built):
+    page = (built / "plots.html").read_text()
+    curves = sorted((DOCS.parent / "experiments" / "results" / "curves").glob("*.json"))
+    assert curves
+    for name in [f"curves-{p.stem}" for p in curves] + ["ratios-bench", "ratios-bench_one_core"]:
+        assert f"{name}.png" in page and (built / "_static" / "plots" / f"{name}.png").stat().st_size > 5000, name
+    for path in curves:
+        assert json.loads(path.read_text())["command"] in re.sub(r"<[^>]+>", "", page), path.name
+
+
+def test_a_run_s_curves_are_recorded_thinned_without_counts(tmp_path):
+    import optax
+
+    from funcnet.train import fit_arrays
+
+    x = np.random.default_rng(0).standard_normal((96, 2)).astype(np.float32)
+    fit_arrays(fn.serial(fn.dense(1)), x, x[:, :1], loss=fn.losses.mse, optimizer=optax.sgd(0.1), epochs=8,
+               batch_size=8, log_every=1, patience=None, run_dir=tmp_path / "run", progress=False)  # fmt: skip
+    record_curves = _load(DOCS.parent / "experiments" / "record_curves.py")
+    out = record_curves.record(tmp_path / "run", "line", "A line", "python make_line.py", points=20, folder=tmp_path)
+    saved = json.loads(out.read_text())
+    assert saved["command"] == "python make_line.py" and saved["machine"]
+    assert set(saved["series"]) == {"train/loss", "validation/loss"}  # no learning rate, no counts
+    train = saved["series"]["train/loss"]
+    assert len(train) == 20 and train[0][1] > train[-1][1]  # 8 epochs x 10 steps, thinned to 20, falling
+    assert len(saved["series"]["validation/loss"]) == 8
+    with pytest.raises(SystemExit, match="no train/loss"):
+        record_curves.record(tmp_path, "none", "x", "x", folder=tmp_path)
+
+
+@pytest.mark.parametrize("script", ["docs/plots.py", "docs/config_reference.py", "experiments/record_curves.py"])
+def test_the_docs_scripts_doctests_pass(script):
+    module = _load(DOCS.parent / script)
+    assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_pages_mark_code_to_run():
