@@ -6,7 +6,8 @@
 ``api/*.md`` (from what the package exports: ``funcnet.__dir__()`` and each documented module's public names)
 and ``config-reference.md`` (``config_reference.py``: from the code that checks configs) are generated here, so
 the reference cannot drift from the code, and so are ``plots.md`` and ``_static/plots/`` (``plots.py``: from the
-results recorded in ``experiments/results/``); none of them is in git.
+results recorded in ``experiments/results/``) and ``results/*.md`` (each recorded results file as a page); none
+of them is in git.
 """
 
 from __future__ import annotations
@@ -113,6 +114,18 @@ def write_api() -> None:
         (folder / f"{module}.md").write_text("\n".join(text))
 
 
+def write_results() -> None:
+    """``results/<name>.md`` for every ``experiments/results/<name>.md``: the recorded tables as pages."""
+    folder = HERE / "results"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.md"):
+        old.unlink()
+    for path in sorted((HERE.parent / "experiments" / "results").glob("*.md")):
+        include = ["```{include} ../../experiments/results/" + path.name, ":relative-images:", "```", ""]
+        (folder / path.name).write_text("\n".join(include))
+
+
 write_api()
+write_results()
 config_reference.write(HERE / "config-reference.md")
 plots.write()

@@ -38,8 +38,9 @@ def built(tmp_path_factory):
 
 
 def test_the_site_builds_with_warnings_as_errors_and_every_page_is_there(built):
-    pages = ("index", "getting-started", "module-networks", "data", "design", "config-reference", "api/index")
-    for page in (*pages, "api/funcnet.train"):
+    guides = ("getting-started", "model-contract", "layers", "recurrences", "trees", "module-networks", "training",
+              "configs", "runs", "devices", "deploy", "benchmarks", "plots", "data", "design")  # fmt: skip
+    for page in ("index", *guides, "config-reference", "api/index", "api/funcnet.train", "results/bench"):
         assert (built / f"{page}.html").is_file(), page
 
 

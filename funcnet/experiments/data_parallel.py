@@ -4,7 +4,7 @@
     python -m funcnet.experiments.data_parallel --devices 4 --form pmap
 
 The four forms a user may wrap the step in, written as a user would (these functions are the recipes the
-README shows, and ``tests/train/test_data_parallel.py`` tests them):
+guide docs/devices.md shows, and ``tests/train/test_data_parallel.py`` tests them):
 
 - ``jit_auto``: ``make_train_step`` (``jax.jit``, the batch sharded over a mesh's ``"data"`` axis);
 - ``jit_explicit``: the same over a mesh of Explicit axes (``jax.make_mesh``'s default), the batch placed

@@ -1,6 +1,6 @@
 """One pure step under every data-parallel transform: jit (Auto and Explicit mesh axes), shard_map, pmap.
 
-The forms are the recipes of ``funcnet.experiments.data_parallel`` (what the README shows), plus
+The forms are the recipes of ``funcnet.experiments.data_parallel`` (what docs/devices.md shows), plus
 ``shard_map`` with ``check_vma=False``, which reduces gradients like ``pmap``.
 
 Each path must train like one device on the same global batch (gradients and metrics reduced across
