@@ -125,8 +125,22 @@ def _load(path: Path):
     return module
 
 
-def test_the_pages_mark_code_to_run():
-    assert BLOCKS, "expected a runnable block in the getting-started page"
+def test_every_python_block_runs_or_says_why_not():
+    unmarked = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text()
+        for block in re.finditer(r"```python\n", text):
+            before = text[: block.start()].rstrip().rsplit("\n", 1)[-1]
+            if before != MARK and not re.fullmatch(r"<!-- not run: .+ -->", before):
+                unmarked.append(f"{page.name}:{text[: block.start()].count(chr(10)) + 1}")
+    assert not unmarked, f"python blocks marked neither {MARK} nor <!-- not run: REASON -->: {unmarked}"
+
+
+def test_every_guide_with_code_runs_some():
+    with_blocks = {page for page, _ in BLOCKS}
+    guides = ("getting-started", "model-contract", "layers", "recurrences", "trees", "module-networks", "training",
+              "configs", "runs", "devices", "deploy")  # fmt: skip
+    assert not [g for g in guides if f"{g}.md" not in with_blocks]
 
 
 @pytest.mark.parametrize(("page", "code"), BLOCKS, ids=[f"{page}:{i}" for i, (page, _) in enumerate(BLOCKS)])
