@@ -3,9 +3,10 @@
 The lock is a file created exclusively (``O_CREAT | O_EXCL``) holding the holder's process id, host
 and start time. A second trainer of the same directory is refused with a message naming the
 holder. A lock left by a dead process on this host (``kill -9``, a crash) is stale: it is replaced,
-with a one-line note. A lock held from another host cannot be checked from here; the message says
-which file to delete if that process is gone. In a multi-process run, process 0 holds the lock for
-all of them.
+with a one-line note; so is one whose process id now belongs to a process started later (a container
+restarted with the same host name, where the trainer is process 1 again). A lock held from another
+host cannot be checked from here; the message says which file to delete if that process is gone. In a
+multi-process run, process 0 holds the lock for all of them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), or None where that is unknown.
+
+    A process id is reused: in a container restarted with the same host name, the new trainer is often
+    process 1 again, as the old one was. The start time tells the two apart.
+
+    >>> _started(os.getpid()) is None or _started(os.getpid()) > 0
+    True
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    return int(fields[19]) if len(fields) > 19 else None  # field 22 of proc(5): starttime
 
 
 class RunLock:
@@ -75,7 +93,8 @@ class RunLock:
             except FileExistsError:
                 self._refuse_or_clear()
                 continue
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "started": _started(os.getpid())}  # fmt: skip
             with os.fdopen(fd, "w") as f:
                 json.dump(holder, f)
             self.held = True
@@ -91,6 +110,12 @@ class RunLock:
         pid, host = holder.get("pid"), holder.get("host")
         if isinstance(pid, int) and host == socket.gethostname() and not _alive(pid):
             self.say(f"note: removing the stale lock of process {pid}, which is gone ({self.path})")
+            self.path.unlink(missing_ok=True)
+            return
+        started = holder.get("started")
+        if isinstance(pid, int) and host == socket.gethostname() and started not in (None, _started(pid)):
+            self.say(f"note: removing the stale lock of process {pid}, which is gone: process {pid} now is another "
+                     f"one, started later ({self.path})")  # fmt: skip
             self.path.unlink(missing_ok=True)
             return
         if pid is None:

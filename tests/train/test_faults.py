@@ -62,6 +62,24 @@ def test_a_stale_lock_of_a_dead_process_is_replaced(tmp_path):
     assert notes == [f"note: removing the stale lock of process {pid}, which is gone ({tmp_path / 'run' / LOCK_FILE})"]
 
 
+def test_a_lock_whose_process_id_was_reused_is_stale(tmp_path):
+    """A container restarted with the same host name: the new trainer is process 1 again, as the old one was."""
+    from funcnet.train.lock import _started
+
+    if _started(os.getpid()) is None:
+        pytest.skip("no /proc here: process start times are unknown, so a reused process id cannot be told apart")
+    (tmp_path / "run").mkdir()
+    old = {"pid": os.getpid(), "host": os.uname().nodename, "since": "x", "started": _started(os.getpid()) - 1}
+    (tmp_path / "run" / LOCK_FILE).write_text(json.dumps(old))
+    notes = []
+    with RunLock(tmp_path / "run", say=notes.append):
+        assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["started"] == _started(os.getpid())
+    assert notes and "process " + str(os.getpid()) + " now is another one, started later" in notes[0]
+    with RunLock(tmp_path / "run"):  # the same process, the same start time: a live holder, refused
+        with pytest.raises(RunLocked):
+            RunLock(tmp_path / "run").__enter__()
+
+
 def test_the_lock_is_released_when_fit_fails(tmp_path):
     with pytest.raises(ValueError, match=r"trainer\.metric='accuracy' is not a metric the evaluation gives; it gives "
                        r"\['count', 'loss'\]\. Fix"):  # fmt: skip
