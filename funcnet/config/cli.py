@@ -34,6 +34,7 @@ from ..deploy import ArtefactError, server
 from ..deploy.export import PLATFORMS
 from ..deploy.requests import RequestError, predict_lines
 from ..train.checkpoint import CheckpointError, CheckpointSaveError
+from ..train.data import BatchSplitError
 from ..train.devices import add_cpu_devices_flag, use_cpu_devices_flag
 from ..train.distributed import Processes, SetupError, join
 from ..train.lock import RunLocked
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(evaluate_run(args.run_dir, args.split, args.checkpoint, args.data), indent=2))
         return 0
     except (ConfigError, FileNotFoundError, FileExistsError, SetupError, RunLocked, CheckpointError,
-            ArtefactError) as error:  # fmt: skip
+            ArtefactError, BatchSplitError) as error:  # fmt: skip
         print(f"error: {error}", file=sys.stderr)
         return BAD_CONFIG
     except (CheckpointSaveError, OSError) as error:  # a full disk also fails results.json: one line, not a traceback

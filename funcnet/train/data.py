@@ -38,6 +38,14 @@ import numpy as np
 Batch = dict[str, Any]
 
 
+class BatchSplitError(ValueError):
+    """A batch size that does not split evenly over the data-parallel devices (a setting to change, not a bug).
+
+    >>> isinstance(BatchSplitError("batch_size: expected a multiple of 8, got 12"), ValueError)
+    True
+    """
+
+
 class Position(NamedTuple):
     """Where an iteration stands: the next batch to be produced is batch ``index`` of ``epoch``.
 
@@ -275,7 +283,7 @@ class Batches:
         if self.batch_size % self.multiple_of:
             n = self.multiple_of
             lower, upper = max(n, self.batch_size // n * n), (self.batch_size // n + 1) * n
-            raise ValueError(
+            raise BatchSplitError(
                 f"batch_size: expected a multiple of {n} (the number of data-parallel devices), got "
                 f"{self.batch_size}. Fix: pick a multiple of {n}, e.g. {lower} or {upper}."
             )

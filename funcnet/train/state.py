@@ -10,6 +10,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..core import Model
+from .data import BatchSplitError
 
 
 class TrainState(NamedTuple):
@@ -51,13 +52,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_divisible(examples: int, mesh: Mesh) -> None:
-    """Raises ValueError unless a batch of ``examples`` splits evenly over the devices of ``mesh``.
+    """Raises BatchSplitError (a ValueError) unless a batch of ``examples`` splits evenly over the devices of ``mesh``.
 
     >>> check_divisible(16, data_mesh(jax.devices()[:1]))
     """
     devices = mesh.size
     if examples % devices:
-        raise ValueError(
+        raise BatchSplitError(
             f"a batch of {examples} examples cannot be split evenly over {devices} devices. Fix: make the batch size a "
             f"multiple of {devices}; funcnet.train.data.Batches pads partial batches with masked examples."
         )

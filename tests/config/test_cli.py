@@ -162,3 +162,17 @@ def test_incomplete_or_wrong_process_flags_exit_2_before_joining(tmp_path, capsy
     code = cli.main(["train", str(config), "-s", str(tmp_path / "run"), *flags])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and jax.process_count() == 1  # nothing joined, nothing written
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_one_line_exit_2(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model": {"type": "mlp", "hidden": [4], "features": 1}, "dataset": {"type": "iris_like"},
+        "loss": {"type": "mse"}, "optimizer": {"type": "sgd", "learning_rate": 0.1},
+        "trainer": {"max_steps": 1, "batch_size": 12, "progress": False},
+    }))  # fmt: skip
+    assert jax.device_count() == 8  # tests/conftest.py
+    code = cli.main(["train", str(config), "-s", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: batch_size: expected a multiple of 8") and "Traceback" not in err
+    assert "Fix: pick a multiple of 8, e.g. 8 or 16." in err
