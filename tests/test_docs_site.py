@@ -4,9 +4,11 @@ code block marked to run in its pages runs. Needs the ``docs`` extra (in the ``t
 from __future__ import annotations
 
 import doctest
+import fcntl
 import importlib.util
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,10 +32,19 @@ pytest.importorskip("myst_parser", reason="the docs build needs the docs extra: 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("html")
-    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    """The site, built once per test session: the first worker process builds it, the others wait and read it
+    (a build also writes the generated pages into docs/, which two builds at once would race on)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's, never an older one's
+    out = shared / "docs-html"
+    with open(shared / "docs-html.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "index.html").is_file():
+            command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                shutil.rmtree(out, ignore_errors=True)  # a failed build is never read as a good one
+            assert done.returncode == 0, done.stderr[-4000:]
     return out
 
 
