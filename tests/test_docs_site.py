@@ -136,6 +136,13 @@ def _load(path: Path):
     return module
 
 
+def test_every_repository_path_a_page_names_exists():
+    pattern = r"`((?:funcnet|experiments|tests|docs|\.ci)/[A-Za-z0-9_./-]+)`"
+    named = {(page.name, m.rstrip("/.")) for page in DOCS.glob("*.md") for m in re.findall(pattern, page.read_text())}
+    assert len(named) > 20
+    assert not [(page, path) for page, path in named if not (DOCS.parent / path).exists()]
+
+
 def test_every_python_block_runs_or_says_why_not():
     unmarked = []
     for page in sorted(DOCS.glob("*.md")):
