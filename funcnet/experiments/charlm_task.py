@@ -53,7 +53,7 @@ _BASE: dict[str, Any] = {
 }  # fmt: skip
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "medium": {  # the larger run that fits a 2-core CPU (timed in experiments/results/charlm.md)
+    "medium": {  # the larger run for a 2-core CPU
         "data": {"seq_len": 100},
         "model": {"embed": 64, "hidden": 512, "layers": 1, "dropout": 0.1},
         "optimizer": {"learning_rate": 2e-3, "schedule": {"decay_steps": 3000, "end_value": 1e-4}},
