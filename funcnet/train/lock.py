@@ -112,8 +112,8 @@ class RunLock:
             self.say(f"note: removing the stale lock of process {pid}, which is gone ({self.path})")
             self.path.unlink(missing_ok=True)
             return
-        started = holder.get("started")
-        if isinstance(pid, int) and host == socket.gethostname() and started not in (None, _started(pid)):
+        started, now = holder.get("started"), _started(pid) if isinstance(pid, int) else None
+        if host == socket.gethostname() and None not in (started, now) and started != now:  # unknown: not stale
             self.say(f"note: removing the stale lock of process {pid}, which is gone: process {pid} now is another "
                      f"one, started later ({self.path})")  # fmt: skip
             self.path.unlink(missing_ok=True)
