@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 from funcnet.train.writers import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT / "experiments" / "bench"))  # after everything else: it shadows nothing
+from _common import commit, cores, cpu_model  # noqa: E402  (the benchmarks' own machine record)
+
 FOLDER = ROOT / "experiments" / "results" / "curves"
 KEPT = ("train/loss", "validation/")
 
@@ -53,23 +54,6 @@ def _kept(tag: str) -> bool:
     return tag.startswith(KEPT) and name != "count" and not name.startswith("_")
 
 
-def _machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
-    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return done.stdout.strip() or "unknown"
-
-
 def record(run_dir: Path, name: str, title: str, command: str, points: int = 200, folder: Path = FOLDER) -> Path:
     scalars = read_scalars(run_dir / "logs")
     series = {tag: thin(values, points) for tag, values in sorted(scalars.items()) if _kept(tag)}
@@ -83,9 +67,9 @@ def record(run_dir: Path, name: str, title: str, command: str, points: int = 200
         "name": name,
         "title": title,
         "command": command,
-        "machine": _machine(),
+        "machine": f"{cpu_model()}, {cores()} cores",
         "versions": {"python": platform.python_version(), "jax": jax.__version__},
-        "commit": _commit(),
+        "commit": commit(),
         "date": datetime.date.today().isoformat(),
         "series": series,
     }

@@ -22,6 +22,6 @@ def test_readme_block_runs(index, capsys):
     namespace: dict = {"__name__": f"readme_block_{index}"}
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), namespace)
     capsys.readouterr()
-    if "step" in namespace and "opt_state" in namespace:  # the tour: one step of training ran
+    if index == 0:  # the tour (test_the_readme_marks_its_runnable_blocks): one step of training ran
         assert namespace["value"].shape == () and bool(jnp.isfinite(namespace["value"]))
         assert sorted(namespace["params"]) == ["hidden", "out"]  # named by keyword, dropout has no params

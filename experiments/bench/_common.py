@@ -174,13 +174,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def commit() -> str:
+    """The checkout's short commit, with ``+uncommitted`` when tracked files differ from it."""
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return _git("rev-parse", "--short", "HEAD") + ("+uncommitted" if dirty else "")
+
+
 def machine(args: argparse.Namespace, malloc: str) -> dict[str, Any]:
     """Machine, versions, device and the exact command: the ``setup`` record."""
     import jax
 
     packages = ("jax", "jaxlib", "optax", "numpy", "flax", "dm-haiku", "equinox", "torch", "orbax-checkpoint")
-    commit = _git("rev-parse", "--short", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     devices = jax.devices()
     info = {
         "command": " ".join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
@@ -189,7 +193,7 @@ def machine(args: argparse.Namespace, malloc: str) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "versions": {p: v for p in packages if (v := _version(p))},
-        "funcnet_commit": commit + ("+uncommitted" if dirty else ""),
+        "funcnet_commit": commit(),
         "device": f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})",
         "malloc": malloc,
         "rounds": args.rounds,
